@@ -1,0 +1,230 @@
+package model
+
+import (
+	"fmt"
+	"net"
+	"strings"
+)
+
+// Encapsulation modes of a pool, as Calico names them.
+const (
+	EncapNever        = "never"
+	EncapAlways       = "always"
+	EncapCrossSubnet  = "cross-subnet"
+	DefaultBlockV4    = 26
+	DefaultBlockV6    = 122
+	DefaultASNumber   = 64512
+	OrchestratorCNI   = "cni"
+	OrchestratorK8s   = "k8s"
+	OrchestratorDock  = "docker"
+	DefaultEndpointNm = "eth0"
+)
+
+// Pool is a range that addresses are handed out from, in blocks.
+type Pool struct {
+	CIDR        string `json:"cidr"`
+	BlockSize   int    `json:"blockSize"`
+	IPIPMode    string `json:"ipipMode"`
+	VXLANMode   string `json:"vxlanMode"`
+	NATOutgoing bool   `json:"natOutgoing"`
+	Disabled    bool   `json:"disabled"`
+}
+
+// ValidEncap reports whether m is a known encapsulation mode.
+func ValidEncap(m string) bool {
+	return m == EncapNever || m == EncapAlways || m == EncapCrossSubnet
+}
+
+// Validate checks a pool and fills defaults; it returns an error a user can act on.
+func (p *Pool) Validate() error {
+	n, err := CanonicalCIDR(p.CIDR)
+	if err != nil {
+		return err
+	}
+	p.CIDR = n.String()
+	ones, bits := n.Mask.Size()
+	v4 := bits == 32
+	if p.BlockSize == 0 {
+		p.BlockSize = DefaultBlockV4
+		if !v4 {
+			p.BlockSize = DefaultBlockV6
+		}
+	}
+	if p.BlockSize < ones {
+		return fmt.Errorf("block size /%d is larger than the pool %s; use a block size of at least %d", p.BlockSize, p.CIDR, ones)
+	}
+	if v4 && (p.BlockSize < 20 || p.BlockSize > 32) {
+		return fmt.Errorf("IPv4 block size must be 20..32, not %d", p.BlockSize)
+	}
+	if !v4 && (p.BlockSize < 116 || p.BlockSize > 128) {
+		return fmt.Errorf("IPv6 block size must be 116..128, not %d", p.BlockSize)
+	}
+	if p.IPIPMode == "" {
+		p.IPIPMode = EncapNever
+	}
+	if p.VXLANMode == "" {
+		p.VXLANMode = EncapNever
+	}
+	if !ValidEncap(p.IPIPMode) || !ValidEncap(p.VXLANMode) {
+		return fmt.Errorf("encapsulation must be always, cross-subnet or never (ipip %q, vxlan %q)", p.IPIPMode, p.VXLANMode)
+	}
+	if p.IPIPMode != EncapNever && p.VXLANMode != EncapNever {
+		return fmt.Errorf("pool %s: choose IPIP or VXLAN, not both", p.CIDR)
+	}
+	if p.IPIPMode != EncapNever && !v4 {
+		return fmt.Errorf("pool %s: IPIP carries IPv4 only; use --vxlan or no encapsulation for IPv6", p.CIDR)
+	}
+	return nil
+}
+
+// IPNet returns the parsed pool CIDR.
+func (p *Pool) IPNet() *net.IPNet {
+	n, _ := CanonicalCIDR(p.CIDR)
+	return n
+}
+
+// IsV6 reports whether this is an IPv6 pool.
+func (p *Pool) IsV6() bool { return strings.Contains(p.CIDR, ":") }
+
+// Block is one host-affine slice of a pool. Allocations has one slot per
+// address; nil is free. The handle and the block move together in one etcd
+// transaction, so an allocation always names its owner.
+type Block struct {
+	CIDR        string        `json:"cidr"`
+	Pool        string        `json:"pool"`
+	Affinity    string        `json:"affinity"` // host name
+	Allocations []*Allocation `json:"allocations"`
+}
+
+// Allocation says who holds one address of a block.
+type Allocation struct {
+	Handle   string `json:"handle"` // network.containerID
+	Host     string `json:"host"`   // host that allocated it (differs from the block's affinity when borrowed)
+	Workload string `json:"workload,omitempty"`
+}
+
+// Affinity records that a host owns a block. It is written in the same
+// transaction as the block, so there is never a half-claimed block.
+type Affinity struct {
+	Host  string `json:"host"`
+	Block string `json:"block"`
+	Pool  string `json:"pool"`
+}
+
+// Handle names every address one attachment holds.
+type Handle struct {
+	ID          string   `json:"id"`
+	Network     string   `json:"network"`
+	ContainerID string   `json:"containerID"`
+	IfName      string   `json:"ifName,omitempty"`
+	Host        string   `json:"host"`
+	Workload    string   `json:"workload,omitempty"`
+	Plugin      string   `json:"plugin,omitempty"` // main plugin type that asked (tabby, ptp, bridge)
+	IPs         []string `json:"ips"`              // addresses (no prefix)
+	Blocks      []string `json:"blocks"`           // block keys, parallel to IPs
+}
+
+// Host is a node's own record.
+type Host struct {
+	Name            string `json:"name"`
+	IPv4            string `json:"ipv4,omitempty"` // address/prefix, e.g. 198.19.0.1/24
+	IPv6            string `json:"ipv6,omitempty"`
+	ASNumber        uint32 `json:"asNumber,omitempty"`
+	IPIPTunnelAddr  string `json:"ipipTunnelAddr,omitempty"`
+	VXLANTunnelAddr string `json:"vxlanTunnelAddr,omitempty"`
+	VXLANMAC        string `json:"vxlanMAC,omitempty"`
+	IPIPSupported   bool   `json:"ipipSupported"`
+	Version         string `json:"version,omitempty"`
+}
+
+// Endpoint is a workload's interface as the CNI plugin recorded it.
+type Endpoint struct {
+	Host          string            `json:"host"`
+	Orchestrator  string            `json:"orchestrator"`
+	Workload      string            `json:"workload"`
+	Name          string            `json:"name"` // endpoint name: the container interface (eth0)
+	ContainerID   string            `json:"containerID"`
+	Network       string            `json:"network"`
+	Netns         string            `json:"netns"`
+	IfName        string            `json:"ifName"`        // inside the container
+	HostInterface string            `json:"hostInterface"` // tby...
+	MAC           string            `json:"mac"`
+	IPv4Nets      []string          `json:"ipv4Nets,omitempty"` // a.b.c.d/32
+	IPv6Nets      []string          `json:"ipv6Nets,omitempty"` // x::y/128
+	Profiles      []string          `json:"profiles"`
+	Handle        string            `json:"handle,omitempty"`
+	Labels        map[string]string `json:"labels,omitempty"`
+}
+
+// Key is the endpoint's etcd key.
+func (e *Endpoint) Key() string {
+	return EndpointKey(e.Host, e.Orchestrator, e.Workload, e.Name)
+}
+
+// Nets returns all addresses of the endpoint with their prefixes.
+func (e *Endpoint) Nets() []string {
+	return append(append([]string{}, e.IPv4Nets...), e.IPv6Nets...)
+}
+
+// Profile is a tag plus ordered rules. Members carry the tag NAME.
+type Profile struct {
+	Name     string   `json:"name"`
+	Tags     []string `json:"tags"`
+	Inbound  []Rule   `json:"inbound"`
+	Outbound []Rule   `json:"outbound"`
+}
+
+// Rule actions and protocols.
+const (
+	ActionAllow = "allow"
+	ActionDeny  = "deny"
+)
+
+// Rule is one line of a profile: the first rule that matches decides.
+type Rule struct {
+	Action   string `json:"action"`
+	Protocol string `json:"protocol,omitempty"` // tcp, udp, icmp, icmpv6 or empty for any
+	SrcTag   string `json:"srcTag,omitempty"`
+	SrcNet   string `json:"srcNet,omitempty"`
+	DstTag   string `json:"dstTag,omitempty"`
+	DstNet   string `json:"dstNet,omitempty"`
+	DstPorts string `json:"dstPorts,omitempty"` // "80" or "1000:2000"
+}
+
+// DefaultProfile is what `profile add NAME` creates: members reach each other,
+// members send anywhere.
+func DefaultProfile(name string) Profile {
+	return Profile{
+		Name:     name,
+		Tags:     []string{name},
+		Inbound:  []Rule{{Action: ActionAllow, SrcTag: name}},
+		Outbound: []Rule{{Action: ActionAllow}},
+	}
+}
+
+// TagMember is one endpoint's entry in a tag's member index.
+type TagMember struct {
+	Endpoint string   `json:"endpoint"` // endpoint key
+	Nets     []string `json:"nets"`
+}
+
+// BGPConfig is the cluster-wide BGP setting.
+type BGPConfig struct {
+	ASNumber uint32 `json:"asNumber"`
+	Mesh     bool   `json:"mesh"`
+}
+
+// DefaultBGPConfig applies when no config is stored.
+func DefaultBGPConfig() BGPConfig { return BGPConfig{ASNumber: DefaultASNumber, Mesh: true} }
+
+// BGPPeer is an explicit peer: global when Host is empty, else per host.
+type BGPPeer struct {
+	IP       string `json:"ip"`
+	ASNumber uint32 `json:"asNumber"`
+	Host     string `json:"host,omitempty"`
+}
+
+// ClusterConfig holds cluster-wide switches.
+type ClusterConfig struct {
+	StrictAffinity bool `json:"strictAffinity"`
+}

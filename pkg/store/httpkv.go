@@ -1,0 +1,321 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HTTPKV talks to etcd's v3 JSON gateway (/v3/kv/*) with net/http. It is the
+// client of the CNI plugins: small import graph, no gRPC handshake.
+type HTTPKV struct {
+	endpoints []string
+	client    *http.Client
+	timeout   time.Duration
+}
+
+// NewHTTP returns a gateway client. It does not connect until the first call.
+func NewHTTP(cfg Config) (*HTTPKV, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, fmt.Errorf("no etcd endpoints configured")
+	}
+	tlsCfg, err := tlsConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tlsCfg,
+		TLSHandshakeTimeout: 2 * time.Second,
+		MaxIdleConnsPerHost: 4,
+		ForceAttemptHTTP2:   false,
+		DisableCompression:  true,
+	}
+	eps := make([]string, len(cfg.Endpoints))
+	for i, e := range cfg.Endpoints {
+		e = strings.TrimRight(strings.TrimSpace(e), "/")
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
+			return nil, fmt.Errorf("etcd endpoint %q must start with http:// or https://", e)
+		}
+		eps[i] = e
+	}
+	t := cfg.Timeout
+	if t == 0 {
+		t = DefaultTimeout
+	}
+	return &HTTPKV{endpoints: eps, client: &http.Client{Transport: tr}, timeout: t}, nil
+}
+
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	if cfg.CAFile == "" && cfg.CertFile == "" && cfg.KeyFile == "" {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CAFile != "" {
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read etcd CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("etcd CA file %s holds no PEM certificate", cfg.CAFile)
+		}
+		c.RootCAs = pool
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return nil, fmt.Errorf("etcd client TLS needs both a cert file and a key file")
+	}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load etcd client certificate: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// Wire types of the gateway. int64 travels as a JSON string, bytes as base64.
+type gwKV struct {
+	Key            []byte `json:"key"`
+	Value          []byte `json:"value"`
+	CreateRevision gwInt  `json:"create_revision"`
+	ModRevision    gwInt  `json:"mod_revision"`
+}
+
+type gwHeader struct {
+	Revision gwInt `json:"revision"`
+}
+
+type gwRangeReq struct {
+	Key      []byte `json:"key"`
+	RangeEnd []byte `json:"range_end,omitempty"`
+	KeysOnly bool   `json:"keys_only,omitempty"`
+}
+
+type gwRangeResp struct {
+	Header gwHeader `json:"header"`
+	Kvs    []gwKV   `json:"kvs"`
+}
+
+type gwCompare struct {
+	Result      string `json:"result"`
+	Target      string `json:"target"`
+	Key         []byte `json:"key"`
+	ModRevision string `json:"mod_revision"`
+}
+
+type gwPut struct {
+	Key   []byte `json:"key"`
+	Value []byte `json:"value"`
+}
+
+type gwDelete struct {
+	Key      []byte `json:"key"`
+	RangeEnd []byte `json:"range_end,omitempty"`
+}
+
+type gwRequestOp struct {
+	Range  *gwRangeReq `json:"request_range,omitempty"`
+	Put    *gwPut      `json:"request_put,omitempty"`
+	Delete *gwDelete   `json:"request_delete_range,omitempty"`
+}
+
+type gwTxnReq struct {
+	Compare []gwCompare   `json:"compare,omitempty"`
+	Success []gwRequestOp `json:"success,omitempty"`
+}
+
+type gwResponseOp struct {
+	Range *gwRangeResp `json:"response_range"`
+}
+
+type gwTxnResp struct {
+	Header    gwHeader       `json:"header"`
+	Succeeded bool           `json:"succeeded"`
+	Responses []gwResponseOp `json:"responses"`
+}
+
+type gwError struct {
+	Message string `json:"message"`
+	Error   string `json:"error"`
+	Code    int    `json:"code"`
+}
+
+// gwInt accepts int64 as a JSON string (protojson) or number.
+type gwInt int64
+
+func (g *gwInt) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	if s == "" || s == "null" {
+		*g = 0
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	*g = gwInt(n)
+	return err
+}
+
+// PrefixEnd is the etcd range end that covers every key starting with prefix.
+func PrefixEnd(prefix string) []byte {
+	end := []byte(prefix)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return []byte{0}
+}
+
+func (h *HTTPKV) call(ctx context.Context, path string, req, resp any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.timeout)
+		defer cancel()
+	}
+	var lastErr error
+	for _, ep := range h.endpoints {
+		r, err := http.NewRequestWithContext(ctx, http.MethodPost, ep+path, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		r.Header.Set("Content-Type", "application/json")
+		res, err := h.client.Do(r)
+		if err != nil {
+			lastErr = err
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		data, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if res.StatusCode != http.StatusOK {
+			var ge gwError
+			_ = json.Unmarshal(data, &ge)
+			msg := ge.Message
+			if msg == "" {
+				msg = ge.Error
+			}
+			if msg == "" {
+				msg = strings.TrimSpace(string(data))
+			}
+			// 503 and "no leader" are transient cluster states, not a bad request.
+			if res.StatusCode >= 500 {
+				lastErr = fmt.Errorf("etcd %s: %s", res.Status, msg)
+				continue
+			}
+			return fmt.Errorf("etcd %s%s: %s", ep, path, msg)
+		}
+		return json.Unmarshal(data, resp)
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return &UnavailableError{Endpoints: h.endpoints, Err: lastErr}
+}
+
+func toKVs(in []gwKV) []KeyValue {
+	out := make([]KeyValue, len(in))
+	for i, k := range in {
+		out[i] = KeyValue{Key: string(k.Key), Value: k.Value, ModRev: int64(k.ModRevision), CreateRev: int64(k.CreateRevision)}
+	}
+	return out
+}
+
+// Get implements KV.
+func (h *HTTPKV) Get(ctx context.Context, key string) (*KeyValue, error) {
+	var resp gwRangeResp
+	if err := h.call(ctx, "/v3/kv/range", gwRangeReq{Key: []byte(key)}, &resp); err != nil {
+		return nil, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("%s: %w", key, ErrNotFound)
+	}
+	kv := toKVs(resp.Kvs)[0]
+	return &kv, nil
+}
+
+// List implements KV.
+func (h *HTTPKV) List(ctx context.Context, prefix string, keysOnly bool) ([]KeyValue, int64, error) {
+	var resp gwRangeResp
+	req := gwRangeReq{Key: []byte(prefix), RangeEnd: PrefixEnd(prefix), KeysOnly: keysOnly}
+	if err := h.call(ctx, "/v3/kv/range", req, &resp); err != nil {
+		return nil, 0, err
+	}
+	return toKVs(resp.Kvs), int64(resp.Header.Revision), nil
+}
+
+// Txn implements KV.
+func (h *HTTPKV) Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, error) {
+	req := gwTxnReq{}
+	for _, c := range cmps {
+		req.Compare = append(req.Compare, gwCompare{Result: "EQUAL", Target: "MOD", Key: []byte(c.Key), ModRevision: strconv.FormatInt(c.ModRev, 10)})
+	}
+	nGets := 0
+	for _, o := range ops {
+		switch o.Kind {
+		case OpPut:
+			req.Success = append(req.Success, gwRequestOp{Put: &gwPut{Key: []byte(o.Key), Value: o.Value}})
+		case OpDelete:
+			d := &gwDelete{Key: []byte(o.Key)}
+			if o.Prefix {
+				d.RangeEnd = PrefixEnd(o.Key)
+			}
+			req.Success = append(req.Success, gwRequestOp{Delete: d})
+		case OpGet:
+			g := &gwRangeReq{Key: []byte(o.Key)}
+			if o.Prefix {
+				g.RangeEnd = PrefixEnd(o.Key)
+			}
+			req.Success = append(req.Success, gwRequestOp{Range: g})
+			nGets++
+		default:
+			return nil, errors.New("unknown op")
+		}
+	}
+	var resp gwTxnResp
+	if err := h.call(ctx, "/v3/kv/txn", req, &resp); err != nil {
+		return nil, err
+	}
+	out := &TxnResult{Succeeded: resp.Succeeded, Revision: int64(resp.Header.Revision)}
+	if resp.Succeeded {
+		for i, o := range ops {
+			if o.Kind != OpGet {
+				continue
+			}
+			var kvs []KeyValue
+			if i < len(resp.Responses) && resp.Responses[i].Range != nil {
+				kvs = toKVs(resp.Responses[i].Range.Kvs)
+			}
+			out.Gets = append(out.Gets, kvs)
+		}
+	}
+	return out, nil
+}
+
+// Close implements KV.
+func (h *HTTPKV) Close() error {
+	h.client.CloseIdleConnections()
+	return nil
+}

@@ -1,0 +1,120 @@
+// Package store is tabby's access to etcd: a small key-value seam (KV) with two
+// implementations, and the one read-modify-write helper every caller uses.
+//
+// Two clients exist because the CNI plugins are short-lived processes whose
+// start-up time is the ADD latency: the gRPC client (clientv3) costs ~2 ms of
+// package init plus an HTTP/2+gRPC handshake per process, while etcd's JSON
+// gateway over net/http costs neither. Resident programs (tabby-node,
+// tabbyctl) use clientv3, which they also need for watches.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// KeyValue is one stored key.
+type KeyValue struct {
+	Key       string
+	Value     []byte
+	ModRev    int64
+	CreateRev int64
+}
+
+// OpKind is what an Op does.
+type OpKind int
+
+// Op kinds.
+const (
+	OpPut OpKind = iota
+	OpDelete
+	OpGet
+)
+
+// Op is one operation in a transaction.
+type Op struct {
+	Kind   OpKind
+	Key    string
+	Value  []byte
+	Prefix bool // OpGet/OpDelete: the whole prefix
+}
+
+// Put, Delete and Get build Ops.
+func Put(key string, value []byte) Op { return Op{Kind: OpPut, Key: key, Value: value} }
+func Delete(key string) Op            { return Op{Kind: OpDelete, Key: key} }
+func Get(key string) Op               { return Op{Kind: OpGet, Key: key} }
+
+// Cmp guards a transaction: the key's mod revision must equal ModRev, where 0
+// means the key must not exist. Revisions only grow, even across delete and
+// re-create, so a revision compare cannot suffer ABA.
+type Cmp struct {
+	Key    string
+	ModRev int64
+}
+
+// TxnResult is what a transaction returned. Gets holds, per OpGet in the
+// executed branch, the keys it found.
+type TxnResult struct {
+	Succeeded bool
+	Revision  int64
+	Gets      [][]KeyValue
+}
+
+// KV is the datastore seam. Implementations apply a deadline to every call and
+// map transport failures to ErrUnavailable.
+type KV interface {
+	// Get returns the key or ErrNotFound.
+	Get(ctx context.Context, key string) (*KeyValue, error)
+	// List returns every key under prefix and the store revision it read at.
+	List(ctx context.Context, prefix string, keysOnly bool) ([]KeyValue, int64, error)
+	// Txn runs ops if every cmp holds; it returns Succeeded=false otherwise.
+	Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, error)
+	Close() error
+}
+
+// ErrNotFound is returned for a missing key.
+var ErrNotFound = errors.New("not found")
+
+// ErrConflict is returned when a compare-and-swap kept losing races.
+var ErrConflict = errors.New("too many concurrent updates; try again")
+
+// UnavailableError means etcd could not be reached or did not answer in time.
+// CNI plugins turn it into code 11 (try again later).
+type UnavailableError struct {
+	Endpoints []string
+	Err       error
+}
+
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("etcd at %v is unreachable: %v (check that etcd runs and etcd_endpoints is right)", e.Endpoints, e.Err)
+}
+
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// IsUnavailable reports whether err means etcd is unreachable.
+func IsUnavailable(err error) bool {
+	var u *UnavailableError
+	return errors.As(err, &u)
+}
+
+// DefaultTimeout bounds each call when the caller's context has no deadline, so
+// that no caller can hang on a dead etcd.
+const DefaultTimeout = 4 * time.Second
+
+func withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, DefaultTimeout)
+}
+
+// Config says how to reach etcd.
+type Config struct {
+	Endpoints []string
+	CAFile    string
+	CertFile  string
+	KeyFile   string
+	Timeout   time.Duration // per call; DefaultTimeout if zero
+}

@@ -1,0 +1,149 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/pkg/store"
+)
+
+type counter struct{ N int }
+
+// Both clients must behave the same: the plugins use one, the daemon the other.
+func clients(t *testing.T, eps []string) map[string]store.KV {
+	h, err := store.NewHTTP(store.Config{Endpoints: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := store.NewGRPC(store.Config{Endpoints: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(); g.Close() })
+	return map[string]store.KV{"http": h, "grpc": g}
+}
+
+func TestKVConformance(t *testing.T) {
+	e := etcdtest.Start(t)
+	for name, kv := range clients(t, e.Endpoints()) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			p := "/tabby/v1/test/" + name + "/"
+			if _, err := kv.Get(ctx, p+"missing"); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("missing key: got %v, want ErrNotFound", err)
+			}
+			// create-if-absent succeeds once
+			r, err := kv.Txn(ctx, []store.Cmp{{Key: p + "a", ModRev: 0}}, []store.Op{store.Put(p+"a", []byte("1"))})
+			if err != nil || !r.Succeeded {
+				t.Fatalf("create: %v %+v", err, r)
+			}
+			r2, err := kv.Txn(ctx, []store.Cmp{{Key: p + "a", ModRev: 0}}, []store.Op{store.Put(p+"a", []byte("2"))})
+			if err != nil || r2.Succeeded {
+				t.Fatalf("second create must fail the compare: %v %+v", err, r2)
+			}
+			got, err := kv.Get(ctx, p+"a")
+			if err != nil || string(got.Value) != "1" || got.ModRev != r.Revision {
+				t.Fatalf("get: %v %+v (rev %d)", err, got, r.Revision)
+			}
+			// gets inside a txn, multiple keys and a prefix
+			if _, err := kv.Txn(ctx, nil, []store.Op{store.Put(p+"b", []byte("x")), store.Put(p+"c/1", []byte("y"))}); err != nil {
+				t.Fatal(err)
+			}
+			gr, err := kv.Txn(ctx, nil, []store.Op{store.Get(p + "a"), store.Get(p + "nope"), {Kind: store.OpGet, Key: p + "c/", Prefix: true}})
+			if err != nil || !gr.Succeeded || len(gr.Gets) != 3 {
+				t.Fatalf("txn gets: %v %+v", err, gr)
+			}
+			if len(gr.Gets[0]) != 1 || len(gr.Gets[1]) != 0 || len(gr.Gets[2]) != 1 || string(gr.Gets[2][0].Value) != "y" {
+				t.Fatalf("txn gets content: %+v", gr.Gets)
+			}
+			all, rev, err := kv.List(ctx, p, false)
+			if err != nil || len(all) != 3 || rev < r.Revision {
+				t.Fatalf("list: %v %d %d", err, len(all), rev)
+			}
+			keys, _, err := kv.List(ctx, p, true)
+			if err != nil || len(keys) != 3 || len(keys[0].Value) != 0 {
+				t.Fatalf("keys only: %v %+v", err, keys)
+			}
+			if _, err := kv.Txn(ctx, nil, []store.Op{{Kind: store.OpDelete, Key: p, Prefix: true}}); err != nil {
+				t.Fatal(err)
+			}
+			if all, _, _ := kv.List(ctx, p, false); len(all) != 0 {
+				t.Fatalf("prefix delete left %d keys", len(all))
+			}
+		})
+	}
+}
+
+// Many writers increment one counter through ReadModifyWrite: no update is lost.
+func TestReadModifyWriteNoLostUpdate(t *testing.T) {
+	e := etcdtest.Start(t)
+	kvs := clients(t, e.Endpoints())
+	key := "/tabby/v1/test/counter"
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := 0; i < 40; i++ {
+		kv := kvs["http"]
+		if i%2 == 0 {
+			kv = kvs["grpc"]
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- store.Update(context.Background(), kv, key, func(c *counter, _ bool) (*counter, error) {
+				c.N++
+				return c, nil
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	var c counter
+	if _, err := store.GetJSON(context.Background(), kvs["http"], key, &c); err != nil || c.N != 40 {
+		t.Fatalf("counter = %d (%v), want 40", c.N, err)
+	}
+}
+
+// etcd down: every call fails with a typed error within a few seconds.
+func TestUnavailableIsTypedAndBounded(t *testing.T) {
+	e := etcdtest.Start(t)
+	kvs := clients(t, e.Endpoints())
+	e.Stop()
+	for name, kv := range kvs {
+		t.Run(name, func(t *testing.T) {
+			start := time.Now()
+			_, err := kv.Get(context.Background(), "/tabby/v1/x")
+			if !store.IsUnavailable(err) {
+				t.Fatalf("got %v, want UnavailableError", err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("took %v, want < 5s", d)
+			}
+			fmt.Println(name, "unavailable after", time.Since(start).Round(time.Millisecond), ":", err)
+		})
+	}
+	e.Restart(t)
+	for name, kv := range kvs {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		for {
+			_, err := kv.Txn(ctx, nil, []store.Op{store.Put("/tabby/v1/x", []byte("1"))})
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s: no recovery after restart: %v", name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cancel()
+	}
+}
