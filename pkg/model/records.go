@@ -99,7 +99,8 @@ type Block struct {
 // Allocation says who holds one address of a block.
 type Allocation struct {
 	Handle   string `json:"handle"` // network.containerID
-	Host     string `json:"host"`   // host that allocated it (differs from the block's affinity when borrowed)
+	Network  string `json:"network"`
+	Host     string `json:"host"` // host that allocated it (differs from the block's affinity when borrowed)
 	Workload string `json:"workload,omitempty"`
 }
 
@@ -122,6 +123,7 @@ type Handle struct {
 	Plugin      string   `json:"plugin,omitempty"` // main plugin type that asked (tabby, ptp, bridge)
 	IPs         []string `json:"ips"`              // addresses (no prefix)
 	Blocks      []string `json:"blocks"`           // block keys, parallel to IPs
+	Created     int64    `json:"created"`          // unix seconds
 }
 
 // Host is a node's own record.

@@ -12,22 +12,68 @@ import (
 // MaxAttempts bounds how often a read-modify-write retries after losing a race.
 const MaxAttempts = 100
 
-// ReadSet is what ReadModifyWrite read: key -> value (absent keys are missing).
-type ReadSet map[string]*KeyValue
+// ReadSet is what one attempt of ReadModifyWrite read. Every key read through
+// it (present or absent) is compared at commit, so the writes apply only to the
+// exact state the decision was made on.
+type ReadSet struct {
+	ctx  context.Context
+	kv   KV
+	vals map[string]*KeyValue // nil value: read and absent
+	Rev  int64                // store revision of the first read
+}
 
-// Rev returns the mod revision of key, or 0 when it did not exist.
-func (r ReadSet) Rev(key string) int64 {
-	if kv := r[key]; kv != nil {
+// ModRev returns the mod revision of key as read, or 0 when absent.
+func (r *ReadSet) ModRev(key string) int64 {
+	if kv := r.vals[key]; kv != nil {
 		return kv.ModRev
 	}
 	return 0
 }
 
-// Decode unmarshals key into v and reports whether it existed.
-func (r ReadSet) Decode(key string, v any) (bool, error) {
-	kv := r[key]
-	if kv == nil {
-		return false, nil
+// Fetch reads the keys not read yet, all in one round trip.
+func (r *ReadSet) Fetch(keys ...string) error {
+	var ops []Op
+	var want []string
+	for _, k := range keys {
+		if _, ok := r.vals[k]; ok {
+			continue
+		}
+		ops = append(ops, Get(k))
+		want = append(want, k)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	res, err := r.kv.Txn(r.ctx, nil, ops)
+	if err != nil {
+		return err
+	}
+	if r.Rev == 0 {
+		r.Rev = res.Revision
+	}
+	for i, k := range want {
+		r.vals[k] = nil
+		if len(res.Gets[i]) > 0 {
+			v := res.Gets[i][0]
+			r.vals[k] = &v
+		}
+	}
+	return nil
+}
+
+// Raw returns the key's value (nil when absent), reading it if needed.
+func (r *ReadSet) Raw(key string) (*KeyValue, error) {
+	if err := r.Fetch(key); err != nil {
+		return nil, err
+	}
+	return r.vals[key], nil
+}
+
+// Decode unmarshals key into v, reading it if needed, and reports whether it exists.
+func (r *ReadSet) Decode(key string, v any) (bool, error) {
+	kv, err := r.Raw(key)
+	if err != nil || kv == nil {
+		return false, err
 	}
 	if err := json.Unmarshal(kv.Value, v); err != nil {
 		return true, fmt.Errorf("decode %s: %w", key, err)
@@ -39,40 +85,30 @@ func (r ReadSet) Decode(key string, v any) (bool, error) {
 // and without error.
 var ErrAbort = errors.New("abort")
 
-// ReadModifyWrite is the one compare-and-swap loop in tabby: it reads keys in
-// one round trip, asks modify for the writes, and commits them only if none of
-// the keys changed since the read; on a lost race it reads again. modify may
-// be called several times and must not have side effects.
-func ReadModifyWrite(ctx context.Context, kv KV, keys []string, modify func(ReadSet) ([]Op, error)) (int64, error) {
-	gets := make([]Op, len(keys))
-	for i, k := range keys {
-		gets[i] = Get(k)
-	}
+// ReadModifyWrite is the one compare-and-swap loop in tabby. It prefetches
+// keys in one round trip, lets modify read more through the ReadSet and return
+// the writes, and commits them only if no key modify read has changed; on a
+// lost race it starts over from fresh reads. modify may run several times and
+// must not have side effects outside its return values.
+func ReadModifyWrite(ctx context.Context, kv KV, keys []string, modify func(*ReadSet) ([]Op, error)) (int64, error) {
 	for attempt := 0; attempt < MaxAttempts; attempt++ {
-		res, err := kv.Txn(ctx, nil, gets)
-		if err != nil {
+		rs := &ReadSet{ctx: ctx, kv: kv, vals: map[string]*KeyValue{}}
+		if err := rs.Fetch(keys...); err != nil {
 			return 0, err
-		}
-		rs := ReadSet{}
-		for i, k := range keys {
-			if len(res.Gets[i]) > 0 {
-				v := res.Gets[i][0]
-				rs[k] = &v
-			}
 		}
 		ops, err := modify(rs)
 		if errors.Is(err, ErrAbort) {
-			return res.Revision, nil
+			return rs.Rev, nil
 		}
 		if err != nil {
 			return 0, err
 		}
 		if len(ops) == 0 {
-			return res.Revision, nil
+			return rs.Rev, nil
 		}
-		cmps := make([]Cmp, len(keys))
-		for i, k := range keys {
-			cmps[i] = Cmp{Key: k, ModRev: rs.Rev(k)}
+		cmps := make([]Cmp, 0, len(rs.vals))
+		for k := range rs.vals {
+			cmps = append(cmps, Cmp{Key: k, ModRev: rs.ModRev(k)})
 		}
 		out, err := kv.Txn(ctx, cmps, ops)
 		if err != nil {
@@ -97,7 +133,7 @@ func ReadModifyWrite(ctx context.Context, kv KV, keys []string, modify func(Read
 // nobody changed it meanwhile. fn gets exists=false for a missing key; it
 // returns the new value, or nil to delete the key, or ErrAbort to leave it.
 func Update[T any](ctx context.Context, kv KV, key string, fn func(cur *T, exists bool) (*T, error)) error {
-	_, err := ReadModifyWrite(ctx, kv, []string{key}, func(rs ReadSet) ([]Op, error) {
+	_, err := ReadModifyWrite(ctx, kv, []string{key}, func(rs *ReadSet) ([]Op, error) {
 		cur := new(T)
 		exists, err := rs.Decode(key, cur)
 		if err != nil {
@@ -169,3 +205,6 @@ func ListJSON[T any](ctx context.Context, kv KV, prefix string) ([]T, error) {
 	}
 	return out, nil
 }
+
+// DecodeJSON unmarshals one stored value.
+func DecodeJSON(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -1,0 +1,456 @@
+package dataplane
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// HostVethPrefix starts the name of every host-side veth tabby makes.
+	HostVethPrefix = "tby"
+
+	// DefaultRouteProtocol marks the host routes tabby installs toward its
+	// workloads, so other components (the node daemon) can tell them apart.
+	DefaultRouteProtocol netlink.RouteProtocol = 80
+
+	// loopbackIfIndex is LOOPBACK_IFINDEX: lo is always ifindex 1 in every
+	// network namespace, which saves a lookup.
+	loopbackIfIndex = 1
+)
+
+var (
+	// HostVethMAC is the MAC of every host-side veth (Calico's choice): the
+	// container's gateway neighbour entries can then be fixed in advance.
+	HostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}
+
+	// GatewayIPv4 is the container's IPv4 next hop. Nothing owns it; the
+	// container reaches it through a permanent neighbour entry.
+	GatewayIPv4 = net.IPv4(169, 254, 1, 1).To4()
+
+	// GatewayIPv6 is the EUI-64 link-local address of HostVethMAC, held by
+	// every host veth.
+	GatewayIPv6 = net.ParseIP("fe80::ecee:eeff:feee:eeee")
+)
+
+var (
+	// ErrContainerIfExists: the requested interface name is already taken in
+	// the container namespace.
+	ErrContainerIfExists = errors.New("interface already exists in container")
+	// ErrAddressRouted: the host already routes one of the addresses to another
+	// interface, i.e. the address is probably in use by another workload.
+	ErrAddressRouted = errors.New("address already routed on host")
+)
+
+// HostVethName returns the host-side veth name for a workload identity the
+// caller chooses (e.g. "<orchestrator>/<workload>/<ifname>"): "tby" and 11 hex
+// characters of its SHA-256, 14 characters in all (IFNAMSIZ allows 15).
+func HostVethName(identity string) string {
+	sum := sha256.Sum256([]byte(identity))
+	return HostVethPrefix + hex.EncodeToString(sum[:])[:11]
+}
+
+// Config describes one container interface.
+type Config struct {
+	NetnsPath string // container netns path
+	IfName    string // CNI_IFNAME inside the container
+	HostVeth  string // from HostVethName
+	MTU       int    // 0 keeps the kernel default (1500 for veth)
+	// Addrs are the container's addresses. Only the IP is used: they are
+	// always installed as /32 (IPv4) or /128 (IPv6).
+	Addrs []net.IPNet
+	// RouteProtocol tags the host routes; 0 means DefaultRouteProtocol.
+	RouteProtocol netlink.RouteProtocol
+}
+
+// Result is what a CNI result needs to know about the created interfaces.
+type Result struct {
+	HostVeth         string
+	HostMAC          net.HardwareAddr
+	ContainerMAC     net.HardwareAddr
+	ContainerIfIndex int
+	Sandbox          string // the container netns path
+}
+
+// plan is a validated Config with host-length addresses.
+type plan struct {
+	Config
+	addrs      []net.IPNet
+	hasV4      bool
+	hasV6      bool
+	routeProto netlink.RouteProtocol
+}
+
+func newPlan(cfg Config) (*plan, error) {
+	if cfg.NetnsPath == "" {
+		return nil, errors.New("container netns path is empty")
+	}
+	if err := validIfName(cfg.IfName); err != nil {
+		return nil, fmt.Errorf("container interface name: %w", err)
+	}
+	if err := validIfName(cfg.HostVeth); err != nil {
+		return nil, fmt.Errorf("host veth name: %w", err)
+	}
+	if cfg.MTU < 0 {
+		return nil, fmt.Errorf("MTU %d is negative", cfg.MTU)
+	}
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("no addresses for the container")
+	}
+	p := &plan{Config: cfg, routeProto: cfg.RouteProtocol}
+	if p.routeProto == 0 {
+		p.routeProto = DefaultRouteProtocol
+	}
+	for _, a := range cfg.Addrs {
+		if v4 := a.IP.To4(); v4 != nil {
+			p.addrs = append(p.addrs, net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)})
+			p.hasV4 = true
+		} else if len(a.IP) == net.IPv6len {
+			p.addrs = append(p.addrs, net.IPNet{IP: a.IP, Mask: net.CIDRMask(128, 128)})
+			p.hasV6 = true
+		} else {
+			return nil, fmt.Errorf("invalid container address %q", a.String())
+		}
+	}
+	return p, nil
+}
+
+// validIfName mirrors the kernel's dev_valid_name so a bad name fails with a
+// readable message instead of EINVAL.
+func validIfName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty")
+	case len(name) >= unix.IFNAMSIZ:
+		return fmt.Errorf("%q is longer than %d characters", name, unix.IFNAMSIZ-1)
+	case name == "." || name == "..":
+		return fmt.Errorf("%q is not a valid interface name", name)
+	case strings.ContainsAny(name, "/: \t\n"):
+		return fmt.Errorf("%q contains '/', ':' or whitespace", name)
+	}
+	return nil
+}
+
+// Setup creates the veth pair and everything described in the package
+// documentation. On any error it removes what it created.
+func Setup(cfg Config) (res *Result, err error) {
+	p, err := newPlan(cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	contNS, err := ns.GetNS(p.NetnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("open container netns %s: %w", p.NetnsPath, err)
+	}
+	defer contNS.Close()
+
+	host, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	defer host.Close()
+
+	cont, err := containerHandle(contNS)
+	if err != nil {
+		return nil, err
+	}
+	defer cont.Close()
+
+	hostVeth, err := createVeth(host, p, contNS)
+	if err != nil {
+		return nil, err
+	}
+	// Deleting the host end takes the container end, its addresses and routes,
+	// and the host routes with it: one call undoes everything below.
+	defer func() {
+		if err == nil {
+			return
+		}
+		if delErr := host.LinkDel(hostVeth); delErr != nil && !isLinkNotFound(delErr) {
+			err = errors.Join(err, fmt.Errorf("roll back: delete veth %s: %w", p.HostVeth, delErr))
+		}
+	}()
+
+	// Sysctls and the host's link-local go in before the container end comes
+	// up: until then the host end has no carrier, so IPv6 has not yet
+	// generated addresses, sent router solicitations or started DAD.
+	if err = configureHostVeth(host, hostVeth, p); err != nil {
+		return nil, err
+	}
+
+	res = &Result{HostVeth: p.HostVeth, HostMAC: HostVethMAC, Sandbox: p.NetnsPath}
+	if err = configureContainer(cont, contNS, p, res); err != nil {
+		return nil, err
+	}
+
+	if err = addHostRoutes(host, hostVeth.Attrs().Index, p); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// containerHandle opens a netlink socket inside the container namespace. The
+// socket stays bound to that namespace, so the caller's goroutine can use it
+// without ns.Do.
+func containerHandle(contNS ns.NetNS) (*netlink.Handle, error) {
+	h, err := netlink.NewHandleAt(netns.NsHandle(contNS.Fd()), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket in netns %s: %w", contNS.Path(), err)
+	}
+	return h, nil
+}
+
+func newVeth(p *plan, contNS ns.NetNS) *netlink.Veth {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = p.HostVeth
+	attrs.HardwareAddr = HostVethMAC
+	attrs.MTU = p.MTU // also used for the peer
+	attrs.Flags = net.FlagUp
+	return &netlink.Veth{
+		LinkAttrs:     attrs,
+		PeerName:      p.IfName,
+		PeerNamespace: netlink.NsFd(contNS.Fd()),
+	}
+}
+
+// createVeth makes the pair in one RTM_NEWLINK. EEXIST can mean either name,
+// so it looks at the host name to tell which.
+func createVeth(host *netlink.Handle, p *plan, contNS ns.NetNS) (*netlink.Veth, error) {
+	for attempt := 0; ; attempt++ {
+		veth := newVeth(p, contNS)
+		err := host.LinkAdd(veth)
+		if err == nil {
+			return veth, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("create veth %s (peer %s in %s): %w", p.HostVeth, p.IfName, p.NetnsPath, err)
+		}
+		old, lerr := host.LinkByName(p.HostVeth)
+		if isLinkNotFound(lerr) {
+			return nil, fmt.Errorf("%w: %s in netns %s", ErrContainerIfExists, p.IfName, p.NetnsPath)
+		}
+		if lerr != nil {
+			return nil, fmt.Errorf("create veth %s: %w (and looking it up: %v)", p.HostVeth, err, lerr)
+		}
+		if attempt > 0 {
+			return nil, fmt.Errorf("create veth %s: still exists after deleting the old one: %w", p.HostVeth, err)
+		}
+		if old.Type() != "veth" {
+			return nil, fmt.Errorf("create veth: host interface %s exists and is a %s, not a veth", p.HostVeth, old.Type())
+		}
+		// Same identity, earlier ADD, DEL never came (or a retried ADD):
+		// the old pair is stale, replace it as Calico does.
+		if derr := host.LinkDel(old); derr != nil && !isLinkNotFound(derr) {
+			return nil, fmt.Errorf("delete stale veth %s: %w", p.HostVeth, derr)
+		}
+	}
+}
+
+func configureHostVeth(host *netlink.Handle, veth *netlink.Veth, p *plan) error {
+	name := p.HostVeth
+	if p.hasV4 {
+		if err := ensureSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
+			return err
+		}
+		for _, s := range []struct{ path, val string }{
+			{"/proc/sys/net/ipv4/conf/" + name + "/proxy_arp", "1"},
+			{"/proc/sys/net/ipv4/neigh/" + name + "/proxy_delay", "0"},
+			{"/proc/sys/net/ipv4/conf/" + name + "/forwarding", "1"},
+		} {
+			if err := writeSysctl(s.path, s.val); err != nil {
+				return err
+			}
+		}
+	}
+	if !p.hasV6 {
+		return nil
+	}
+	if err := ensureSysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1"); err != nil {
+		return err
+	}
+	for _, s := range []struct{ path, val string }{
+		{"/proc/sys/net/ipv6/conf/" + name + "/accept_ra", "0"},
+		{"/proc/sys/net/ipv6/conf/" + name + "/forwarding", "1"},
+		// No kernel-generated addresses: with stable_privacy the link-local
+		// would not be GatewayIPv6, and an EUI-64 one would sit in DAD.
+		{"/proc/sys/net/ipv6/conf/" + name + "/addr_gen_mode", "1"},
+	} {
+		if err := writeSysctl(s.path, s.val); err != nil {
+			return err
+		}
+	}
+	ll := &netlink.Addr{
+		IPNet: &net.IPNet{IP: GatewayIPv6, Mask: net.CIDRMask(64, 128)},
+		Flags: unix.IFA_F_NODAD,
+		Scope: unix.RT_SCOPE_LINK,
+	}
+	err := addAddrEnablingIPv6(host, veth, ll, func() error {
+		return writeSysctl("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", "0")
+	})
+	if err != nil {
+		return fmt.Errorf("add %s to host veth %s: %w", GatewayIPv6, name, err)
+	}
+	return nil
+}
+
+// addAddrEnablingIPv6 adds addr; if IPv6 is disabled on the link (EACCES) it
+// enables it and retries, so the common case pays no extra sysctl read.
+func addAddrEnablingIPv6(h *netlink.Handle, link netlink.Link, addr *netlink.Addr, enable func() error) error {
+	err := h.AddrAdd(link, addr)
+	if !errors.Is(err, unix.EACCES) || addr.IP.To4() != nil {
+		return err
+	}
+	if eerr := enable(); eerr != nil {
+		return fmt.Errorf("%w (IPv6 is disabled, enabling it failed: %v)", err, eerr)
+	}
+	return h.AddrAdd(link, addr)
+}
+
+func configureContainer(cont *netlink.Handle, contNS ns.NetNS, p *plan, res *Result) error {
+	link, err := cont.LinkByName(p.IfName)
+	if err != nil {
+		return fmt.Errorf("find %s in netns %s: %w", p.IfName, p.NetnsPath, err)
+	}
+	res.ContainerMAC = link.Attrs().HardwareAddr
+	res.ContainerIfIndex = link.Attrs().Index
+	idx := link.Attrs().Index
+
+	if err := cont.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up in container: %w", p.IfName, err)
+	}
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: loopbackIfIndex}}
+	if err := cont.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up in container: %w", err)
+	}
+
+	enableV6 := func() error {
+		return contNS.Do(func(ns.NetNS) error {
+			return writeSysctl("/proc/sys/net/ipv6/conf/"+p.IfName+"/disable_ipv6", "0")
+		})
+	}
+	for i := range p.addrs {
+		a := &netlink.Addr{IPNet: &p.addrs[i]}
+		if a.IP.To4() == nil {
+			// A point-to-point link with one host-chosen address: DAD would
+			// only hold the address unusable for a second or more.
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := addAddrEnablingIPv6(cont, link, a, enableV6); err != nil {
+			return fmt.Errorf("add address %s to %s in container: %w", a.IPNet, p.IfName, err)
+		}
+	}
+
+	if p.hasV4 {
+		gwNet := &net.IPNet{IP: GatewayIPv4, Mask: net.CIDRMask(32, 32)}
+		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: gwNet, Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("add route %s dev %s scope link in container: %w", GatewayIPv4, p.IfName, err)
+		}
+		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: GatewayIPv4}); err != nil {
+			return fmt.Errorf("add default route via %s in container: %w", GatewayIPv4, existsHint(err))
+		}
+		if err := setGatewayNeigh(cont, idx, netlink.FAMILY_V4, GatewayIPv4); err != nil {
+			return err
+		}
+	}
+	if p.hasV6 {
+		if err := setGatewayNeigh(cont, idx, netlink.FAMILY_V6, GatewayIPv6); err != nil {
+			return err
+		}
+		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: GatewayIPv6}); err != nil {
+			return fmt.Errorf("add default route via %s in container: %w", GatewayIPv6, existsHint(err))
+		}
+	}
+	return nil
+}
+
+func existsHint(err error) error {
+	if errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("%w (the container already has a default route)", err)
+	}
+	return err
+}
+
+func setGatewayNeigh(h *netlink.Handle, idx, family int, ip net.IP) error {
+	n := &netlink.Neigh{
+		LinkIndex:    idx,
+		Family:       family,
+		State:        netlink.NUD_PERMANENT,
+		IP:           ip,
+		HardwareAddr: HostVethMAC,
+	}
+	if err := h.NeighSet(n); err != nil {
+		return fmt.Errorf("add permanent neighbour %s -> %s in container: %w", ip, HostVethMAC, err)
+	}
+	return nil
+}
+
+func hostRoute(idx int, dst *net.IPNet, proto netlink.RouteProtocol) *netlink.Route {
+	r := &netlink.Route{LinkIndex: idx, Dst: dst, Protocol: proto}
+	if dst.IP.To4() != nil {
+		// IPv6 routes have no scope; the kernel reports them as universe.
+		r.Scope = netlink.SCOPE_LINK
+	}
+	return r
+}
+
+func addHostRoutes(host *netlink.Handle, idx int, p *plan) error {
+	for i := range p.addrs {
+		dst := &p.addrs[i]
+		err := host.RouteAdd(hostRoute(idx, dst, p.routeProto))
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%w: %s (%s)", ErrAddressRouted, dst, describeRoutes(host, dst))
+		}
+		return fmt.Errorf("add host route %s dev %s: %w", dst, p.HostVeth, err)
+	}
+	return nil
+}
+
+// describeRoutes names the interfaces already routing dst, for an error
+// message a person can act on.
+func describeRoutes(h *netlink.Handle, dst *net.IPNet) string {
+	family := netlink.FAMILY_V4
+	if dst.IP.To4() == nil {
+		family = netlink.FAMILY_V6
+	}
+	routes, err := h.RouteListFiltered(family, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	if err != nil || len(routes) == 0 {
+		return "existing route not found"
+	}
+	var parts []string
+	for _, r := range routes {
+		dev := fmt.Sprintf("ifindex %d", r.LinkIndex)
+		if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+			dev = l.Attrs().Name
+		}
+		parts = append(parts, fmt.Sprintf("existing route dev %s proto %s", dev, r.Protocol))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func isLinkNotFound(err error) bool {
+	if err == nil {
+		return false
+	}
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// isNetnsGone: the path is missing, or is left as a plain file after the
+// namespace was unmounted. Either way its interfaces are gone with it.
+func isNetnsGone(err error) bool {
+	var notExist ns.NSPathNotExistErr
+	var notNS ns.NSPathNotNSErr
+	return errors.As(err, &notExist) || errors.As(err, &notNS)
+}

@@ -1,0 +1,314 @@
+package ipam
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/store"
+)
+
+func newKV(t *testing.T) store.KV {
+	e := etcdtest.Start(t)
+	kv, err := store.NewHTTP(store.Config{Endpoints: e.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { kv.Close() })
+	return kv
+}
+
+func addPool(t *testing.T, kv store.KV, p model.Pool) {
+	t.Helper()
+	if _, err := AddPool(context.Background(), kv, p); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func req(cid string) Request {
+	return Request{Network: "net", ContainerID: cid, IfName: "eth0", IPv4: true}
+}
+
+func count(t *testing.T, kv store.KV, prefix string) int {
+	t.Helper()
+	kvs, _, err := kv.List(context.Background(), prefix, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(kvs)
+}
+
+func TestAssignFromAffineBlockAndIdempotent(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	a := &IPAM{KV: kv, Host: "h1", LockDir: t.TempDir()}
+	h, out, err := a.Assign(ctx, req("c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 1 || len(h.IPs) != 1 || out[0].Block.String() == "" {
+		t.Fatalf("assigned %+v", out)
+	}
+	_, again, err := a.Assign(ctx, req("c1"))
+	if err != nil || !again[0].IP.Equal(out[0].IP) {
+		t.Fatalf("second ADD with the same handle: %v %v, want %v", again, err, out[0].IP)
+	}
+	_, out2, err := a.Assign(ctx, req("c2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out2[0].Block.String() != out[0].Block.String() {
+		t.Fatalf("second container got block %s, want the host's block %s", out2[0].Block, out[0].Block)
+	}
+	if n := count(t, kv, model.AffinityHostPrefix("h1")); n != 1 {
+		t.Fatalf("%d affinities, want 1", n)
+	}
+	// Release both: the empty block and its affinity go back to the pool.
+	for _, c := range []string{"c1", "c2", "c2"} {
+		if err := a.Release(ctx, "net", c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{model.BlockPrefix, model.AffinityPrefix, model.HandlePrefix} {
+		if n := count(t, kv, p); n != 0 {
+			t.Fatalf("%d keys left under %s", n, p)
+		}
+	}
+}
+
+func TestStaticAddresses(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	addPool(t, kv, model.Pool{CIDR: "10.9.0.0/16", Disabled: true})
+	h1 := &IPAM{KV: kv, Host: "h1"}
+	h2 := &IPAM{KV: kv, Host: "h2"}
+	r := req("a")
+	r.Static = []net.IP{net.ParseIP("10.0.0.1")}
+	if _, out, err := h1.Assign(ctx, r); err != nil || out[0].IP.String() != "10.0.0.1" {
+		t.Fatalf("static: %v %v", out, err)
+	}
+	// Same address again, other container: in use.
+	r2 := req("b")
+	r2.Static = []net.IP{net.ParseIP("10.0.0.1")}
+	if _, _, err := h2.Assign(ctx, r2); CodeOf(err) != CodeAddressInUse {
+		t.Fatalf("in use: got %v", err)
+	}
+	// 10.0.0.2 from host 2 is borrowed from h1's block (the seed scenario).
+	r2.Static = []net.IP{net.ParseIP("10.0.0.2")}
+	if _, out, err := h2.Assign(ctx, r2); err != nil || out[0].IP.String() != "10.0.0.2" {
+		t.Fatalf("borrow static: %v %v", out, err)
+	}
+	r3 := req("c")
+	r3.Static = []net.IP{net.ParseIP("10.0.0.3")}
+	r3.StrictAffinity = true
+	if _, _, err := h2.Assign(ctx, r3); CodeOf(err) != CodeNotAffine {
+		t.Fatalf("strict: got %v", err)
+	}
+	r3.StrictAffinity = false
+	r3.Static = []net.IP{net.ParseIP("172.31.0.1")}
+	if _, _, err := h2.Assign(ctx, r3); CodeOf(err) != CodeNoPool {
+		t.Fatalf("outside pools: got %v", err)
+	}
+	r3.Static = []net.IP{net.ParseIP("10.9.0.1")}
+	if _, _, err := h2.Assign(ctx, r3); CodeOf(err) != CodePoolDisabled {
+		t.Fatalf("disabled pool: got %v", err)
+	}
+	// Nothing was written by the failed attempts.
+	if n := count(t, kv, model.HandlePrefix); n != 2 {
+		t.Fatalf("%d handles, want 2", n)
+	}
+	if err := ReleaseIP(ctx, kv, net.ParseIP("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if al, _, _ := Lookup(ctx, kv, net.ParseIP("10.0.0.2")); al != nil {
+		t.Fatalf("10.0.0.2 still allocated: %+v", al)
+	}
+}
+
+func TestExhaustBorrowAndStrict(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	// Two /30 blocks in a /29: 8 addresses, minus network and broadcast.
+	addPool(t, kv, model.Pool{CIDR: "10.1.0.0/29", BlockSize: 30})
+	h1 := &IPAM{KV: kv, Host: "h1"}
+	h2 := &IPAM{KV: kv, Host: "h2"}
+	if _, _, err := h1.Assign(ctx, req("a1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h2.Assign(ctx, req("b1")); err != nil {
+		t.Fatal(err)
+	}
+	// Fill h2's block, then h2 must borrow from h1's block.
+	seen := map[string]bool{}
+	for i := 2; i <= 6; i++ {
+		r := req(fmt.Sprintf("b%d", i))
+		_, out, err := h2.Assign(ctx, r)
+		if i == 6 {
+			if CodeOf(err) != CodePoolExhausted {
+				t.Fatalf("7th address: got %v, want exhausted", err)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatalf("assign %d: %v", i, err)
+		}
+		if seen[out[0].IP.String()] {
+			t.Fatalf("duplicate %s", out[0].IP)
+		}
+		seen[out[0].IP.String()] = true
+	}
+	r := req("strict")
+	r.StrictAffinity = true
+	if err := h2.Release(ctx, "net", "b5"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h2.Assign(ctx, r); err != nil {
+		// b5 was borrowed from h1's block; with strict affinity h2 cannot get it.
+		if CodeOf(err) != CodePoolExhausted {
+			t.Fatalf("strict: %v", err)
+		}
+	} else {
+		t.Fatal("strict affinity borrowed an address")
+	}
+}
+
+func TestDualStack(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	addPool(t, kv, model.Pool{CIDR: "fd00:10::/64"})
+	a := &IPAM{KV: kv, Host: "h1"}
+	r := req("d")
+	r.IPv6 = true
+	_, out, err := a.Assign(ctx, r)
+	if err != nil || len(out) != 2 || out[0].IP.To4() == nil || out[1].IP.To4() != nil {
+		t.Fatalf("dual stack: %+v %v", out, err)
+	}
+	if ones, _ := out[1].Block.Mask.Size(); ones != 122 {
+		t.Fatalf("v6 block /%d, want /122", ones)
+	}
+	if _, _, err := a.Assign(ctx, Request{Network: "net", ContainerID: "x", IPv6: true, Pools6: []string{"fd99::/64"}}); CodeOf(err) != CodeNoPool {
+		t.Fatalf("unknown pool: %v", err)
+	}
+}
+
+func TestPoolValidationAndRemove(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16", IPIPMode: "always", NATOutgoing: true})
+	for _, bad := range []model.Pool{
+		{CIDR: "10.0.1.0/24"},                     // overlap
+		{CIDR: "10.2.0.1/16"},                     // host bits
+		{CIDR: "nonsense"},                        //
+		{CIDR: "fd00::/64", IPIPMode: "always"},   // ipip v6
+		{CIDR: "10.3.0.0/16", BlockSize: 8},       // block bigger than pool
+		{CIDR: "10.4.0.0/16", VXLANMode: "often"}, // bad mode
+	} {
+		if _, err := AddPool(ctx, kv, bad); err == nil {
+			t.Errorf("pool %+v accepted", bad)
+		}
+	}
+	a := &IPAM{KV: kv, Host: "h1"}
+	if _, _, err := a.Assign(ctx, req("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemovePool(ctx, kv, "10.0.0.0/16"); err == nil {
+		t.Fatal("removed a pool with allocations")
+	} else {
+		t.Log(err)
+	}
+	if err := a.Release(ctx, "net", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemovePool(ctx, kv, "10.0.0.0/16"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Three hosts, 50 concurrent assignments each: all distinct, each from its own
+// host's blocks; then all releases leave nothing.
+func TestConcurrentHostsNoDuplicates(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	var mu sync.Mutex
+	got := map[string]string{}
+	var wg sync.WaitGroup
+	errs := make(chan error, 150)
+	for h := 0; h < 3; h++ {
+		a := &IPAM{KV: kv, Host: fmt.Sprintf("h%d", h)} // no lock: hosts race through etcd only
+		for i := 0; i < 50; i++ {
+			wg.Add(1)
+			go func(cid string) {
+				defer wg.Done()
+				_, out, err := a.Assign(ctx, req(cid))
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				ip := out[0].IP.String()
+				if prev, dup := got[ip]; dup {
+					errs <- fmt.Errorf("%s given to %s and %s", ip, prev, cid)
+				}
+				got[ip] = a.Host
+				al, b, err := Lookup(ctx, kv, out[0].IP)
+				if err != nil || al == nil || b.Affinity != a.Host {
+					errs <- fmt.Errorf("%s of %s is in block of %v (%v)", ip, a.Host, b, err)
+				}
+			}(fmt.Sprintf("h%d-c%d", h, i))
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if len(got) != 150 {
+		t.Fatalf("%d addresses, want 150", len(got))
+	}
+	for h := 0; h < 3; h++ {
+		a := &IPAM{KV: kv, Host: fmt.Sprintf("h%d", h)}
+		for i := 0; i < 50; i++ {
+			if err := a.Release(ctx, "net", fmt.Sprintf("h%d-c%d", h, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, p := range []string{model.BlockPrefix, model.HandlePrefix, model.AffinityPrefix} {
+		if n := count(t, kv, p); n != 0 {
+			t.Fatalf("%d keys left under %s", n, p)
+		}
+	}
+}
+
+func TestGCAndCheck(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	a := &IPAM{KV: kv, Host: "h1"}
+	for _, c := range []string{"keep", "leak1", "leak2"} {
+		if _, _, err := a.Assign(ctx, req(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := Check(ctx, kv)
+	if err != nil || rep.Allocations != 3 || len(rep.Problems) != 3 {
+		t.Fatalf("check: %+v %v", rep, err)
+	}
+	rel, err := a.GC(ctx, "net", []Attachment{{ContainerID: "keep", IfName: "eth0"}})
+	if err != nil || len(rel) != 2 {
+		t.Fatalf("gc released %v (%v)", rel, err)
+	}
+	rep, _ = Check(ctx, kv)
+	if rep.Allocations != 1 {
+		t.Fatalf("after gc: %+v", rep)
+	}
+}
