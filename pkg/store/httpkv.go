@@ -30,7 +30,7 @@ func NewHTTP(cfg Config) (*HTTPKV, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, fmt.Errorf("no etcd endpoints configured")
 	}
-	tlsCfg, err := tlsConfig(cfg)
+	tlsCfg, err := TLSConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +57,8 @@ func NewHTTP(cfg Config) (*HTTPKV, error) {
 	return &HTTPKV{endpoints: eps, client: &http.Client{Transport: tr}, timeout: t}, nil
 }
 
-func tlsConfig(cfg Config) (*tls.Config, error) {
+// TLSConfig builds the client TLS settings from the etcd_*_file options.
+func TLSConfig(cfg Config) (*tls.Config, error) {
 	if cfg.CAFile == "" && cfg.CertFile == "" && cfg.KeyFile == "" {
 		return nil, nil
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tabby-net/tabby/pkg/etcdtest"
 	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
 type counter struct{ N int }
@@ -20,7 +21,7 @@ func clients(t *testing.T, eps []string) map[string]store.KV {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := store.NewGRPC(store.Config{Endpoints: eps})
+	g, err := etcdv3.New(store.Config{Endpoints: eps})
 	if err != nil {
 		t.Fatal(err)
 	}

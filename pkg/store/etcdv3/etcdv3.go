@@ -1,9 +1,13 @@
-package store
+// Package etcdv3 is the clientv3 implementation of store.KV, for resident
+// programs (tabby-node, tabbyctl) that also need watches. The CNI plugins use
+// store.HTTPKV instead to keep gRPC out of their start-up.
+package etcdv3
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tabby-net/tabby/pkg/store"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -14,19 +18,19 @@ import (
 )
 
 // GRPCKV is the clientv3 implementation, for resident programs that also watch.
-type GRPCKV struct {
+type KV struct {
 	Client  *clientv3.Client
 	eps     []string
 	timeout time.Duration
 }
 
-// NewGRPC dials etcd with clientv3. Dialing is lazy; calls fail with
+// New dials etcd with clientv3. Dialing is lazy; calls fail with
 // ErrUnavailable after the call timeout when etcd is down.
-func NewGRPC(cfg Config) (*GRPCKV, error) {
+func New(cfg store.Config) (*KV, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, fmt.Errorf("no etcd endpoints configured")
 	}
-	tlsCfg, err := tlsConfig(cfg)
+	tlsCfg, err := store.TLSConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -39,41 +43,41 @@ func NewGRPC(cfg Config) (*GRPCKV, error) {
 		Logger:               nopLogger(),
 	})
 	if err != nil {
-		return nil, &UnavailableError{Endpoints: cfg.Endpoints, Err: err}
+		return nil, &store.UnavailableError{Endpoints: cfg.Endpoints, Err: err}
 	}
 	t := cfg.Timeout
 	if t == 0 {
-		t = DefaultTimeout
+		t = store.DefaultTimeout
 	}
-	return &GRPCKV{Client: c, eps: cfg.Endpoints, timeout: t}, nil
+	return &KV{Client: c, eps: cfg.Endpoints, timeout: t}, nil
 }
 
-func (g *GRPCKV) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+func (g *KV) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, g.timeout)
 }
 
-func (g *GRPCKV) wrap(err error) error {
+func (g *KV) wrap(err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
 		errors.Is(err, rpctypes.ErrNoLeader) || errors.Is(err, rpctypes.ErrTimeout) {
-		return &UnavailableError{Endpoints: g.eps, Err: err}
+		return &store.UnavailableError{Endpoints: g.eps, Err: err}
 	}
 	if s, ok := status.FromError(err); ok {
 		switch s.Code() {
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-			return &UnavailableError{Endpoints: g.eps, Err: err}
+			return &store.UnavailableError{Endpoints: g.eps, Err: err}
 		}
 	}
 	return err
 }
 
-// Get implements KV.
-func (g *GRPCKV) Get(ctx context.Context, key string) (*KeyValue, error) {
+// Get implements store.KV.
+func (g *KV) Get(ctx context.Context, key string) (*store.KeyValue, error) {
 	ctx, cancel := g.ctx(ctx)
 	defer cancel()
 	r, err := g.Client.Get(ctx, key)
@@ -81,14 +85,14 @@ func (g *GRPCKV) Get(ctx context.Context, key string) (*KeyValue, error) {
 		return nil, g.wrap(err)
 	}
 	if len(r.Kvs) == 0 {
-		return nil, fmt.Errorf("%s: %w", key, ErrNotFound)
+		return nil, fmt.Errorf("%s: %w", key, store.ErrNotFound)
 	}
 	k := r.Kvs[0]
-	return &KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}, nil
+	return &store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}, nil
 }
 
-// List implements KV.
-func (g *GRPCKV) List(ctx context.Context, prefix string, keysOnly bool) ([]KeyValue, int64, error) {
+// List implements store.KV.
+func (g *KV) List(ctx context.Context, prefix string, keysOnly bool) ([]store.KeyValue, int64, error) {
 	ctx, cancel := g.ctx(ctx)
 	defer cancel()
 	opts := []clientv3.OpOption{clientv3.WithPrefix()}
@@ -99,49 +103,49 @@ func (g *GRPCKV) List(ctx context.Context, prefix string, keysOnly bool) ([]KeyV
 	if err != nil {
 		return nil, 0, g.wrap(err)
 	}
-	out := make([]KeyValue, len(r.Kvs))
+	out := make([]store.KeyValue, len(r.Kvs))
 	for i, k := range r.Kvs {
-		out[i] = KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}
+		out[i] = store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}
 	}
 	return out, r.Header.Revision, nil
 }
 
-// Txn implements KV.
-func (g *GRPCKV) Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, error) {
+// Txn implements store.KV.
+func (g *KV) Txn(ctx context.Context, cmps []store.Cmp, ops []store.Op) (*store.TxnResult, error) {
 	ctx, cancel := g.ctx(ctx)
 	defer cancel()
 	cs := make([]clientv3.Cmp, len(cmps))
 	for i, c := range cmps {
 		cs[i] = clientv3.Compare(clientv3.ModRevision(c.Key), "=", c.ModRev)
 	}
-	os := make([]clientv3.Op, len(ops))
+	rops := make([]clientv3.Op, len(ops))
 	for i, o := range ops {
 		var opts []clientv3.OpOption
 		if o.Prefix {
 			opts = append(opts, clientv3.WithPrefix())
 		}
 		switch o.Kind {
-		case OpPut:
-			os[i] = clientv3.OpPut(o.Key, string(o.Value))
-		case OpDelete:
-			os[i] = clientv3.OpDelete(o.Key, opts...)
-		case OpGet:
-			os[i] = clientv3.OpGet(o.Key, opts...)
+		case store.OpPut:
+			rops[i] = clientv3.OpPut(o.Key, string(o.Value))
+		case store.OpDelete:
+			rops[i] = clientv3.OpDelete(o.Key, opts...)
+		case store.OpGet:
+			rops[i] = clientv3.OpGet(o.Key, opts...)
 		}
 	}
-	r, err := g.Client.Txn(ctx).If(cs...).Then(os...).Commit()
+	r, err := g.Client.Txn(ctx).If(cs...).Then(rops...).Commit()
 	if err != nil {
 		return nil, g.wrap(err)
 	}
-	out := &TxnResult{Succeeded: r.Succeeded, Revision: r.Header.Revision}
+	out := &store.TxnResult{Succeeded: r.Succeeded, Revision: r.Header.Revision}
 	if r.Succeeded {
 		for i, o := range ops {
-			if o.Kind != OpGet {
+			if o.Kind != store.OpGet {
 				continue
 			}
-			var kvs []KeyValue
+			var kvs []store.KeyValue
 			for _, k := range r.Responses[i].GetResponseRange().Kvs {
-				kvs = append(kvs, KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision})
+				kvs = append(kvs, store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision})
 			}
 			out.Gets = append(out.Gets, kvs)
 		}
@@ -149,7 +153,7 @@ func (g *GRPCKV) Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, err
 	return out, nil
 }
 
-// Close implements KV.
-func (g *GRPCKV) Close() error { return g.Client.Close() }
+// Close implements store.KV.
+func (g *KV) Close() error { return g.Client.Close() }
 
 func nopLogger() *zap.Logger { return zap.NewNop() }

@@ -1,0 +1,204 @@
+// tabby-ipam is the CNI IPAM plugin: addresses from etcd pools in host-affine
+// blocks. It works under tabby and under other main plugins (ptp, bridge).
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/tabby-net/tabby/pkg/ipam"
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/netconf"
+	"github.com/tabby-net/tabby/pkg/plugin"
+	"github.com/tabby-net/tabby/pkg/store"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// Gateways the results name. The tabby plugin programs its own; ptp puts the
+// gateway on each host veth, so any fixed link-local next hop works.
+var (
+	gw4 = net.ParseIP("169.254.1.1")
+	gw6 = net.ParseIP("fe80::ecee:eeff:feee:eeee")
+)
+
+func main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
+		version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), "tabby-ipam "+Version)
+}
+
+type env struct {
+	conf *netconf.NetConf
+	kv   store.KV
+	ipam *ipam.IPAM
+	log  *plugin.Logger
+}
+
+func setup(args *skel.CmdArgs) (*env, error) {
+	c, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	host, err := c.Node()
+	if err != nil {
+		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: err.Error()}
+	}
+	kv, err := plugin.OpenKV(c)
+	if err != nil {
+		return nil, err
+	}
+	return &env{conf: c, kv: kv, ipam: &ipam.IPAM{KV: kv, Host: host, LockDir: c.State()},
+		log: plugin.NewLogger(c.LogFile, c.LogLevel, "tabby-ipam "+args.ContainerID)}, nil
+}
+
+func (e *env) close() { e.kv.Close(); e.log.Close() }
+
+func cmdAdd(args *skel.CmdArgs) (err error) {
+	e, err := setup(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer e.close()
+	a, err := netconf.ParseArgs(args.Args, e.conf)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	workload := a.Workload
+	if workload == "" {
+		workload = args.ContainerID
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	_, out, err := e.ipam.Assign(ctx, ipam.Request{
+		Network: e.conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Workload: workload, Plugin: e.conf.Type,
+		IPv4: e.conf.AssignV4(), IPv6: e.conf.IPAM.AssignIPv6, Pools4: e.conf.IPAM.IPv4Pools, Pools6: e.conf.IPAM.IPv6Pools,
+		Static: a.IPs, StrictAffinity: e.conf.IPAM.StrictAffinity,
+	})
+	if err != nil {
+		e.log.Errorf("ADD: %v", err)
+		return plugin.ToCNI(err)
+	}
+	res := Result(out, e.conf.IPAM.Result == "block")
+	res.CNIVersion = e.conf.CNIVersion
+	e.log.Infof("ADD %s: %v", args.ContainerID, ipsOf(out))
+	return types.PrintResult(res, e.conf.CNIVersion)
+}
+
+// Result builds the CNI result: /32 and /128 with a link-local gateway and a
+// default route (tabby, ptp), or the block prefix alone (bridge, on-link).
+func Result(out []ipam.Assigned, block bool) *current.Result {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	for _, as := range out {
+		bits := 32
+		gw, def := gw4, "0.0.0.0/0"
+		if as.IP.To4() == nil {
+			bits, gw, def = 128, gw6, "::/0"
+		}
+		mask := net.CIDRMask(bits, bits)
+		if block {
+			mask = as.Block.Mask
+		}
+		ipc := &current.IPConfig{Address: net.IPNet{IP: as.IP, Mask: mask}}
+		if !block {
+			ipc.Gateway = gw
+			_, d, _ := net.ParseCIDR(def)
+			res.Routes = append(res.Routes, &types.Route{Dst: *d})
+		}
+		res.IPs = append(res.IPs, ipc)
+	}
+	return res
+}
+
+func ipsOf(out []ipam.Assigned) []string {
+	var s []string
+	for _, a := range out {
+		s = append(s, a.IP.String())
+	}
+	return s
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer e.close()
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	if err := e.ipam.Release(ctx, e.conf.Name, args.ContainerID); err != nil {
+		e.log.Errorf("DEL: %v", err)
+		return plugin.ToCNI(err)
+	}
+	e.log.Infof("DEL %s", args.ContainerID)
+	return nil
+}
+
+// cmdCheck verifies that the handle still holds every address it was given.
+func cmdCheck(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer e.close()
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	var h model.Handle
+	if _, err := store.GetJSON(ctx, e.kv, model.HandleKey(e.conf.Name, args.ContainerID), &h); err != nil {
+		return plugin.ToCNI(fmt.Errorf("no IPAM handle %s: %w", model.HandleID(e.conf.Name, args.ContainerID), err))
+	}
+	for _, s := range h.IPs {
+		al, _, err := ipam.Lookup(ctx, e.kv, net.ParseIP(s))
+		if err != nil {
+			return plugin.ToCNI(err)
+		}
+		if al == nil || al.Handle != h.ID {
+			return plugin.ToCNI(fmt.Errorf("address %s of handle %s is not allocated to it in its block", s, h.ID))
+		}
+	}
+	return nil
+}
+
+func cmdGC(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer e.close()
+	var valid []ipam.Attachment
+	for _, v := range e.conf.ValidAttachments {
+		valid = append(valid, ipam.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*plugin.Deadline)
+	defer cancel()
+	rel, err := e.ipam.GC(ctx, e.conf.Name, valid)
+	e.log.Infof("GC released %v", rel)
+	return plugin.ToCNI(err)
+}
+
+func cmdStatus(args *skel.CmdArgs) error {
+	e, err := setup(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer e.close()
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	if e.conf.AssignV4() {
+		if err := ipam.HasRoom(ctx, e.kv, false, e.conf.IPAM.IPv4Pools); err != nil {
+			return plugin.ToCNI(err)
+		}
+	}
+	if e.conf.IPAM.AssignIPv6 {
+		if err := ipam.HasRoom(ctx, e.kv, true, e.conf.IPAM.IPv6Pools); err != nil {
+			return plugin.ToCNI(err)
+		}
+	}
+	return nil
+}

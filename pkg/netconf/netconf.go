@@ -1,0 +1,322 @@
+// Package netconf parses what a CNI runtime hands tabby's plugins: the network
+// configuration (stdin), CNI_ARGS, args and runtimeConfig. Everything here is
+// untrusted input and is fuzzed.
+package netconf
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/tabby-net/tabby/pkg/model"
+)
+
+// Error codes the plugins use, as SPEC.md fixes them (note: the CNI spec
+// itself numbers these the other way round; tabby follows its contract).
+const (
+	CodeBadConfig = 4  // bad network configuration
+	CodeBadArgs   = 7  // bad environment or arguments
+	CodeTryAgain  = 11 // etcd or the node daemon unreachable
+	CodeInternal  = 999
+)
+
+// Error is a plugin error with its CNI code.
+type Error struct {
+	Code int
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func bad(code int, format string, a ...any) error {
+	return &Error{Code: code, Msg: fmt.Sprintf(format, a...)}
+}
+
+// IPAM is the ipam section for tabby-ipam.
+type IPAM struct {
+	Type           string   `json:"type"`
+	AssignIPv4     *bool    `json:"assign_ipv4,omitempty"`
+	AssignIPv6     bool     `json:"assign_ipv6"`
+	IPv4Pools      []string `json:"ipv4_pools"`
+	IPv6Pools      []string `json:"ipv6_pools"`
+	StrictAffinity bool     `json:"strict_affinity"`
+	// Result "host" (default) answers /32 and /128 with gateway 169.254.1.1,
+	// for tabby and ptp; "block" answers the block's prefix and no gateway,
+	// so containers on one bridge reach each other on-link.
+	Result string `json:"result,omitempty"`
+	Etcd
+	Nodename string `json:"nodename,omitempty"`
+	StateDir string `json:"state_dir,omitempty"`
+}
+
+// Etcd holds the datastore settings (top level, or inside ipam for tabby-ipam
+// under another main plugin).
+type Etcd struct {
+	Endpoints  string `json:"etcd_endpoints,omitempty"`
+	CACertFile string `json:"etcd_ca_cert_file,omitempty"`
+	CertFile   string `json:"etcd_cert_file,omitempty"`
+	KeyFile    string `json:"etcd_key_file,omitempty"`
+}
+
+// NetConf is the whole network configuration tabby understands.
+type NetConf struct {
+	CNIVersion string          `json:"cniVersion"`
+	Name       string          `json:"name"`
+	Type       string          `json:"type"`
+	PrevResult json.RawMessage `json:"prevResult,omitempty"`
+	Etcd
+	Nodename      string   `json:"nodename"`
+	StateDir      string   `json:"state_dir"`
+	MTU           int      `json:"mtu"`
+	Profiles      []string `json:"profiles"`
+	LogFile       string   `json:"log_file"`
+	LogLevel      string   `json:"log_level"`
+	PolicyTimeout float64  `json:"policy_setup_timeout_seconds"`
+	IPAM          IPAM     `json:"ipam"`
+	RuntimeConfig struct {
+		IPs []string `json:"ips"`
+	} `json:"runtimeConfig"`
+	Args struct {
+		Tabby struct {
+			Profiles []string `json:"profiles"`
+		} `json:"tabby"`
+		CNI struct {
+			IPs []string `json:"ips"`
+		} `json:"cni"`
+	} `json:"args"`
+	ValidAttachments []struct {
+		ContainerID string `json:"containerID"`
+		IfName      string `json:"ifname"`
+	} `json:"cni.dev/valid-attachments"`
+}
+
+// DefaultStateDir is where the node daemon and plugins keep local state.
+const DefaultStateDir = "/var/run/tabby"
+
+// Parse decodes and validates stdin of a plugin.
+func Parse(b []byte) (*NetConf, error) {
+	var c NetConf
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, bad(CodeBadConfig, "network configuration is not valid JSON: %v", err)
+	}
+	if c.Name == "" {
+		return nil, bad(CodeBadConfig, "network configuration has no \"name\"")
+	}
+	if err := model.ValidName(c.Name); err != nil {
+		return nil, bad(CodeBadConfig, "network name: %v", err)
+	}
+	if c.MTU < 0 || (c.MTU > 0 && c.MTU < 576) || c.MTU > 65535 {
+		return nil, bad(CodeBadConfig, "mtu %d is out of range; use 0 (derive from the uplink) or 576..65535", c.MTU)
+	}
+	for _, p := range c.Profiles {
+		if err := model.ValidName(p); err != nil {
+			return nil, bad(CodeBadConfig, "profile in \"profiles\": %v", err)
+		}
+	}
+	switch c.IPAM.Result {
+	case "", "host", "block":
+	default:
+		return nil, bad(CodeBadConfig, "ipam result %q: use \"host\" or \"block\"", c.IPAM.Result)
+	}
+	for _, p := range append(append([]string{}, c.IPAM.IPv4Pools...), c.IPAM.IPv6Pools...) {
+		if _, err := model.CanonicalCIDR(p); err != nil {
+			return nil, bad(CodeBadConfig, "ipam pool: %v", err)
+		}
+	}
+	if c.PolicyTimeout < 0 {
+		return nil, bad(CodeBadConfig, "policy_setup_timeout_seconds must not be negative")
+	}
+	return &c, nil
+}
+
+// AssignV4 reports whether an IPv4 address is wanted (default yes).
+func (c *NetConf) AssignV4() bool { return c.IPAM.AssignIPv4 == nil || *c.IPAM.AssignIPv4 }
+
+// EtcdConfig merges the etcd settings: ipam section over top level over the
+// environment (ETCD_ENDPOINTS ...) over the local default.
+func (c *NetConf) EtcdConfig() Etcd {
+	e := c.Etcd
+	pick := func(dst *string, vals ...string) {
+		for _, v := range vals {
+			if v != "" {
+				*dst = v
+				return
+			}
+		}
+	}
+	pick(&e.Endpoints, c.IPAM.Endpoints, c.Endpoints, os.Getenv("ETCD_ENDPOINTS"), "http://127.0.0.1:2379")
+	pick(&e.CACertFile, c.IPAM.CACertFile, c.CACertFile, os.Getenv("ETCD_CA_CERT_FILE"))
+	pick(&e.CertFile, c.IPAM.CertFile, c.CertFile, os.Getenv("ETCD_CERT_FILE"))
+	pick(&e.KeyFile, c.IPAM.KeyFile, c.KeyFile, os.Getenv("ETCD_KEY_FILE"))
+	return e
+}
+
+// EndpointList splits the comma-separated endpoints.
+func (e Etcd) EndpointList() []string {
+	var out []string
+	for _, s := range strings.Split(e.Endpoints, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// State returns the state dir: ipam section, top level, default.
+func (c *NetConf) State() string {
+	if c.IPAM.StateDir != "" {
+		return c.IPAM.StateDir
+	}
+	if c.StateDir != "" {
+		return c.StateDir
+	}
+	return DefaultStateDir
+}
+
+// Node returns this host's name: configured, else what the node daemon wrote
+// to <state_dir>/nodename, else the hostname.
+func (c *NetConf) Node() (string, error) {
+	for _, n := range []string{c.IPAM.Nodename, c.Nodename} {
+		if n != "" {
+			return n, model.ValidName(n)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(c.State(), "nodename")); err == nil {
+		if n := strings.TrimSpace(string(b)); n != "" {
+			return n, model.ValidName(n)
+		}
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("no nodename configured and no hostname: %w", err)
+	}
+	return h, nil
+}
+
+// Args is what CNI_ARGS and the netconf's args/runtimeConfig say about one
+// workload.
+type Args struct {
+	IPs          []net.IP
+	Profiles     []string
+	Workload     string
+	Orchestrator string
+	K8sNamespace string
+	K8sPod       string
+}
+
+// ParseArgs reads CNI_ARGS ("K=V;K=V") and merges the netconf's runtimeConfig
+// ips, args.cni.ips and args.tabby.profiles. Unknown keys are an error unless
+// IgnoreUnknown is set, as with the reference plugins.
+func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
+	a := &Args{Orchestrator: model.OrchestratorCNI}
+	ignoreUnknown := false
+	var unknown []string
+	var ipStrs []string
+	if cniArgs != "" {
+		for _, kv := range strings.Split(cniArgs, ";") {
+			if kv == "" {
+				continue
+			}
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return nil, bad(CodeBadArgs, "CNI_ARGS item %q is not KEY=VALUE", kv)
+			}
+			switch k {
+			case "IgnoreUnknown":
+				ignoreUnknown = v == "1" || strings.EqualFold(v, "true")
+			case "IP":
+				ipStrs = append(ipStrs, strings.Split(v, ",")...)
+			case "TABBY_PROFILES":
+				for _, p := range strings.Split(v, ",") {
+					if p = strings.TrimSpace(p); p != "" {
+						a.Profiles = append(a.Profiles, p)
+					}
+				}
+			case "TABBY_WORKLOAD":
+				a.Workload = v
+			case "TABBY_ORCHESTRATOR":
+				a.Orchestrator = v
+			case "K8S_POD_NAMESPACE":
+				a.K8sNamespace = v
+			case "K8S_POD_NAME":
+				a.K8sPod = v
+			case "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID":
+			default:
+				unknown = append(unknown, k)
+			}
+		}
+	}
+	if len(unknown) > 0 && !ignoreUnknown {
+		return nil, bad(CodeBadArgs, "CNI_ARGS has unknown keys %v; tabby knows IP, TABBY_PROFILES, TABBY_WORKLOAD, TABBY_ORCHESTRATOR, K8S_POD_NAMESPACE, K8S_POD_NAME (add IgnoreUnknown=1 to ignore others)", unknown)
+	}
+	if c != nil {
+		ipStrs = append(ipStrs, c.RuntimeConfig.IPs...)
+		ipStrs = append(ipStrs, c.Args.CNI.IPs...)
+		a.Profiles = append(a.Profiles, c.Args.Tabby.Profiles...)
+	}
+	seen := map[string]bool{}
+	has4, has6 := false, false
+	for _, s := range ipStrs {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		// runtimeConfig.ips may carry a prefix ("10.0.0.1/24"); only the address counts.
+		addr := s
+		if i := strings.IndexByte(s, '/'); i >= 0 {
+			addr = s[:i]
+		}
+		ip := net.ParseIP(addr)
+		if ip == nil {
+			return nil, bad(CodeBadArgs, "IP %q is not an IP address", s)
+		}
+		if v4 := ip.To4(); v4 != nil {
+			ip = v4
+		}
+		if seen[ip.String()] {
+			continue
+		}
+		seen[ip.String()] = true
+		if ip.To4() != nil {
+			if has4 {
+				return nil, bad(CodeBadArgs, "more than one IPv4 address requested (%s); a workload gets one per family", s)
+			}
+			has4 = true
+		} else {
+			if has6 {
+				return nil, bad(CodeBadArgs, "more than one IPv6 address requested (%s); a workload gets one per family", s)
+			}
+			has6 = true
+		}
+		a.IPs = append(a.IPs, ip)
+	}
+	if a.K8sNamespace != "" || a.K8sPod != "" {
+		if a.K8sNamespace == "" || a.K8sPod == "" {
+			return nil, bad(CodeBadArgs, "K8S_POD_NAMESPACE and K8S_POD_NAME must come together")
+		}
+		a.Orchestrator = model.OrchestratorK8s
+		if a.Workload == "" {
+			a.Workload = a.K8sNamespace + "." + a.K8sPod
+		}
+		a.Profiles = append(a.Profiles, "k8s_ns."+a.K8sNamespace)
+	}
+	switch a.Orchestrator {
+	case model.OrchestratorCNI, model.OrchestratorK8s, model.OrchestratorDock:
+	default:
+		return nil, bad(CodeBadArgs, "TABBY_ORCHESTRATOR %q: use cni, k8s or docker", a.Orchestrator)
+	}
+	if a.Workload != "" {
+		if err := model.ValidName(a.Workload); err != nil {
+			return nil, bad(CodeBadArgs, "workload name: %v", err)
+		}
+	}
+	for _, p := range a.Profiles {
+		if err := model.ValidName(p); err != nil {
+			return nil, bad(CodeBadArgs, "profile: %v", err)
+		}
+	}
+	return a, nil
+}

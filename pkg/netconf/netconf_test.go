@@ -1,0 +1,90 @@
+package netconf
+
+import (
+	"errors"
+	"testing"
+)
+
+func code(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}
+
+func TestParseGood(t *testing.T) {
+	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"tabby","etcd_endpoints":"http://a:1, http://b:2",
+	  "profiles":["P"],"ipam":{"type":"tabby-ipam","assign_ipv6":true,"ipv6_pools":["fd00::/64"]},
+	  "runtimeConfig":{"ips":["10.0.0.9/16"]},"args":{"tabby":{"profiles":["Q"]}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.AssignV4() || !c.IPAM.AssignIPv6 || len(c.EtcdConfig().EndpointList()) != 2 {
+		t.Fatalf("%+v", c)
+	}
+	a, err := ParseArgs("IP=fd00::5;TABBY_WORKLOAD=conA;TABBY_PROFILES=A,B", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.IPs) != 2 || a.Workload != "conA" || len(a.Profiles) != 3 {
+		t.Fatalf("%+v", a)
+	}
+	k, err := ParseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_UID=x;FOO=bar", nil)
+	if err != nil || k.Orchestrator != "k8s" || k.Workload != "default.web" || k.Profiles[0] != "k8s_ns.default" {
+		t.Fatalf("k8s args: %+v %v", k, err)
+	}
+}
+
+func TestParseBad(t *testing.T) {
+	for _, tc := range []struct {
+		conf string
+		code int
+	}{
+		{`{`, CodeBadConfig},
+		{`{"cniVersion":"1.0.0","type":"tabby"}`, CodeBadConfig},
+		{`{"name":"a/b"}`, CodeBadConfig},
+		{`{"name":"n","mtu":70000}`, CodeBadConfig},
+		{`{"name":"n","profiles":["a b"]}`, CodeBadConfig},
+		{`{"name":"n","ipam":{"ipv4_pools":["10.0.0.1/8"]}}`, CodeBadConfig},
+		{`{"name":"n","ipam":{"result":"weird"}}`, CodeBadConfig},
+	} {
+		if _, err := Parse([]byte(tc.conf)); code(err) != tc.code {
+			t.Errorf("%s: got %v, want code %d", tc.conf, err, tc.code)
+		}
+	}
+	for _, args := range []string{"IP", "IP=300.1.1.1", "FOO=1", "IP=10.0.0.1,10.0.0.2", "TABBY_WORKLOAD=a/b",
+		"TABBY_ORCHESTRATOR=mesos", "K8S_POD_NAME=x", "TABBY_PROFILES=a/b"} {
+		if _, err := ParseArgs(args, nil); code(err) != CodeBadArgs {
+			t.Errorf("CNI_ARGS %q: got %v, want code %d", args, err, CodeBadArgs)
+		}
+	}
+}
+
+// Fuzz the untrusted inputs: no panic, and an error is always a coded Error.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"1.1.0","name":"n","type":"tabby","ipam":{"type":"tabby-ipam"}}`), "IP=10.0.0.1;TABBY_WORKLOAD=x")
+	f.Add([]byte(`{"name":"n","runtimeConfig":{"ips":["fd00::1/64"]}}`), "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b")
+	f.Add([]byte(`[]`), ";;=;")
+	f.Fuzz(func(t *testing.T, conf []byte, args string) {
+		c, err := Parse(conf)
+		if err != nil {
+			if code(err) == 0 {
+				t.Fatalf("uncoded error %v", err)
+			}
+			c = nil
+		}
+		a, err := ParseArgs(args, c)
+		if err != nil {
+			if code(err) == 0 {
+				t.Fatalf("uncoded args error %v", err)
+			}
+			return
+		}
+		for _, ip := range a.IPs {
+			if ip == nil {
+				t.Fatal("nil IP accepted")
+			}
+		}
+	})
+}
