@@ -5,6 +5,8 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"errors"
 	"fmt"
 	"os"
@@ -12,7 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/netconf"
@@ -105,4 +109,28 @@ func (l *Logger) Close() {
 	if l != nil && l.f != nil {
 		l.f.Close()
 	}
+}
+
+// Main runs a plugin's verbs through skel. It first makes sure stdin is a JSON
+// object, because skel would answer malformed JSON with the CNI spec's code 6,
+// and tabby's contract (SPEC.md) promises code 4 for a bad configuration.
+func Main(funcs skel.CNIFuncs, about string) {
+	if cmd := os.Getenv("CNI_COMMAND"); cmd != "" && cmd != "VERSION" {
+		data, err := io.ReadAll(os.Stdin)
+		var obj map[string]json.RawMessage
+		if err == nil {
+			err = json.Unmarshal(data, &obj)
+		}
+		if err != nil {
+			e := types.NewError(netconf.CodeBadConfig, "network configuration on stdin is not a JSON object: "+err.Error(), "")
+			_ = e.Print()
+			os.Exit(1)
+		}
+		r, w, perr := os.Pipe()
+		if perr == nil {
+			go func() { w.Write(data); w.Close() }()
+			os.Stdin = r
+		}
+	}
+	skel.PluginMainFuncs(funcs, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), about)
 }

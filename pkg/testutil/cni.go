@@ -1,0 +1,69 @@
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"time"
+)
+
+// Call is one plugin invocation as a runtime makes it.
+type Call struct {
+	Command, ContainerID, Netns, IfName, Args, Path string
+	Conf                                            []byte
+	Timeout                                         time.Duration
+}
+
+// Outcome is what the runtime sees.
+type Outcome struct {
+	Stdout   []byte
+	Stderr   []byte
+	ExitCode int
+	ErrCode  int    // CNI error object's code, 0 when none
+	ErrMsg   string // its message
+	Took     time.Duration
+}
+
+// Run executes bin as a CNI plugin.
+func Run(bin string, c Call) Outcome {
+	to := c.Timeout
+	if to == 0 {
+		to = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), to)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
+	path := c.Path
+	if path == "" {
+		path = "/usr/lib/cni"
+	}
+	ifn := c.IfName
+	if ifn == "" {
+		ifn = "eth0"
+	}
+	cmd.Env = append(os.Environ(), "CNI_COMMAND="+c.Command, "CNI_CONTAINERID="+c.ContainerID, "CNI_NETNS="+c.Netns,
+		"CNI_IFNAME="+ifn, "CNI_ARGS="+c.Args, "CNI_PATH="+path)
+	cmd.Stdin = bytes.NewReader(c.Conf)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	o := Outcome{Stdout: out.Bytes(), Stderr: errb.Bytes(), Took: time.Since(start)}
+	if ee, ok := err.(*exec.ExitError); ok {
+		o.ExitCode = ee.ExitCode()
+	} else if err != nil {
+		o.ExitCode = -1
+	}
+	if o.ExitCode != 0 {
+		var e struct {
+			Code int    `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if json.Unmarshal(o.Stdout, &e) == nil {
+			o.ErrCode, o.ErrMsg = e.Code, e.Msg
+		}
+	}
+	return o
+}
