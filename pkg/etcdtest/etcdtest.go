@@ -44,7 +44,7 @@ func Start(t testing.TB) *Etcd {
 	}
 	cfg := embed.NewConfig()
 	cfg.Dir = dir
-	cfg.LogLevel = "error"
+	cfg.LogLevel = "fatal" // Close logs harmless errors at "error"
 	cfg.Logger = "zap"
 	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", cp))
 	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", pp))

@@ -168,12 +168,12 @@ func (e *Endpoint) Nets() []string {
 	return append(append([]string{}, e.IPv4Nets...), e.IPv6Nets...)
 }
 
-// Profile is a tag plus ordered rules. Members carry the tag NAME.
+// Profile is a tag plus ordered rules. Its tag is its name: every endpoint
+// that has the profile is a member of tag NAME, which rules refer to.
 type Profile struct {
-	Name     string   `json:"name"`
-	Tags     []string `json:"tags"`
-	Inbound  []Rule   `json:"inbound"`
-	Outbound []Rule   `json:"outbound"`
+	Name     string `json:"name"`
+	Inbound  []Rule `json:"inbound"`
+	Outbound []Rule `json:"outbound"`
 }
 
 // Rule actions and protocols.
@@ -198,7 +198,6 @@ type Rule struct {
 func DefaultProfile(name string) Profile {
 	return Profile{
 		Name:     name,
-		Tags:     []string{name},
 		Inbound:  []Rule{{Action: ActionAllow, SrcTag: name}},
 		Outbound: []Rule{{Action: ActionAllow}},
 	}

@@ -185,11 +185,8 @@ func (h *HTTPKV) call(ctx context.Context, path string, req, resp any) error {
 	if err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.timeout)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	defer cancel()
 	var lastErr error
 	for _, ep := range h.endpoints {
 		r, err := http.NewRequestWithContext(ctx, http.MethodPost, ep+path, bytes.NewReader(body))

@@ -103,12 +103,6 @@ func IsUnavailable(err error) bool {
 // that no caller can hang on a dead etcd.
 const DefaultTimeout = 4 * time.Second
 
-func withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, DefaultTimeout)
-}
 
 // Config says how to reach etcd.
 type Config struct {

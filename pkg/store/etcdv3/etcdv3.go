@@ -53,9 +53,8 @@ func New(cfg store.Config) (*KV, error) {
 }
 
 func (g *KV) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return context.WithCancel(ctx)
-	}
+	// The per-call bound applies even under a longer caller deadline: a dead
+	// etcd must surface as an error in seconds, not at the caller's deadline.
 	return context.WithTimeout(ctx, g.timeout)
 }
 

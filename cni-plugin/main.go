@@ -1,0 +1,421 @@
+// tabby is the CNI plugin: a veth into the container with /32 and /128
+// addresses behind a link-local gateway on a routed host, the endpoint record
+// in etcd, and (with tabby-node) policy in force before ADD returns.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/tabby-net/tabby/cni-plugin/dataplane"
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/netconf"
+	"github.com/tabby-net/tabby/pkg/plugin"
+	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/workload"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+func main() {
+	plugin.Main(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus}, "tabby "+Version)
+}
+
+// call is one invocation's parsed input and connections.
+type call struct {
+	args     *skel.CmdArgs
+	conf     *netconf.NetConf
+	wargs    *netconf.Args
+	host     string
+	kv       store.KV
+	log      *plugin.Logger
+	workload string
+	epKey    string
+	veth     string
+}
+
+func newCall(args *skel.CmdArgs) (*call, error) {
+	c, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	if c.IPAM.Type == "" {
+		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: "network configuration has no ipam type; use \"tabby-ipam\" (or host-local)"}
+	}
+	wa, err := netconf.ParseArgs(args.Args, c)
+	if err != nil {
+		return nil, err
+	}
+	host, err := c.Node()
+	if err != nil {
+		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: err.Error()}
+	}
+	kv, err := plugin.OpenKV(c)
+	if err != nil {
+		return nil, err
+	}
+	wl := wa.Workload
+	if wl == "" {
+		wl = args.ContainerID
+	}
+	if err := model.ValidName(wl); err != nil {
+		kv.Close()
+		return nil, &netconf.Error{Code: netconf.CodeBadArgs, Msg: "container ID: " + err.Error()}
+	}
+	return &call{
+		args: args, conf: c, wargs: wa, host: host, kv: kv, workload: wl,
+		log:   plugin.NewLogger(c.LogFile, c.LogLevel, "tabby "+args.ContainerID),
+		epKey: model.EndpointKey(host, wa.Orchestrator, wl, args.IfName),
+		veth:  dataplane.HostVethName(wa.Orchestrator + "/" + wl + "/" + args.IfName),
+	}, nil
+}
+
+func (c *call) close() { c.kv.Close(); c.log.Close() }
+
+// delegateEnv makes the IPAM plugin tolerate tabby's own CNI_ARGS keys:
+// host-local, like every reference plugin, refuses unknown keys otherwise.
+func delegateEnv() {
+	a := os.Getenv("CNI_ARGS")
+	if !strings.Contains(a, "IgnoreUnknown=") {
+		if a != "" {
+			a += ";"
+		}
+		os.Setenv("CNI_ARGS", a+"IgnoreUnknown=1")
+	}
+}
+
+func cmdAdd(args *skel.CmdArgs) (err error) {
+	c, err := newCall(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer c.close()
+	res, err := c.add()
+	if err != nil {
+		c.log.Errorf("ADD failed: %v", err)
+		return plugin.ToCNI(err)
+	}
+	return types.PrintResult(res, c.conf.CNIVersion)
+}
+
+func (c *call) add() (res *current.Result, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	// One round trip for what the ADD needs to know before it acts: an
+	// existing endpoint (a repeated ADD) and the pools (encapsulation, MTU).
+	pre, err := c.kv.Txn(ctx, nil, []store.Op{store.Get(c.epKey), {Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}})
+	if err != nil {
+		return nil, err
+	}
+	var pools []model.Pool
+	for _, kv := range pre.Gets[1] {
+		var p model.Pool
+		if json.Unmarshal(kv.Value, &p) == nil {
+			pools = append(pools, p)
+		}
+	}
+	if len(pre.Gets[0]) > 0 {
+		var ep model.Endpoint
+		if json.Unmarshal(pre.Gets[0][0].Value, &ep) == nil && ep.ContainerID == c.args.ContainerID {
+			if r, err := c.existing(&ep); err == nil {
+				c.log.Infof("ADD answered from the existing endpoint %s", c.epKey)
+				return r, nil
+			}
+		}
+	}
+
+	delegateEnv()
+	ipamRes, err := invoke.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			// A fresh context: the ADD's own may be what ran out.
+			rctx, rcancel := context.WithTimeout(context.Background(), plugin.Deadline)
+			defer rcancel()
+			if derr := invoke.DelegateDel(rctx, c.conf.IPAM.Type, c.args.StdinData, nil); derr != nil {
+				c.log.Errorf("rollback: release addresses: %v", derr)
+			}
+		}
+	}()
+	ir, err := current.NewResultFromResult(ipamRes)
+	if err != nil {
+		return nil, fmt.Errorf("IPAM %s result: %w", c.conf.IPAM.Type, err)
+	}
+	if len(ir.IPs) == 0 {
+		return nil, fmt.Errorf("IPAM %s returned no address", c.conf.IPAM.Type)
+	}
+	var addrs []net.IPNet
+	ep := &model.Endpoint{Host: c.host, Orchestrator: c.wargs.Orchestrator, Workload: c.workload, Name: c.args.IfName,
+		ContainerID: c.args.ContainerID, Network: c.conf.Name, Netns: c.args.Netns, IfName: c.args.IfName, HostInterface: c.veth,
+		Profiles: append(append([]string{}, c.conf.Profiles...), c.wargs.Profiles...), Handle: model.HandleID(c.conf.Name, c.args.ContainerID)}
+	var encap int
+	for _, ipc := range ir.IPs {
+		n := net.IPNet{IP: ipc.Address.IP, Mask: net.CIDRMask(32, 32)}
+		if ipc.Address.IP.To4() == nil {
+			n.Mask = net.CIDRMask(128, 128)
+			ep.IPv6Nets = append(ep.IPv6Nets, n.String())
+		} else {
+			n.IP = n.IP.To4()
+			ep.IPv4Nets = append(ep.IPv4Nets, n.String())
+		}
+		addrs = append(addrs, n)
+		encap = max(encap, encapOverhead(pools, n.IP))
+	}
+	mtu := c.conf.MTU
+	if mtu == 0 {
+		up, uerr := dataplane.UplinkMTU()
+		if uerr != nil {
+			up = 1500
+		}
+		mtu = up - encap
+	}
+
+	dp, err := dataplane.Setup(dataplane.Config{NetnsPath: c.args.Netns, IfName: c.args.IfName, HostVeth: c.veth, MTU: mtu, Addrs: addrs})
+	if err != nil {
+		return nil, classifyDataplane(err)
+	}
+	defer func() {
+		if err != nil {
+			if terr := dataplane.Teardown(c.args.Netns, c.args.IfName, c.veth); terr != nil {
+				c.log.Errorf("rollback: remove veth %s: %v", c.veth, terr)
+			}
+		}
+	}()
+	ep.MAC = dp.ContainerMAC.String()
+	if err = workload.Put(ctx, c.kv, ep); err != nil {
+		return nil, fmt.Errorf("record endpoint %s: %w", c.epKey, err)
+	}
+	defer func() {
+		if err != nil {
+			rctx, rcancel := context.WithTimeout(context.Background(), plugin.Deadline)
+			defer rcancel()
+			if _, derr := workload.Delete(rctx, c.kv, c.epKey, c.args.ContainerID); derr != nil {
+				c.log.Errorf("rollback: delete endpoint: %v", derr)
+			}
+		}
+	}()
+	if err = c.waitPolicy(ctx, ep); err != nil {
+		return nil, err
+	}
+	c.log.Infof("ADD %s: %s %v via %s", c.workload, c.args.IfName, ep.Nets(), c.veth)
+	return c.result(dp, addrs), nil
+}
+
+// encapOverhead is the tunnel header of the pool that holds ip.
+func encapOverhead(pools []model.Pool, ip net.IP) int {
+	for _, p := range pools {
+		if !p.IPNet().Contains(ip) {
+			continue
+		}
+		switch {
+		case p.VXLANMode != model.EncapNever && p.VXLANMode != "":
+			if p.IsV6() {
+				return 70
+			}
+			return 50
+		case p.IPIPMode != model.EncapNever && p.IPIPMode != "":
+			return 20
+		}
+	}
+	return 0
+}
+
+func classifyDataplane(err error) error {
+	if errors.Is(err, dataplane.ErrContainerIfExists) {
+		return &netconf.Error{Code: netconf.CodeBadArgs, Msg: err.Error() + "; choose another CNI_IFNAME or remove the interface"}
+	}
+	if strings.Contains(err.Error(), "no such file") || strings.Contains(err.Error(), "netns") {
+		return &netconf.Error{Code: netconf.CodeBadArgs, Msg: "container network namespace: " + err.Error()}
+	}
+	return fmt.Errorf("set up veth: %w", err)
+}
+
+func (c *call) result(dp *dataplane.Result, addrs []net.IPNet) *current.Result {
+	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	r.Interfaces = []*current.Interface{
+		{Name: dp.HostVeth, Mac: dp.HostMAC.String()},
+		{Name: c.args.IfName, Mac: dp.ContainerMAC.String(), Sandbox: c.args.Netns},
+	}
+	idx := 1
+	has6 := false
+	for _, a := range addrs {
+		gw := dataplane.GatewayIPv4
+		if a.IP.To4() == nil {
+			gw, has6 = dataplane.GatewayIPv6, true
+		}
+		r.IPs = append(r.IPs, &current.IPConfig{Interface: &idx, Address: a, Gateway: gw})
+	}
+	r.Routes = append(r.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: dataplane.GatewayIPv4})
+	if has6 {
+		r.Routes = append(r.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, GW: dataplane.GatewayIPv6})
+	}
+	return r
+}
+
+// existing answers a repeated ADD from the interface that is already there.
+func (c *call) existing(ep *model.Endpoint) (*current.Result, error) {
+	dp, addrs, err := dataplane.Inspect(c.args.Netns, c.args.IfName, c.veth)
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("interface has no address")
+	}
+	return c.result(dp, addrs), nil
+}
+
+func cmdDel(args *skel.CmdArgs) error {
+	c, err := newCall(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer c.close()
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	// A record that names another container belongs to a newer sandbox with
+	// the same identity: leave its veth and record alone, release only ours.
+	ep, err := workload.Get(ctx, c.kv, c.epKey)
+	switch {
+	case err == nil && ep.ContainerID != args.ContainerID:
+		c.log.Infof("DEL: endpoint %s belongs to container %s now; releasing only addresses", c.epKey, ep.ContainerID)
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return plugin.ToCNI(err)
+	default:
+		if err := dataplane.Teardown(args.Netns, args.IfName, c.veth); err != nil {
+			return plugin.ToCNI(fmt.Errorf("remove veth %s: %w", c.veth, err))
+		}
+		if _, err := workload.Delete(ctx, c.kv, c.epKey, args.ContainerID); err != nil {
+			return plugin.ToCNI(err)
+		}
+	}
+	delegateEnv()
+	if err := invoke.DelegateDel(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+		return plugin.ToCNI(err)
+	}
+	c.log.Infof("DEL %s", c.workload)
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	c, err := newCall(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer c.close()
+	if len(c.conf.PrevResult) == 0 {
+		return plugin.ToCNI(&netconf.Error{Code: netconf.CodeBadConfig, Msg: "CHECK needs prevResult in the configuration"})
+	}
+	prev, err := parsePrev(c.conf)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	var addrs []net.IPNet
+	for _, ipc := range prev.IPs {
+		addrs = append(addrs, ipc.Address)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	var problems []string
+	if err := dataplane.Check(dataplane.Config{NetnsPath: args.Netns, IfName: args.IfName, HostVeth: c.veth, Addrs: addrs}); err != nil {
+		problems = append(problems, err.Error())
+	}
+	ep, err := workload.Get(ctx, c.kv, c.epKey)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		problems = append(problems, "no endpoint record at "+c.epKey)
+	case err != nil:
+		return plugin.ToCNI(err)
+	default:
+		if ep.ContainerID != args.ContainerID {
+			problems = append(problems, fmt.Sprintf("endpoint record %s belongs to container %s", c.epKey, ep.ContainerID))
+		}
+		have := map[string]bool{}
+		for _, n := range ep.Nets() {
+			have[n] = true
+		}
+		for _, a := range addrs {
+			if !have[a.String()] {
+				problems = append(problems, fmt.Sprintf("endpoint record lacks address %s", a.String()))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return types.NewError(types.ErrInternal, "CHECK: "+strings.Join(problems, "; "), "")
+	}
+	delegateEnv()
+	if err := invoke.DelegateCheck(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+		return plugin.ToCNI(err)
+	}
+	return nil
+}
+
+func parsePrev(conf *netconf.NetConf) (*current.Result, error) {
+	r, err := current.NewResult(conf.PrevResult)
+	if err != nil {
+		// prevResult comes in the netconf's own version.
+		var raw map[string]any
+		_ = json.Unmarshal(conf.PrevResult, &raw)
+		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: "prevResult: " + err.Error()}
+	}
+	return current.NewResultFromResult(r)
+}
+
+// cmdGC removes this host's endpoints of this network that no valid
+// attachment names, then lets the IPAM plugin release their addresses.
+func cmdGC(args *skel.CmdArgs) error {
+	c, err := newCall(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer c.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*plugin.Deadline)
+	defer cancel()
+	valid := map[string]bool{}
+	for _, v := range c.conf.ValidAttachments {
+		valid[v.ContainerID+"/"+v.IfName] = true
+	}
+	eps, err := store.ListJSON[model.Endpoint](ctx, c.kv, model.HostWorkloadPrefix(c.host))
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	for _, ep := range eps {
+		if ep.Network != c.conf.Name || valid[ep.ContainerID+"/"+ep.IfName] {
+			continue
+		}
+		if err := dataplane.Teardown(ep.Netns, ep.IfName, ep.HostInterface); err != nil {
+			c.log.Errorf("GC: remove veth %s: %v", ep.HostInterface, err)
+		}
+		if _, err := workload.Delete(ctx, c.kv, ep.Key(), ep.ContainerID); err != nil {
+			return plugin.ToCNI(err)
+		}
+		c.log.Infof("GC removed endpoint %s", ep.Key())
+	}
+	return plugin.ToCNI(invoke.DelegateGC(ctx, c.conf.IPAM.Type, args.StdinData, nil))
+}
+
+func cmdStatus(args *skel.CmdArgs) error {
+	c, err := newCall(args)
+	if err != nil {
+		return plugin.ToCNI(err)
+	}
+	defer c.close()
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	if err := c.nodeReady(ctx); err != nil {
+		return plugin.ToCNI(err)
+	}
+	return plugin.ToCNI(invoke.DelegateStatus(ctx, c.conf.IPAM.Type, args.StdinData, nil))
+}

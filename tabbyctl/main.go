@@ -1,0 +1,126 @@
+// tabbyctl is tabby's command-line tool: pools, profiles and rules,
+// containers, nodes, BGP peers and IPAM.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/tabby-net/tabby/pkg/ipam"
+	"github.com/tabby-net/tabby/pkg/netconf"
+	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+func commands() []*command {
+	var cmds []*command
+	cmds = append(cmds, poolCommands()...)
+	cmds = append(cmds, profileCommands()...)
+	cmds = append(cmds, containerCommands()...)
+	cmds = append(cmds, nodeCommands()...)
+	cmds = append(cmds, ipamCommands()...)
+	cmds = append(cmds, &command{path: []string{"version"}, usage: "version", help: "print the version", run: func(c *ctx) error {
+		fmt.Fprintln(c.out, "tabbyctl", Version)
+		return nil
+	}})
+	return cmds
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(argv []string) int {
+	cmds := commands()
+	if len(argv) == 0 || argv[0] == "help" || argv[0] == "--help" || argv[0] == "-h" {
+		if len(argv) > 1 && argv[1] == "--markdown" {
+			fmt.Print(markdown(cmds))
+			return 0
+		}
+		fmt.Print(helpText(cmds))
+		if len(argv) == 0 {
+			return 2
+		}
+		return 0
+	}
+	c, err := parse(cmds, argv)
+	if err == nil && c.has("help") {
+		fmt.Printf("usage: tabbyctl %s\n  %s\n", c.cmd.usage, c.cmd.help)
+		return 0
+	}
+	if err == nil {
+		err = c.cmd.run(c)
+	}
+	if err == nil {
+		return 0
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(os.Stderr, "tabbyctl: %v\n", err)
+		if c != nil {
+			fmt.Fprintf(os.Stderr, "usage: tabbyctl %s\n", c.cmd.usage)
+		} else {
+			fmt.Fprintln(os.Stderr, "run 'tabbyctl help' for the commands")
+		}
+		return 2
+	}
+	fmt.Fprintf(os.Stderr, "tabbyctl: %v\n", err)
+	if store.IsUnavailable(err) {
+		return 3
+	}
+	return 1
+}
+
+// kv connects to etcd from the global flags and environment.
+func (c *ctx) kv() (store.KV, error) {
+	env := func(flag, name string) string { return c.flag(flag, os.Getenv(name)) }
+	eps := netconf.Etcd{Endpoints: env("etcd-endpoints", "ETCD_ENDPOINTS")}
+	if eps.Endpoints == "" {
+		eps.Endpoints = "http://127.0.0.1:2379"
+	}
+	return etcdv3.New(store.Config{Endpoints: eps.EndpointList(), CAFile: env("etcd-ca-cert-file", "ETCD_CA_CERT_FILE"),
+		CertFile: env("etcd-cert-file", "ETCD_CERT_FILE"), KeyFile: env("etcd-key-file", "ETCD_KEY_FILE")})
+}
+
+// withKV runs fn with a connected store and a deadline.
+func withKV(fn func(context.Context, store.KV, *ctx) error) func(*ctx) error {
+	return func(c *ctx) error {
+		kv, err := c.kv()
+		if err != nil {
+			return err
+		}
+		defer kv.Close()
+		cx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return fn(cx, kv, c)
+	}
+}
+
+func needArgs(c *ctx, n int, what string) error {
+	if len(c.args) != n {
+		return usagef("want %s", what)
+	}
+	return nil
+}
+
+// codeErr keeps an IPAM error's message as it is: it already says what to do.
+func codeErr(err error) error {
+	if ipam.CodeOf(err) != 0 {
+		return errors.New(err.Error())
+	}
+	return err
+}
+
+func joinOrDash(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}

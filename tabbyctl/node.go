@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/store"
+)
+
+func nodeCommands() []*command {
+	hostFlag := flagSpec{name: "host", value: true, help: "only this host"}
+	return []*command{
+		{path: []string{"node", "show"}, usage: "node show", help: "list registered hosts", run: withKV(nodeShow)},
+		{path: []string{"bgp", "peer", "add"}, usage: "bgp peer add IP --as N [--host H]", help: "add a BGP peer for every host, or for host H",
+			flags: []flagSpec{{name: "as", value: true}, hostFlag}, run: withKV(peerAdd)},
+		{path: []string{"bgp", "peer", "remove"}, usage: "bgp peer remove IP [--host H]", help: "remove a BGP peer",
+			flags: []flagSpec{hostFlag}, run: withKV(peerRemove)},
+		{path: []string{"bgp", "peer", "show"}, usage: "bgp peer show", help: "list configured BGP peers", run: withKV(peerShow)},
+		{path: []string{"bgp", "config", "set"}, usage: "bgp config set [--as N] [--mesh on|off]", help: "cluster AS number and full mesh on or off",
+			flags: []flagSpec{{name: "as", value: true}, {name: "mesh", value: true}}, run: withKV(bgpConfigSet)},
+	}
+}
+
+func nodeShow(cx context.Context, kv store.KV, c *ctx) error {
+	kvs, _, err := kv.List(cx, model.HostPrefix, false)
+	if err != nil {
+		return err
+	}
+	hosts := []model.Host{}
+	var rows [][]string
+	for _, r := range kvs {
+		if !strings.HasSuffix(r.Key, "/meta") {
+			continue
+		}
+		var h model.Host
+		if err := store.DecodeJSON(r.Value, &h); err != nil {
+			return fmt.Errorf("decode %s: %w", r.Key, err)
+		}
+		hosts = append(hosts, h)
+		as := "-"
+		if h.ASNumber != 0 {
+			as = strconv.FormatUint(uint64(h.ASNumber), 10)
+		}
+		rows = append(rows, []string{h.Name, orDash(h.IPv4), orDash(h.IPv6), as, orDash(h.VXLANTunnelAddr), strconv.FormatBool(h.IPIPSupported)})
+	}
+	return c.emit(hosts, []string{"NAME", "IPV4", "IPV6", "AS", "VXLAN-ADDR", "IPIP"}, rows)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func parseAS(s string) (uint32, error) {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n == 0 {
+		return 0, usagef("AS number %q: want 1..4294967295", s)
+	}
+	return uint32(n), nil
+}
+
+func peerKey(c *ctx) (string, string, error) {
+	if len(c.args) != 1 || net.ParseIP(c.args[0]) == nil {
+		return "", "", usagef("want one peer IP address")
+	}
+	ip := net.ParseIP(c.args[0]).String()
+	if h := c.flag("host", ""); h != "" {
+		if err := model.ValidName(h); err != nil {
+			return "", "", usagef("host: %v", err)
+		}
+		return model.HostBGPPeerKey(h, ip), ip, nil
+	}
+	return model.GlobalBGPPeerKey(ip), ip, nil
+}
+
+func peerAdd(cx context.Context, kv store.KV, c *ctx) error {
+	key, ip, err := peerKey(c)
+	if err != nil {
+		return err
+	}
+	if !c.has("as") {
+		return usagef("--as N is required")
+	}
+	as, err := parseAS(c.flag("as", ""))
+	if err != nil {
+		return err
+	}
+	if err := store.PutJSON(cx, kv, key, model.BGPPeer{IP: ip, ASNumber: as, Host: c.flag("host", "")}); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "BGP peer %s (AS %d) added\n", ip, as)
+	return nil
+}
+
+func peerRemove(cx context.Context, kv store.KV, c *ctx) error {
+	key, ip, err := peerKey(c)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Get(cx, key); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("no BGP peer %s configured there", ip)
+		}
+		return err
+	}
+	if _, err := kv.Txn(cx, nil, []store.Op{store.Delete(key)}); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "BGP peer %s removed\n", ip)
+	return nil
+}
+
+func peerShow(cx context.Context, kv store.KV, c *ctx) error {
+	peers, err := store.ListJSON[model.BGPPeer](cx, kv, model.BGPPeerPrefix)
+	if err != nil {
+		return err
+	}
+	// Per-host peers live in each host's subtree.
+	kvs, _, err := kv.List(cx, model.HostPrefix, false)
+	if err != nil {
+		return err
+	}
+	for _, r := range kvs {
+		if strings.Contains(r.Key, "/bgppeer/") {
+			var p model.BGPPeer
+			if store.DecodeJSON(r.Value, &p) == nil {
+				peers = append(peers, p)
+			}
+		}
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Host+peers[i].IP < peers[j].Host+peers[j].IP })
+	var rows [][]string
+	for _, p := range peers {
+		scope := "global"
+		if p.Host != "" {
+			scope = "host " + p.Host
+		}
+		rows = append(rows, []string{p.IP, strconv.FormatUint(uint64(p.ASNumber), 10), scope})
+	}
+	if peers == nil {
+		peers = []model.BGPPeer{}
+	}
+	return c.emit(peers, []string{"PEER", "AS", "SCOPE"}, rows)
+}
+
+func bgpConfigSet(cx context.Context, kv store.KV, c *ctx) error {
+	if !c.has("as") && !c.has("mesh") {
+		return usagef("give --as N and/or --mesh on|off")
+	}
+	var as uint32
+	var err error
+	if c.has("as") {
+		if as, err = parseAS(c.flag("as", "")); err != nil {
+			return err
+		}
+	}
+	mesh := c.flag("mesh", "")
+	if mesh != "" && mesh != "on" && mesh != "off" {
+		return usagef("--mesh %q: use on or off", mesh)
+	}
+	var out model.BGPConfig
+	err = store.Update(cx, kv, model.BGPConfigKey, func(cur *model.BGPConfig, exists bool) (*model.BGPConfig, error) {
+		if !exists {
+			*cur = model.DefaultBGPConfig()
+		}
+		if as != 0 {
+			cur.ASNumber = as
+		}
+		if mesh != "" {
+			cur.Mesh = mesh == "on"
+		}
+		out = *cur
+		return cur, nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.out, "BGP: AS %d, full mesh %v\n", out.ASNumber, out.Mesh)
+	return nil
+}
