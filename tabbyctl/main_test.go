@@ -22,7 +22,10 @@ func runCtl(t *testing.T, eps string, args ...string) (int, string, string) {
 	done := make(chan struct{}, 2)
 	go func() { io.Copy(&bo, ro); done <- struct{}{} }()
 	go func() { io.Copy(&be, re); done <- struct{}{} }()
-	code := run(append([]string{"--etcd-endpoints", eps}, args...))
+	if args[0] != "help" {
+		args = append([]string{"--etcd-endpoints", eps}, args...)
+	}
+	code := run(args)
 	wo.Close()
 	we.Close()
 	<-done
