@@ -53,7 +53,13 @@ func cniSetup(c *ctx) (*libcni.NetworkConfigList, *libcni.CNIConfig, *netconf.Ne
 	var tabbyConf *netconf.NetConf
 	for _, p := range list.Plugins {
 		if p.Network.Type == "tabby" {
-			raw := p.Bytes
+			// A plugin inside a list gets its name and version from the list.
+			var m map[string]any
+			if err := json.Unmarshal(p.Bytes, &m); err != nil {
+				return nil, nil, nil, fmt.Errorf("%s: %w", path, err)
+			}
+			m["name"], m["cniVersion"] = list.Name, list.CNIVersion
+			raw, _ := json.Marshal(m)
 			if tabbyConf, err = netconf.Parse(raw); err != nil {
 				return nil, nil, nil, fmt.Errorf("%s: %w", path, err)
 			}

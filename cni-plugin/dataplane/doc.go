@@ -5,13 +5,14 @@
 //
 // # Namespaces
 //
-// Every function runs in the caller's current network namespace, which must be
-// the HOST namespace (the CNI plugin runs there). The container side is reached
-// through a netlink socket opened inside the container namespace, so the
-// calling goroutine is never moved between namespaces; only the rare IPv6
-// "disabled in this namespace" fix-up enters the container namespace with
-// ns.Do. Callers that keep the host namespace on a locked OS thread (tests,
-// multi-host simulations) may call from that thread.
+// Every function works on the calling thread's network namespace, which must
+// be the HOST namespace (the CNI plugin runs there; tests and multi-host
+// simulations call from a goroutine locked into their "host" namespace, e.g.
+// inside ns.Do). The container side goes through one netlink socket created
+// inside the container namespace (netlink.NewHandleAt: two setns calls on the
+// locked thread; the socket stays bound to that namespace), so no work runs
+// on a thread switched into the container. Only the rare fix-up for a
+// container with IPv6 disabled enters it with ns.Do, to write its sysctl.
 //
 // # API
 //

@@ -14,6 +14,8 @@ type Call struct {
 	Command, ContainerID, Netns, IfName, Args, Path string
 	Conf                                            []byte
 	Timeout                                         time.Duration
+	Wrap                                            []string // command prefix, e.g. ip netns exec HOST
+	Env                                             []string // extra environment
 }
 
 // Outcome is what the runtime sees.
@@ -34,7 +36,8 @@ func Run(bin string, c Call) Outcome {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), to)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin)
+	argv := append(append([]string{}, c.Wrap...), bin)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	path := c.Path
 	if path == "" {
 		path = "/usr/lib/cni"
@@ -45,6 +48,7 @@ func Run(bin string, c Call) Outcome {
 	}
 	cmd.Env = append(os.Environ(), "CNI_COMMAND="+c.Command, "CNI_CONTAINERID="+c.ContainerID, "CNI_NETNS="+c.Netns,
 		"CNI_IFNAME="+ifn, "CNI_ARGS="+c.Args, "CNI_PATH="+path)
+	cmd.Env = append(cmd.Env, c.Env...)
 	cmd.Stdin = bytes.NewReader(c.Conf)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -65,8 +64,8 @@ func (l *Lab) Exec(ns string, argv ...string) (string, error) {
 
 // ExecContext is Exec with a context that kills the command.
 func (l *Lab) ExecContext(ctx context.Context, ns string, argv ...string) (string, error) {
-	if len(argv) == 0 {
-		return "", errors.New("exec: empty command")
+	if ns == "" || len(argv) == 0 {
+		return "", fmt.Errorf("exec %q in namespace %q: need both", argv, ns)
 	}
 	cmd := l.CommandContext(ctx, ns, argv...)
 	var stdout, stderr bytes.Buffer
@@ -117,16 +116,20 @@ func (l *Lab) Start(ns, logfile string, argv ...string) *Proc {
 // start is Start that returns errors; stdout, if not nil, receives the
 // process's stdout instead of the log file.
 func (l *Lab) start(ns, logfile string, stdout io.Writer, argv ...string) (*Proc, error) {
-	if len(argv) == 0 {
-		return nil, errors.New("start: empty command")
+	if ns == "" || len(argv) == 0 {
+		return nil, fmt.Errorf("start %q in namespace %q: need both", argv, ns)
 	}
+	var log *os.File
+	var err error
 	if logfile == "" {
-		logfile = l.logPath(filepath.Base(argv[0]))
+		log, err = l.newLog(filepath.Base(argv[0]))
+	} else {
+		log, err = os.OpenFile(logfile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	}
-	log, err := os.OpenFile(logfile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", argv[0], ns, err)
 	}
+	logfile = log.Name()
 	defer log.Close() // the child has its own copy
 	cmd := l.Command(ns, argv...)
 	cmd.Stdout, cmd.Stderr = log, log
@@ -154,16 +157,16 @@ func (l *Lab) start(ns, logfile string, stdout io.Writer, argv ...string) (*Proc
 	return p, nil
 }
 
-// logPath picks an unused log file name in the lab's Dir.
-func (l *Lab) logPath(base string) string {
+// newLog creates a new log file in the lab's Dir: base.log, base.1.log, ...
+func (l *Lab) newLog(base string) (*os.File, error) {
 	for i := 0; ; i++ {
 		name := base + ".log"
 		if i > 0 {
 			name = fmt.Sprintf("%s.%d.log", base, i)
 		}
-		path := filepath.Join(l.Dir, name)
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			return path
+		f, err := os.OpenFile(filepath.Join(l.Dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if !errors.Is(err, os.ErrExist) {
+			return f, err
 		}
 	}
 }
@@ -207,14 +210,14 @@ func (p *Proc) Exited() bool {
 // Stop sends SIGTERM, waits up to timeout, then SIGKILLs; it returns the
 // exit status. Only the process itself is signalled.
 func (p *Proc) Stop(timeout time.Duration) error {
-	if p.Exited() {
-		return p.err
+	if !p.Exited() {
+		_ = p.Kill(syscall.SIGTERM)
 	}
-	_ = p.Kill(syscall.SIGTERM)
-	if err := p.WaitTimeout(timeout); !p.Exited() {
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
 		_ = p.Kill(syscall.SIGKILL)
 		<-p.done
-		return err
 	}
 	return p.err
 }
@@ -254,5 +257,3 @@ func tail(path string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
-var _ sync.Locker // keep sync imported for readers of this file: Lab.mu guards procs

@@ -33,6 +33,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -105,6 +106,7 @@ type Lab struct {
 	servers    []*Server
 	closers    []func() // extra things to close first (etcd clients)
 	etcd       *Proc
+	etcdNS     string
 	reaper     *reaper
 	closed     bool
 }
@@ -112,7 +114,6 @@ type Lab struct {
 const (
 	nsRoot    = "/run/netns"
 	underlay4 = "198.19.%d.%d"
-	underlay6 = "fd00:198:19:%d::%x"
 	gwOctet   = 254
 	outside4  = "203.0.113.1"
 	outsideGW = "203.0.113.254"
@@ -155,23 +156,28 @@ func build(tb TB, opts Options) (*Lab, error) {
 	if err := CleanupStale(""); err != nil {
 		tb.Logf("lab: removing stale labs: %v", err)
 	}
-	id := opts.Prefix
-	if id == "" {
-		id = "tl" + randomID(4)
+	if opts.Prefix != "" && !idPattern.MatchString(opts.Prefix) {
+		return nil, fmt.Errorf("Prefix %q: want 1-8 of [a-z0-9]", opts.Prefix)
 	}
-	if !idPattern.MatchString(id) {
-		return nil, fmt.Errorf("Prefix %q: want 1-8 of [a-z0-9]", id)
+	var id, dir string
+	var err error
+	for range 5 { // a random ID clashes with a live lab once in 1.7 million
+		id = opts.Prefix
+		if id == "" {
+			id = "tl" + randomID(4)
+		}
+		if dir, err = claim(id); err == nil || opts.Prefix != "" {
+			break
+		}
 	}
-
-	l := &Lab{ID: id, tb: tb, opts: opts}
-	dir, err := claim(id)
 	if err != nil {
 		return nil, err
 	}
-	l.Dir = dir
+
+	l := &Lab{ID: id, Dir: dir, tb: tb, opts: opts}
 	register(l)
 	tb.Cleanup(func() {
-		if err := l.close(tb.Failed()); err != nil {
+		if err := l.close(tb.Failed(), tb.Logf); err != nil {
 			tb.Errorf("lab: close: %v", err)
 		}
 	})
@@ -189,13 +195,22 @@ func (l *Lab) buildTopology() error {
 	if err := l.addNS(l.Underlay); err != nil {
 		return err
 	}
+	// The underlay is infrastructure, not code under test: it routes from
+	// the first packet on. Interfaces created from now on inherit
+	// accept_dad=0; with DAD the router's link-local address stays
+	// tentative for ~2 s after a bridge gets its first port, and Linux
+	// sends no neighbour solicitation (so forwards no IPv6) until then.
+	if err := writeSysctls(pathOf(l.Underlay), forwarding, noDAD("default"), noDAD("all")); err != nil {
+		return fmt.Errorf("underlay %s: %w", l.Underlay, err)
+	}
+	// etcd-lab's peer listener lives on the underlay's loopback.
+	if err := ipn(l.Underlay, []string{"link", "set", "lo", "up"}); err != nil {
+		return err
+	}
 	for s := range l.opts.Subnets {
 		if err := l.addBridge(s); err != nil {
 			return err
 		}
-	}
-	if err := writeSysctls(nsPath(l.Underlay), forwarding); err != nil {
-		return fmt.Errorf("underlay %s: %w", l.Underlay, err)
 	}
 	for i := range l.opts.Hosts {
 		if err := l.addHost(i); err != nil {
@@ -217,6 +232,13 @@ var forwarding = map[string]string{
 	"net/ipv6/conf/all/forwarding": "1",
 }
 
+// noDAD turns off IPv6 duplicate address detection on one interface (or
+// "default"/"all"): lab links are point-to-point or private bridges where
+// no address can clash.
+func noDAD(iface string) map[string]string {
+	return map[string]string{"net/ipv6/conf/" + iface + "/accept_dad": "0"}
+}
+
 func (l *Lab) addBridge(subnet int) error {
 	br := fmt.Sprintf("br%d", subnet)
 	// A fixed MAC keeps the gateway's MAC stable as ports join the bridge
@@ -227,7 +249,7 @@ func (l *Lab) addBridge(subnet int) error {
 	cmds := [][]string{
 		{"link", "add", br, "address", mac, "mtu", mtu, "type", "bridge", "mcast_snooping", "0"},
 		{"addr", "add", fmt.Sprintf(underlay4+"/24", subnet, gwOctet), "dev", br},
-		{"addr", "add", fmt.Sprintf(underlay6+"/64", subnet, gwOctet), "dev", br, "nodad"},
+		{"addr", "add", ip6(subnet, gwOctet) + "/64", "dev", br, "nodad"},
 		{"link", "set", br, "up"},
 	}
 	if err := ipn(l.Underlay, cmds...); err != nil {
@@ -243,23 +265,20 @@ func (l *Lab) addHost(i int) error {
 		Name:     fmt.Sprintf("host%d", n),
 		Iface:    "eth0",
 		IP:       fmt.Sprintf(underlay4, subnet, n),
-		IP6:      fmt.Sprintf(underlay6, subnet, n),
+		IP6:      ip6(subnet, n),
 		Gateway:  fmt.Sprintf(underlay4, subnet, gwOctet),
-		Gateway6: fmt.Sprintf(underlay6, subnet, gwOctet),
+		Gateway6: ip6(subnet, gwOctet),
 		Subnet:   subnet,
 	}
 	h.CIDR = h.IP + "/24"
 	h.NS = l.ID + "-" + h.Name
-	h.NSPath = nsPath(h.NS)
+	h.NSPath = pathOf(h.NS)
 	if err := l.addNS(h.NS); err != nil {
 		return fmt.Errorf("add host %s: %w", h.Name, err)
 	}
 	l.Hosts = append(l.Hosts, h)
 	err := l.link(h.NS, "v-"+h.Name, fmt.Sprintf("br%d", subnet),
-		[]string{h.CIDR}, []string{h.IP6 + "/64"}, h.Gateway, h.Gateway6)
-	if err == nil {
-		err = writeSysctls(h.NSPath, forwarding)
-	}
+		[]string{h.CIDR}, []string{h.IP6 + "/64"}, h.Gateway, h.Gateway6, forwarding)
 	if err != nil {
 		return fmt.Errorf("add host %s: %w", h.Name, err)
 	}
@@ -275,7 +294,7 @@ func (l *Lab) addOutside() error {
 	// The underlay end is a routed interface, not a bridge port: the outside
 	// world is a different network the underlay routes to.
 	err := l.link(l.OutsideNS, "v-outside", "",
-		[]string{outside4 + "/24"}, []string{outside6 + "/64"}, outsideGW, outGW6)
+		[]string{outside4 + "/24"}, []string{outside6 + "/64"}, outsideGW, outGW6, nil)
 	if err == nil {
 		err = ipn(l.Underlay,
 			[]string{"addr", "add", outsideGW + "/24", "dev", "v-outside"},
@@ -289,9 +308,9 @@ func (l *Lab) addOutside() error {
 
 // link wires namespace ns to the underlay: a veth named ulName in the
 // underlay (enslaved to bridge unless bridge is "") and eth0 in ns with the
-// given addresses and default routes. The peer is created directly in ns,
-// so no interface ever appears in the root namespace.
-func (l *Lab) link(ns, ulName, bridge string, addrs4, addrs6 []string, gw4, gw6 string) error {
+// given addresses, default routes and sysctls. The peer is created
+// directly in ns, so no interface ever appears in the root namespace.
+func (l *Lab) link(ns, ulName, bridge string, addrs4, addrs6 []string, gw4, gw6 string, sysctls map[string]string) error {
 	mtu := fmt.Sprint(l.opts.MTU)
 	ul := [][]string{{"link", "add", ulName, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "mtu", mtu, "netns", ns}}
 	if bridge != "" {
@@ -299,6 +318,12 @@ func (l *Lab) link(ns, ulName, bridge string, addrs4, addrs6 []string, gw4, gw6 
 	}
 	ul = append(ul, []string{"link", "set", ulName, "up"})
 	if err := ipn(l.Underlay, ul...); err != nil {
+		return err
+	}
+	// Before eth0 comes up, so its link-local address is usable at once.
+	// The rest of the host keeps the kernel's defaults: interfaces that
+	// tabby creates there see DAD as on a real host.
+	if err := writeSysctls(pathOf(ns), sysctls, noDAD("eth0")); err != nil {
 		return err
 	}
 	in := [][]string{{"link", "set", "lo", "up"}}
@@ -313,7 +338,7 @@ func (l *Lab) link(ns, ulName, bridge string, addrs4, addrs6 []string, gw4, gw6 
 	in = append(in,
 		[]string{"link", "set", "eth0", "up"},
 		[]string{"route", "add", "default", "via", gw4, "dev", "eth0"},
-		[]string{"-6", "route", "add", "default", "via", gw6, "dev", "eth0"},
+		[]string{"route", "add", "::/0", "via", gw6, "dev", "eth0"},
 	)
 	return ipn(ns, in...)
 }
@@ -327,7 +352,7 @@ func (l *Lab) AddContainer(h *Host, name string) (nsName, nsPath string) {
 	if err != nil {
 		l.tb.Fatalf("lab: %v", err)
 	}
-	return ns, nsPathOf(ns)
+	return ns, pathOf(ns)
 }
 
 var containerName = regexp.MustCompile(`^[A-Za-z0-9_.]+$`)
@@ -414,9 +439,11 @@ func (l *Lab) addNS(name string) error {
 // Close stops the lab's processes and servers and deletes its namespaces
 // and work directory. It is registered with tb.Cleanup by New, and safe to
 // call more than once.
-func (l *Lab) Close() error { return l.close(false) }
+func (l *Lab) Close() error { return l.close(l.tb.Failed(), l.tb.Logf) }
 
-func (l *Lab) close(dumpLogs bool) error {
+// close does Close; dumpLogs shows the end of each process log first, and
+// logf reports leftovers (tb.Logf must not be used once a test is over).
+func (l *Lab) close(dumpLogs bool, logf func(string, ...any)) error {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -435,7 +462,7 @@ func (l *Lab) close(dumpLogs bool) error {
 		s.Close()
 	}
 	if dumpLogs {
-		l.dumpLogs(procs)
+		l.dumpLogs(procs, logf)
 	}
 	// Stop all processes at once: shutdown time is then the slowest one's,
 	// not the sum.
@@ -450,8 +477,8 @@ func (l *Lab) close(dumpLogs bool) error {
 	// through the lab (a daemon's child, a command that forked): it would
 	// keep its namespace, and that namespace's veths, alive.
 	for _, ns := range namespaces {
-		if pids := killNSProcs(ns); len(pids) > 0 && l.tb != nil {
-			l.tb.Logf("lab: killed leftover processes in %s: %v", ns, pids)
+		if pids := killNSProcs(ns); len(pids) > 0 {
+			logf("lab: killed leftover processes in %s: %v", ns, pids)
 		}
 	}
 	for i := len(namespaces) - 1; i >= 0; i-- {
@@ -470,18 +497,20 @@ func (l *Lab) close(dumpLogs bool) error {
 
 // dumpLogs shows the end of every process log when a test failed: the log
 // files themselves go away with the lab.
-func (l *Lab) dumpLogs(procs []*Proc) {
+func (l *Lab) dumpLogs(procs []*Proc, logf func(string, ...any)) {
 	for _, p := range procs {
-		if p.Log == "" {
-			continue
-		}
-		l.tb.Logf("lab: --- last lines of %s (%s in %s) ---\n%s", filepath.Base(p.Log),
+		logf("lab: --- last lines of %s (%s in %s) ---\n%s", filepath.Base(p.Log),
 			strings.Join(p.Args, " "), p.NS, tail(p.Log, 40))
 	}
 }
 
-func nsPath(name string) string   { return filepath.Join(nsRoot, name) }
-func nsPathOf(name string) string { return nsPath(name) }
+// ip6 is the underlay IPv6 address of host n (or the gateway, 254) on a
+// subnet, in canonical form: fd00:198:19:S::N with N in hex.
+func ip6(subnet, n int) string {
+	return netip.MustParseAddr(fmt.Sprintf("fd00:198:19:%d::%x", subnet, n)).String()
+}
+
+func pathOf(name string) string { return filepath.Join(nsRoot, name) }
 
 func randomID(n int) string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"

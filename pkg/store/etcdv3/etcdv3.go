@@ -156,3 +156,8 @@ func (g *KV) Txn(ctx context.Context, cmps []store.Cmp, ops []store.Op) (*store.
 func (g *KV) Close() error { return g.Client.Close() }
 
 func nopLogger() *zap.Logger { return zap.NewNop() }
+
+// FromClient wraps an existing client (tests dial etcd inside a lab namespace).
+func FromClient(c *clientv3.Client, eps []string) *KV {
+	return &KV{Client: c, eps: eps, timeout: store.DefaultTimeout}
+}
