@@ -77,7 +77,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	_, out, err := e.ipam.Assign(ctx, ipam.Request{
 		Network: e.conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Workload: workload, Plugin: e.conf.Type,
 		IPv4: e.conf.AssignV4(), IPv6: e.conf.IPAM.AssignIPv6, Pools4: e.conf.IPAM.IPv4Pools, Pools6: e.conf.IPAM.IPv6Pools,
-		Static: a.IPs, StrictAffinity: e.conf.IPAM.StrictAffinity,
+		Static: a.IPs, StrictAffinity: e.conf.IPAM.StrictAffinity, GatewayFirst: e.conf.IPAM.Result == "block",
 	})
 	if err != nil {
 		e.log.Errorf("ADD: %v", err)
@@ -89,8 +89,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return types.PrintResult(res, e.conf.CNIVersion)
 }
 
-// Result builds the CNI result: /32 and /128 with a link-local gateway and a
-// default route (tabby, ptp), or the block prefix alone (bridge, on-link).
+// Result builds the CNI result: /32 and /128 with a link-local gateway (tabby
+// programs its own routes), or, for ptp and bridge, the block prefix with the
+// block's first address as the gateway (which that mode never hands out).
 func Result(out []ipam.Assigned, block bool) *current.Result {
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	for _, as := range out {
@@ -103,12 +104,12 @@ func Result(out []ipam.Assigned, block bool) *current.Result {
 		if block {
 			mask = as.Block.Mask
 		}
-		ipc := &current.IPConfig{Address: net.IPNet{IP: as.IP, Mask: mask}}
-		if !block {
-			ipc.Gateway = gw
-			_, d, _ := net.ParseCIDR(def)
-			res.Routes = append(res.Routes, &types.Route{Dst: *d})
+		if block {
+			gw = as.Block.IP
 		}
+		ipc := &current.IPConfig{Address: net.IPNet{IP: as.IP, Mask: mask}, Gateway: gw}
+		_, d, _ := net.ParseCIDR(def)
+		res.Routes = append(res.Routes, &types.Route{Dst: *d})
 		res.IPs = append(res.IPs, ipc)
 	}
 	return res

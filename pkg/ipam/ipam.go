@@ -44,6 +44,9 @@ type Request struct {
 	Pools4, Pools6                                 []string
 	Static                                         []net.IP // exact addresses; replace auto for their family
 	StrictAffinity                                 bool     // never borrow from another host's block
+	// GatewayFirst keeps each block's first address free for auto-assignment:
+	// networks whose result is the block prefix use it as the gateway.
+	GatewayFirst bool
 }
 
 // Assigned is one address handed out.
@@ -266,10 +269,19 @@ func (al *alloc) newBlock(pool model.Pool, n *net.IPNet) (*model.Block, string, 
 }
 
 // freeOrdinal finds a free auto-assignable slot in b.
-func freeOrdinal(b *model.Block, pool *net.IPNet) int {
+func freeOrdinal(b *model.Block, pool *net.IPNet) int { return freeOrdinalFrom(b, pool, 0) }
+
+func (al *alloc) free(b *model.Block, pool *net.IPNet) int {
+	if al.req.GatewayFirst {
+		return freeOrdinalFrom(b, pool, 1)
+	}
+	return freeOrdinalFrom(b, pool, 0)
+}
+
+func freeOrdinalFrom(b *model.Block, pool *net.IPNet, first int) int {
 	_, n, _ := net.ParseCIDR(b.CIDR)
-	for i, s := range b.Allocations {
-		if s == nil && !reserved(pool, nthIP(n, i)) {
+	for i := first; i < len(b.Allocations); i++ {
+		if b.Allocations[i] == nil && !reserved(pool, nthIP(n, i)) {
 			return i
 		}
 	}
@@ -334,7 +346,7 @@ func (al *alloc) auto(m *meta, v6 bool, names []string) error {
 		if b == nil || b.Affinity != al.a.Host {
 			continue
 		}
-		if ord := freeOrdinal(b, p.IPNet()); ord >= 0 {
+		if ord := al.free(b, p.IPNet()); ord >= 0 {
 			al.take(b, key, *p, ord)
 			return nil
 		}
@@ -347,7 +359,7 @@ func (al *alloc) auto(m *meta, v6 bool, names []string) error {
 			return err
 		}
 		if b != nil {
-			if ord := freeOrdinal(b, p.IPNet()); ord >= 0 {
+			if ord := al.free(b, p.IPNet()); ord >= 0 {
 				al.take(b, key, p, ord)
 				return nil
 			}
@@ -374,7 +386,7 @@ func (al *alloc) auto(m *meta, v6 bool, names []string) error {
 			if b == nil {
 				continue
 			}
-			if ord := freeOrdinal(b, p.IPNet()); ord >= 0 {
+			if ord := al.free(b, p.IPNet()); ord >= 0 {
 				al.take(b, kv.Key, p, ord)
 				return nil
 			}

@@ -44,8 +44,9 @@ type IPAM struct {
 	IPv6Pools      []string `json:"ipv6_pools"`
 	StrictAffinity bool     `json:"strict_affinity"`
 	// Result "host" (default) answers /32 and /128 with gateway 169.254.1.1,
-	// for tabby and ptp; "block" answers the block's prefix and no gateway,
-	// so containers on one bridge reach each other on-link.
+	// for tabby; "block" answers the block's prefix with the block's first
+	// address as gateway, for ptp and bridge (that address is then never
+	// handed out; give such networks their own pool).
 	Result string `json:"result,omitempty"`
 	Etcd
 	Nodename string `json:"nodename,omitempty"`

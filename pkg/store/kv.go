@@ -103,7 +103,6 @@ func IsUnavailable(err error) bool {
 // that no caller can hang on a dead etcd.
 const DefaultTimeout = 4 * time.Second
 
-
 // Config says how to reach etcd.
 type Config struct {
 	Endpoints []string
