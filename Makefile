@@ -13,7 +13,7 @@ SYSDEPS := iptables:iptables ipset:ipset ip:iproute2 ping:iputils-ping nc:netcat
            conntrack:conntrack /usr/lib/cni/ptp:containernetworking-plugins birdc:bird2 iperf3:iperf3 \
            nsenter:util-linux
 
-.PHONY: all build deps tools test test-unit test-e2e demo bench install clean fuzz
+.PHONY: all build deps tools test test-unit test-e2e demo bench install clean fuzz docs
 
 all: build
 
@@ -21,7 +21,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GOBUILD) -o $(BIN)/tabby ./cni-plugin
 	$(GOBUILD) -o $(BIN)/tabby-ipam ./ipam-plugin
-	$(GOBUILD) -o $(BIN)/tabby-node ./node
+	$(if $(wildcard node/main.go),$(GOBUILD) -o $(BIN)/tabby-node ./node)
 	$(GOBUILD) -o $(BIN)/tabbyctl ./tabbyctl
 	$(GOBUILD) -o $(BIN)/etcd-lab ./test/etcd-lab
 
@@ -59,3 +59,7 @@ install: build
 
 clean:
 	rm -rf $(BIN) bench/out
+
+docs: build
+	@$(BIN)/tabbyctl help --markdown > /tmp/tabbyctl-ref.md
+	@awk 'BEGIN{skip=0} /<!-- tabbyctl-reference:begin -->/{print; while((getline l < "/tmp/tabbyctl-ref.md")>0) print l; skip=1; next} /<!-- tabbyctl-reference:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md
