@@ -28,16 +28,13 @@ func nodeCommands() []*command {
 }
 
 func nodeShow(cx context.Context, kv store.KV, c *ctx) error {
-	kvs, _, err := kv.List(cx, model.HostPrefix, false)
+	kvs, _, err := kv.List(cx, model.NodePrefix, false)
 	if err != nil {
 		return err
 	}
 	hosts := []model.Host{}
 	var rows [][]string
 	for _, r := range kvs {
-		if !strings.HasSuffix(r.Key, "/meta") {
-			continue
-		}
 		var h model.Host
 		if err := store.DecodeJSON(r.Value, &h); err != nil {
 			return fmt.Errorf("decode %s: %w", r.Key, err)

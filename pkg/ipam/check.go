@@ -50,16 +50,20 @@ func Check(ctx context.Context, kv store.KV) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	hostKVs, _, err := kv.List(ctx, model.HostPrefix, false)
+	nodes, _, err := kv.List(ctx, model.NodePrefix, true)
 	if err != nil {
 		return nil, err
 	}
 	hosts := map[string]bool{}
+	for _, r := range nodes {
+		hosts[strings.TrimPrefix(r.Key, model.NodePrefix)] = true
+	}
+	hostKVs, _, err := kv.List(ctx, model.HostPrefix, false)
+	if err != nil {
+		return nil, err
+	}
 	var eps []model.Endpoint
 	for _, r := range hostKVs {
-		if strings.HasSuffix(r.Key, "/meta") {
-			hosts[strings.TrimSuffix(strings.TrimPrefix(r.Key, model.HostPrefix), "/meta")] = true
-		}
 		if _, _, _, _, ok := model.ParseEndpointKey(r.Key); ok {
 			var e model.Endpoint
 			if store.DecodeJSON(r.Value, &e) == nil {

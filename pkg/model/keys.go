@@ -19,6 +19,7 @@ const (
 	AffinityPrefix = Prefix + "ipam/affinity/"
 	HandlePrefix   = Prefix + "ipam/handle/"
 	HostPrefix     = Prefix + "host/"
+	NodePrefix     = Prefix + "node/"
 	ProfilePrefix  = Prefix + "profile/"
 	TagPrefix      = Prefix + "tag/"
 	BGPConfigKey   = Prefix + "bgp/config"
@@ -71,9 +72,10 @@ func HandleKey(network, containerID string) string {
 // HandleID is the handle's name as users see it.
 func HandleID(network, containerID string) string { return network + "." + containerID }
 
-// HostKey is the host's own record; the host subtree also holds its endpoints
-// and per-host BGP peers, so a node watches one prefix for all of it.
-func HostKey(host string) string { return HostPrefix + host + "/meta" }
+// NodeKey is a host's own record. Host records sit in a flat prefix of their
+// own so that every node can watch the host list without also seeing every
+// host's endpoints (which live under HostSubtree).
+func NodeKey(host string) string { return NodePrefix + host }
 
 // HostSubtree is everything that belongs to one host.
 func HostSubtree(host string) string { return HostPrefix + host + "/" }

@@ -1,0 +1,211 @@
+// Package watch keeps a node's copy of the etcd prefixes it needs: one Get
+// per prefix, then a watch from the revision of that Get. A watch that is lost
+// (compaction, a canceled stream) resyncs only the prefix it covered. The set
+// of prefixes can change at run time (tags named by local rules come and go).
+package watch
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Cache is an up-to-date copy of some prefixes.
+type Cache struct {
+	cli *clientv3.Client
+	log *slog.Logger
+
+	mu      sync.RWMutex
+	data    map[string]map[string][]byte // prefix -> key -> value
+	synced  map[string]bool
+	cancels map[string]context.CancelFunc
+	ctx     context.Context
+
+	notify  chan struct{}
+	Resyncs func(prefix string) // optional: called on every (re)sync, for metrics
+}
+
+// New makes a cache; Run starts it.
+func New(cli *clientv3.Client, log *slog.Logger) *Cache {
+	return &Cache{cli: cli, log: log, data: map[string]map[string][]byte{}, synced: map[string]bool{},
+		cancels: map[string]context.CancelFunc{}, notify: make(chan struct{}, 1)}
+}
+
+// Start begins following the prefixes; ctx ends it.
+func (c *Cache) Start(ctx context.Context, prefixes ...string) {
+	c.mu.Lock()
+	c.ctx = ctx
+	c.mu.Unlock()
+	c.SetPrefixes(prefixes...)
+}
+
+// Changed fires (coalesced) after any change to any prefix.
+func (c *Cache) Changed() <-chan struct{} { return c.notify }
+
+func (c *Cache) poke() {
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// SetPrefixes follows exactly these prefixes, starting new ones and dropping
+// the rest.
+func (c *Cache) SetPrefixes(prefixes ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	want := map[string]bool{}
+	for _, p := range prefixes {
+		want[p] = true
+		if _, ok := c.cancels[p]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(c.ctx)
+		c.cancels[p] = cancel
+		c.data[p] = map[string][]byte{}
+		go c.follow(ctx, p)
+	}
+	for p, cancel := range c.cancels {
+		if !want[p] {
+			cancel()
+			delete(c.cancels, p)
+			delete(c.data, p)
+			delete(c.synced, p)
+		}
+	}
+}
+
+// Prefixes lists what is followed.
+func (c *Cache) Prefixes() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []string
+	for p := range c.cancels {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Synced reports whether every prefix has been read at least once.
+func (c *Cache) Synced() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for p := range c.cancels {
+		if !c.synced[p] {
+			return false
+		}
+	}
+	return true
+}
+
+// Get returns one key's value from a followed prefix.
+func (c *Cache) Get(prefix, key string) ([]byte, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	v, ok := c.data[prefix][key]
+	return v, ok
+}
+
+// Snapshot copies one prefix: key -> value.
+func (c *Cache) Snapshot(prefix string) map[string][]byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string][]byte, len(c.data[prefix]))
+	for k, v := range c.data[prefix] {
+		out[k] = v
+	}
+	return out
+}
+
+// Decode unmarshals every value of a prefix that decodes as T, keyed by key.
+func Decode[T any](c *Cache, prefix string, match func(key string) bool) map[string]T {
+	out := map[string]T{}
+	for k, v := range c.Snapshot(prefix) {
+		if match != nil && !match(k) {
+			continue
+		}
+		var t T
+		if json.Unmarshal(v, &t) == nil {
+			out[k] = t
+		}
+	}
+	return out
+}
+
+func (c *Cache) follow(ctx context.Context, prefix string) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		rev, err := c.load(ctx, prefix)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.log.Warn("read failed; keeping what is programmed and retrying", "prefix", prefix, "err", err, "retry", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		c.watch(ctx, prefix, rev)
+	}
+}
+
+// load replaces the prefix's copy with one Get and returns its revision.
+func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	r, err := c.cli.Get(gctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	m := make(map[string][]byte, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		m[string(kv.Key)] = kv.Value
+	}
+	c.mu.Lock()
+	if _, still := c.cancels[prefix]; still {
+		c.data[prefix] = m
+		c.synced[prefix] = true
+	}
+	c.mu.Unlock()
+	if c.Resyncs != nil {
+		c.Resyncs(prefix)
+	}
+	c.poke()
+	return r.Header.Revision, nil
+}
+
+// watch applies events until the watch is lost.
+func (c *Cache) watch(ctx context.Context, prefix string, rev int64) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for resp := range c.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := resp.Err(); err != nil {
+			c.log.Info("watch lost; resyncing the prefix", "prefix", prefix, "err", err)
+			return
+		}
+		c.mu.Lock()
+		m, still := c.data[prefix]
+		if still {
+			for _, ev := range resp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(m, string(ev.Kv.Key))
+				} else {
+					m[string(ev.Kv.Key)] = ev.Kv.Value
+				}
+			}
+		}
+		c.mu.Unlock()
+		c.poke()
+	}
+}
