@@ -1,0 +1,273 @@
+// Package iptables writes tabby's own chains and nothing else. Chains whose
+// name starts with Prefix belong to tabby and are rewritten whole and
+// atomically with iptables-restore --noflush, and only when they differ from
+// what the kernel has; everyone else's rules are never flushed, reordered or
+// touched. The one exception is a single jump from a built-in chain into
+// tabby's chain, inserted once and kept first.
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// Prefix starts the name of every chain tabby owns.
+const Prefix = "TABBY-"
+
+// Family is IPv4 or IPv6.
+type Family int
+
+// Families.
+const (
+	V4 Family = 4
+	V6 Family = 6
+)
+
+// Backend is one iptables flavour (legacy or nft) for one family.
+type Backend struct {
+	Family  Family
+	Mode    string // "legacy" or "nft"
+	save    string
+	restore string
+	mu      sync.Mutex
+	// Changes counts restore runs that changed something, for tests and metrics.
+	Changes int
+}
+
+// Detect picks the backend the way kube-proxy's iptables-wrapper does: the
+// one that already holds more rules wins (that is the one the host's other
+// software and kernel path use); with none anywhere, the one `iptables` is.
+func Detect(f Family) (*Backend, error) {
+	bin := "iptables"
+	if f == V6 {
+		bin = "ip6tables"
+	}
+	count := func(mode string) int {
+		out, err := exec.Command(bin+"-"+mode+"-save").Output()
+		if err != nil {
+			return -1
+		}
+		n := 0
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "-A ") {
+				n++
+			}
+		}
+		return n
+	}
+	legacy, nft := count("legacy"), count("nft")
+	mode := ""
+	switch {
+	case legacy < 0 && nft < 0:
+		// No split binaries: use the plain ones.
+		if _, err := exec.LookPath(bin + "-restore"); err != nil {
+			return nil, fmt.Errorf("no %s-restore: install iptables", bin)
+		}
+		return &Backend{Family: f, Mode: "default", save: bin + "-save", restore: bin + "-restore"}, nil
+	case legacy > nft:
+		mode = "legacy"
+	case nft > legacy:
+		mode = "nft"
+	default:
+		out, _ := exec.Command(bin, "--version").Output()
+		mode = "legacy"
+		if strings.Contains(string(out), "nf_tables") {
+			mode = "nft"
+		}
+	}
+	return &Backend{Family: f, Mode: mode, save: bin + "-" + mode + "-save", restore: bin + "-" + mode + "-restore"}, nil
+}
+
+// Chain is one chain tabby owns, with its rules in order (iptables-save
+// syntax without "-A CHAIN").
+type Chain struct {
+	Name  string
+	Rules []string
+}
+
+// Hook is the single jump from a built-in chain into a tabby chain.
+type Hook struct {
+	Chain  string // built-in chain: FORWARD, INPUT, OUTPUT, POSTROUTING ...
+	Target string // tabby chain
+	Match  string // optional match before -j, e.g. "-i tby+"
+}
+
+func (h Hook) rule() string {
+	if h.Match != "" {
+		return h.Match + " -j " + h.Target
+	}
+	return "-j " + h.Target
+}
+
+// Table is what tabby wants in one table.
+type Table struct {
+	Name   string // filter, nat, mangle, raw
+	Chains []Chain
+	Hooks  []Hook
+}
+
+// state is what one table holds now: chain -> rules.
+type state map[string][]string
+
+// read returns the current rules of a table (every chain, built-in too).
+func (b *Backend) read(table string) (state, error) {
+	out, err := exec.Command(b.save, "-t", table).Output()
+	if err != nil {
+		// An empty table in a fresh namespace is not an error for us.
+		if ee, ok := err.(*exec.ExitError); ok && len(out) == 0 && len(ee.Stderr) > 0 && !strings.Contains(string(ee.Stderr), "Table does not exist") {
+			return nil, fmt.Errorf("%s -t %s: %v: %s", b.save, table, err, ee.Stderr)
+		}
+	}
+	st := state{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<26)
+	for sc.Scan() {
+		l := sc.Text()
+		switch {
+		case strings.HasPrefix(l, ":"):
+			name := strings.Fields(l[1:])[0]
+			if _, ok := st[name]; !ok {
+				st[name] = nil
+			}
+		case strings.HasPrefix(l, "-A "):
+			f := strings.SplitN(l[3:], " ", 2)
+			rule := ""
+			if len(f) == 2 {
+				rule = f[1]
+			}
+			st[f[0]] = append(st[f[0]], rule)
+		}
+	}
+	return st, sc.Err()
+}
+
+// Rules returns the current rules of one chain (for tests and status).
+func (b *Backend) Rules(table, chain string) ([]string, error) {
+	st, err := b.read(table)
+	if err != nil {
+		return nil, err
+	}
+	return st[chain], nil
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Apply makes the tables hold exactly the given tabby chains and hooks. It
+// writes only chains that differ, removes tabby chains no longer wanted, and
+// inserts a hook only where it is missing. One iptables-restore per table
+// that changed; nothing runs when nothing changed.
+func (b *Backend) Apply(tables ...Table) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, t := range tables {
+		if err := b.apply(t); err != nil {
+			return fmt.Errorf("iptables %s table: %w", t.Name, err)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) apply(t Table) error {
+	cur, err := b.read(t.Name)
+	if err != nil {
+		return err
+	}
+	want := map[string]bool{}
+	var buf bytes.Buffer
+	var body []string
+	for _, c := range t.Chains {
+		if !strings.HasPrefix(c.Name, Prefix) {
+			return fmt.Errorf("chain %s is not tabby's (prefix %s)", c.Name, Prefix)
+		}
+		want[c.Name] = true
+		have, exists := cur[c.Name]
+		if exists && equal(have, c.Rules) {
+			continue
+		}
+		// A chain line flushes (or creates) that one chain under --noflush.
+		fmt.Fprintf(&buf, ":%s - [0:0]\n", c.Name)
+		for _, r := range c.Rules {
+			body = append(body, fmt.Sprintf("-A %s %s", c.Name, r))
+		}
+	}
+	// Hooks: one jump each, first in its built-in chain. A misplaced or
+	// duplicated jump (after a crash, or someone's edit) is repaired.
+	for _, h := range t.Hooks {
+		rules := cur[h.Chain]
+		n := 0
+		for _, r := range rules {
+			if r == h.rule() {
+				n++
+			}
+		}
+		if n == 1 && len(rules) > 0 && rules[0] == h.rule() {
+			continue
+		}
+		for i := 0; i < n; i++ {
+			body = append(body, fmt.Sprintf("-D %s %s", h.Chain, h.rule()))
+		}
+		body = append(body, fmt.Sprintf("-I %s 1 %s", h.Chain, h.rule()))
+	}
+	// Stale tabby chains: drop jumps into them from tabby chains being kept
+	// (rewritten above) and from built-ins, then flush and delete them.
+	var stale []string
+	for name := range cur {
+		if strings.HasPrefix(name, Prefix) && !want[name] {
+			stale = append(stale, name)
+		}
+	}
+	sort.Strings(stale)
+	for _, name := range stale {
+		for chain, rules := range cur {
+			if strings.HasPrefix(chain, Prefix) {
+				continue
+			}
+			for _, r := range rules {
+				if strings.HasSuffix(r, "-j "+name) || strings.Contains(r, "-j "+name+" ") || strings.Contains(r, "-g "+name) {
+					body = append(body, fmt.Sprintf("-D %s %s", chain, r))
+				}
+			}
+		}
+		fmt.Fprintf(&buf, ":%s - [0:0]\n", name)
+	}
+	for _, name := range stale {
+		body = append(body, "-X "+name)
+	}
+	if buf.Len() == 0 && len(body) == 0 {
+		return nil
+	}
+	var in bytes.Buffer
+	fmt.Fprintf(&in, "*%s\n", t.Name)
+	in.Write(buf.Bytes())
+	for _, l := range body {
+		in.WriteString(l + "\n")
+	}
+	in.WriteString("COMMIT\n")
+	cmd := exec.Command(b.restore, "--noflush", "--wait")
+	cmd.Stdin = &in
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v: %s\ninput:\n%s", b.restore, err, strings.TrimSpace(string(out)), in.String())
+	}
+	b.Changes++
+	return nil
+}
+
+// Remove deletes every tabby chain and hook in the table (uninstall).
+func (b *Backend) Remove(table string) error {
+	return b.Apply(Table{Name: table})
+}
