@@ -60,6 +60,6 @@ install: build
 clean:
 	rm -rf $(BIN) bench/out
 
-docs: build
-	@$(BIN)/tabbyctl help --markdown > /tmp/tabbyctl-ref.md
+docs:
+	@$(GO) run ./tabbyctl help --markdown > /tmp/tabbyctl-ref.md
 	@awk 'BEGIN{skip=0} /<!-- tabbyctl-reference:begin -->/{print; while((getline l < "/tmp/tabbyctl-ref.md")>0) print l; skip=1; next} /<!-- tabbyctl-reference:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md

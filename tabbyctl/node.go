@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/store"
 )
 
@@ -17,6 +20,8 @@ func nodeCommands() []*command {
 	hostFlag := flagSpec{name: "host", value: true, help: "only this host"}
 	return []*command{
 		{path: []string{"node", "show"}, usage: "node show", help: "list registered hosts", run: withKV(nodeShow)},
+		{path: []string{"node", "status"}, usage: "node status [--state-dir DIR]", help: "this host's daemon: state and BGP peers (from its status socket)",
+			flags: []flagSpec{{name: "state-dir", value: true, help: "the daemon's state dir (default /var/run/tabby)"}}, run: nodeStatus},
 		{path: []string{"bgp", "peer", "add"}, usage: "bgp peer add IP --as N [--host H]", help: "add a BGP peer for every host, or for host H",
 			flags: []flagSpec{{name: "as", value: true}, hostFlag}, run: withKV(peerAdd)},
 		{path: []string{"bgp", "peer", "remove"}, usage: "bgp peer remove IP [--host H]", help: "remove a BGP peer",
@@ -47,6 +52,46 @@ func nodeShow(cx context.Context, kv store.KV, c *ctx) error {
 		rows = append(rows, []string{h.Name, orDash(h.IPv4), orDash(h.IPv6), as, orDash(h.VXLANTunnelAddr), strconv.FormatBool(h.IPIPSupported)})
 	}
 	return c.emit(hosts, []string{"NAME", "IPV4", "IPV6", "AS", "VXLAN-ADDR", "IPIP"}, rows)
+}
+
+func nodeStatus(c *ctx) error {
+	cx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := nodestatus.Get(cx, stateDirFlag(c))
+	if err != nil {
+		return err
+	}
+	if c.format != "table" {
+		return c.emit(st, nil, nil)
+	}
+	state := "running"
+	if !st.Ready {
+		state = "starting (reading etcd)"
+	} else if !st.Settled {
+		state = "running (BGP settling)"
+	}
+	fmt.Fprintf(c.out, "tabby-node %s is %s\n", st.Name, state)
+	fmt.Fprintf(c.out, "IPv4 %s, version %s, %d routes programmed, last reconcile %s ago (%.1f ms)\n",
+		st.IPv4, st.Version, st.Routes, time.Since(st.LastReconcile).Round(time.Second), st.ReconcileMillis)
+	if !st.IPIPSupported {
+		fmt.Fprintln(c.out, "IPIP: not supported by this kernel; IPIP pools cannot be served on this host")
+	}
+	if len(st.Unserved) > 0 {
+		fmt.Fprintf(c.out, "unserved prefixes: %s\n", strings.Join(st.Unserved, ", "))
+	}
+	for _, e := range st.Errors {
+		fmt.Fprintf(c.out, "error: %s\n", e)
+	}
+	fmt.Fprintln(c.out, "\nBGP peers:")
+	var rows [][]string
+	for _, p := range st.Peers {
+		since := "-"
+		if !p.Since.IsZero() {
+			since = p.Since.Format("15:04:05")
+		}
+		rows = append(rows, []string{p.Address, p.Kind, p.State, since, strconv.Itoa(p.Received)})
+	}
+	return c.emit(st, []string{"PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "ROUTES RECEIVED"}, rows)
 }
 
 func orDash(s string) string {
@@ -182,4 +227,11 @@ func bgpConfigSet(cx context.Context, kv store.KV, c *ctx) error {
 	}
 	fmt.Fprintf(c.out, "BGP: AS %d, full mesh %v\n", out.ASNumber, out.Mesh)
 	return nil
+}
+
+func stateDirFlag(c *ctx) string {
+	if d := c.flag("state-dir", os.Getenv("TABBY_STATE_DIR")); d != "" {
+		return d
+	}
+	return "/var/run/tabby"
 }

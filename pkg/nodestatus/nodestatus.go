@@ -1,0 +1,67 @@
+// Package nodestatus is the contract of tabby-node's status socket, shared by
+// the daemon (server) and by tabbyctl and the CNI plugin (clients). It has
+// no dependencies beyond the standard library, so the plugin stays small.
+package nodestatus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+)
+
+// SocketName is the status socket's file name in the state dir.
+const SocketName = "tabby-node.sock"
+
+// Peer is one BGP session.
+type Peer struct {
+	Address  string    `json:"address"`
+	Kind     string    `json:"kind"` // mesh, global, node
+	State    string    `json:"state"`
+	Since    time.Time `json:"since"`
+	Received int       `json:"received"`
+}
+
+// Status is what `tabbyctl node status` shows.
+type Status struct {
+	Name            string    `json:"name"`
+	IPv4            string    `json:"ipv4"`
+	Version         string    `json:"version"`
+	Ready           bool      `json:"ready"`   // etcd data loaded
+	Settled         bool      `json:"settled"` // BGP converged after start; stale routes may go
+	IPIPSupported   bool      `json:"ipipSupported"`
+	Peers           []Peer    `json:"peers"`
+	Blocks          []string  `json:"blocks"`
+	Routes          int       `json:"routes"`
+	Unserved        []string  `json:"unserved,omitempty"` // prefixes this host cannot route (IPIP without kernel support)
+	LastReconcile   time.Time `json:"lastReconcile"`
+	ReconcileMillis float64   `json:"reconcileMillis"`
+	Errors          []string  `json:"errors,omitempty"`
+}
+
+// Client talks to a daemon's status socket.
+func Client(stateDir string) *http.Client {
+	sock := filepath.Join(stateDir, SocketName)
+	return &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}, Timeout: 5 * time.Second}
+}
+
+// Get reads the status of the daemon whose state dir is stateDir.
+func Get(ctx context.Context, stateDir string) (*Status, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://tabby-node/status", nil)
+	res, err := Client(stateDir).Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("tabby-node status socket in %s: %w (is tabby-node running with --state-dir %s?)", stateDir, err, stateDir)
+	}
+	defer res.Body.Close()
+	var s Status
+	if err := json.NewDecoder(res.Body).Decode(&s); err != nil {
+		return nil, fmt.Errorf("decode status: %w", err)
+	}
+	return &s, nil
+}
