@@ -21,7 +21,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GOBUILD) -o $(BIN)/tabby ./cni-plugin
 	$(GOBUILD) -o $(BIN)/tabby-ipam ./ipam-plugin
-	$(if $(wildcard node/main.go),$(GOBUILD) -o $(BIN)/tabby-node ./node)
+	$(GOBUILD) -o $(BIN)/tabby-node ./node
 	$(GOBUILD) -o $(BIN)/tabbyctl ./tabbyctl
 	$(GOBUILD) -o $(BIN)/etcd-lab ./test/etcd-lab
 
@@ -49,7 +49,7 @@ demo: deps build tools
 	./test/demo.sh
 
 bench: deps build tools
-	TABBY_BIN=$(BIN) $(GO) run ./test/bench -out bench/out
+	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/bench -out bench/out
 
 install: build
 	install -d /opt/cni/bin /etc/cni/net.d /usr/local/bin

@@ -136,6 +136,7 @@ type Host struct {
 	VXLANTunnelAddr string `json:"vxlanTunnelAddr,omitempty"`
 	VXLANMAC        string `json:"vxlanMAC,omitempty"`
 	IPIPSupported   bool   `json:"ipipSupported"`
+	BGPPort         int    `json:"bgpPort,omitempty"` // 0 = 179
 	Version         string `json:"version,omitempty"`
 }
 

@@ -1,0 +1,506 @@
+// Package agent is tabby-node's reconciler: it follows the etcd prefixes its
+// host needs, runs BGP, and drives routes, tunnels and nat-outgoing in the
+// kernel towards what etcd and BGP say, applying only differences. It never
+// flushes on start: it adopts what is programmed, and removes stale routes
+// only once BGP has settled.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tabby-net/tabby/node/bgp"
+	"github.com/tabby-net/tabby/node/iptables"
+	"github.com/tabby-net/tabby/node/routes"
+	"github.com/tabby-net/tabby/node/watch"
+	"github.com/tabby-net/tabby/pkg/ipam"
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/nodestatus"
+	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+)
+
+// Config is tabby-node's configuration (flags).
+type Config struct {
+	Name        string
+	IPv4        string // address/prefix on the underlay; "" = autodetect
+	IPv6        string
+	ASN         uint32 // 0 = the cluster's (bgp/config, default 64512)
+	Etcd        store.Config
+	StateDir    string
+	MetricsAddr string
+	BGPPort     int
+	// ResyncEvery is the periodic full reconcile that repairs tampering.
+	ResyncEvery time.Duration
+	Version     string
+	Log         *slog.Logger
+}
+
+// Agent is one running node daemon.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	kv      *etcdv3.KV
+	cache   *watch.Cache
+	speaker *bgp.Speaker
+	rt      *routes.Manager
+	ipt4    *iptables.Backend
+	ipt6    *iptables.Backend
+	metrics *metrics
+	ipipOK  bool
+
+	mu        sync.Mutex
+	learned   []bgp.Route
+	settled   bool
+	status    nodestatus.Status
+	kick      chan struct{}
+	hostRecMu sync.Mutex
+	tunnels   tunnelAddrs
+	rtTun     tunnelAddrs // the tunnel addresses a.rt was opened with
+}
+
+type tunnelAddrs struct{ vxlan, ipip net.IP }
+
+// New prepares an agent: it resolves the node's address and connects
+// (lazily) to etcd. Run does the rest.
+func New(cfg Config) (*Agent, error) {
+	if err := model.ValidName(cfg.Name); err != nil {
+		return nil, fmt.Errorf("--name: %w", err)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.ResyncEvery == 0 {
+		cfg.ResyncEvery = 30 * time.Second
+	}
+	if cfg.BGPPort == 0 {
+		cfg.BGPPort = 179
+	}
+	if cfg.IPv4 == "" || cfg.IPv4 == "autodetect" {
+		a, err := defaultRouteAddr()
+		if err != nil {
+			return nil, fmt.Errorf("--ip autodetect: %w (give --ip ADDRESS/PREFIX)", err)
+		}
+		cfg.IPv4 = a
+	}
+	if !strings.Contains(cfg.IPv4, "/") {
+		p, err := prefixOf(cfg.IPv4)
+		if err != nil {
+			return nil, fmt.Errorf("--ip %s: %w", cfg.IPv4, err)
+		}
+		cfg.IPv4 = p
+	}
+	if ip, _, err := net.ParseCIDR(cfg.IPv4); err != nil || ip.To4() == nil {
+		return nil, fmt.Errorf("--ip %q is not an IPv4 address", cfg.IPv4)
+	}
+	kv, err := etcdv3.New(cfg.Etcd)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), metrics: newMetrics()}
+	a.status.Name, a.status.IPv4, a.status.Version = cfg.Name, cfg.IPv4, cfg.Version
+	return a, nil
+}
+
+func (a *Agent) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run serves until ctx ends. Kernel state is left in place on return, so a
+// restart (or a crash) does not disturb traffic.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.cfg.StateDir, 0o755); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	// The CNI plugin reads the node name from here.
+	if err := os.WriteFile(filepath.Join(a.cfg.StateDir, "nodename"), []byte(a.cfg.Name+"\n"), 0o644); err != nil {
+		return err
+	}
+	a.ipipOK = routes.IPIPSupported()
+	if !a.ipipOK {
+		a.log.Warn("this kernel has no IPIP support: IPIP pools cannot be served on this host; direct and VXLAN pools are served")
+	}
+	var err error
+	if a.ipt4, err = iptables.Detect(iptables.V4); err != nil {
+		return err
+	}
+	a.ipt6, _ = iptables.Detect(iptables.V6)
+	a.log.Info("iptables backend", "mode", a.ipt4.Mode)
+
+	ip4, _, _ := net.ParseCIDR(a.cfg.IPv4)
+	if err := a.routeManager(tunnelAddrs{}); err != nil {
+		return err
+	}
+	defer func() { a.rt.Close() }()
+	own, err := a.rt.Installed()
+	if err != nil {
+		return fmt.Errorf("routes: %w", err)
+	}
+	restarting := len(own) > 0
+	if restarting {
+		a.log.Info("found routes from a previous run; keeping them until BGP has settled")
+	}
+
+	a.cache = watch.New(a.kv.Client, a.log)
+	a.cache.Resyncs = func(string) { a.metrics.resyncs.Inc() }
+	a.cache.Start(ctx, model.PoolPrefix, model.NodePrefix, model.BGPConfigKey, model.BGPPeerPrefix,
+		model.HostSubtree(a.cfg.Name), model.AffinityHostPrefix(a.cfg.Name))
+
+	listen := []string{ip4.String()}
+	if a.cfg.IPv6 != "" {
+		listen = append(listen, addrOf(a.cfg.IPv6))
+	}
+	asn := a.cfg.ASN
+	if asn == 0 {
+		asn = a.clusterBGP(ctx).ASNumber
+	}
+	bcfg := bgp.Config{RouterID: ip4.String(), ASN: asn, ListenPort: int32(a.cfg.BGPPort), ListenAddrs: listen,
+		Restarting: restarting, Logger: a.log.With("part", "bgp")}
+	if a.cfg.IPv6 != "" {
+		bcfg.NextHop6 = addrOf(a.cfg.IPv6)
+	}
+	a.speaker, err = bgp.New(bcfg)
+	if err != nil {
+		return fmt.Errorf("bgp: %w", err)
+	}
+	defer a.speaker.StopForRestart()
+
+	stopStatus, err := a.serveStatus()
+	if err != nil {
+		return err
+	}
+	defer stopStatus()
+	if a.cfg.MetricsAddr != "" {
+		stopMetrics, err := a.metrics.serve(a.cfg.MetricsAddr)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
+
+	go a.register(ctx)
+	tick := time.NewTicker(a.cfg.ResyncEvery)
+	defer tick.Stop()
+	routesCh := a.speaker.Routes()
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("stopping; kernel routes and rules stay in place")
+			return nil
+		case r, ok := <-routesCh:
+			if !ok {
+				routesCh = nil
+				continue
+			}
+			a.mu.Lock()
+			a.learned = r
+			if !a.settled {
+				a.settled = true
+				a.log.Info("BGP settled; stale routes may now be removed", "routes", len(r))
+			}
+			a.mu.Unlock()
+		case <-a.cache.Changed():
+		case <-a.kick:
+		case <-tick.C:
+		}
+		// Coalesce bursts (a profile change touches many keys).
+		drain(a.cache.Changed(), a.kick)
+		if a.cache.Synced() {
+			a.reconcile(ctx)
+		}
+	}
+}
+
+func drain(chs ...<-chan struct{}) {
+	for _, c := range chs {
+		select {
+		case <-c:
+		default:
+		}
+	}
+}
+
+func (a *Agent) clusterBGP(ctx context.Context) model.BGPConfig {
+	c := model.DefaultBGPConfig()
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, _ = store.GetJSON(cctx, a.kv, model.BGPConfigKey, &c)
+	return c
+}
+
+// snapshot builds the view from the cache.
+func (a *Agent) snapshot() *view {
+	v := &view{me: a.cfg.Name, nodes: map[string]model.Host{}, bgp: model.DefaultBGPConfig()}
+	for _, p := range watch.Decode[model.Pool](a.cache, model.PoolPrefix, nil) {
+		v.pools = append(v.pools, p)
+	}
+	sort.Slice(v.pools, func(i, j int) bool { return v.pools[i].CIDR < v.pools[j].CIDR })
+	for _, h := range watch.Decode[model.Host](a.cache, model.NodePrefix, nil) {
+		v.nodes[h.Name] = h
+	}
+	if b, ok := a.cache.Get(model.BGPConfigKey, model.BGPConfigKey); ok {
+		_ = store.DecodeJSON(b, &v.bgp)
+	}
+	for _, p := range watch.Decode[model.BGPPeer](a.cache, model.BGPPeerPrefix, nil) {
+		v.global = append(v.global, p)
+	}
+	sub := model.HostSubtree(a.cfg.Name)
+	for k, p := range watch.Decode[model.BGPPeer](a.cache, sub, func(k string) bool { return strings.HasPrefix(k, model.HostBGPPeerPrefix(a.cfg.Name)) }) {
+		_ = k
+		v.hostPeers = append(v.hostPeers, p)
+	}
+	for _, e := range watch.Decode[model.Endpoint](a.cache, sub, isEndpointKey) {
+		v.endpoints = append(v.endpoints, e)
+	}
+	for _, af := range watch.Decode[model.Affinity](a.cache, model.AffinityHostPrefix(a.cfg.Name), nil) {
+		if _, n, err := net.ParseCIDR(af.Block); err == nil {
+			v.blocks = append(v.blocks, n)
+		}
+	}
+	sort.Slice(v.blocks, func(i, j int) bool { return v.blocks[i].String() < v.blocks[j].String() })
+	v.self = v.nodes[a.cfg.Name]
+	if v.self.IPv4 == "" {
+		v.self = a.hostRecord()
+	}
+	return v
+}
+
+// reconcile drives BGP, routes and NAT to the desired state.
+func (a *Agent) reconcile(ctx context.Context) {
+	start := time.Now()
+	v := a.snapshot()
+	var errs []error
+	if err := a.speaker.SetPeers(v.peers()); err != nil {
+		errs = append(errs, fmt.Errorf("bgp peers: %w", err))
+	}
+	if err := a.speaker.Advertise(v.advertised()); err != nil {
+		errs = append(errs, fmt.Errorf("bgp advertise: %w", err))
+	}
+	a.mu.Lock()
+	learned, settled := a.learned, a.settled
+	a.mu.Unlock()
+	rem, unserved := v.remotes(learned, a.ipipOK)
+	a.mu.Lock()
+	tun := a.tunnels
+	a.mu.Unlock()
+	needIPIP, needVXLAN := v.needsEncap()
+	if !needVXLAN {
+		tun.vxlan = nil
+	}
+	if !needIPIP || !a.ipipOK {
+		tun.ipip = nil
+	}
+	// Until BGP has settled after a start, the kernel keeps what it has: a
+	// half-learned table must not delete routes that are still good.
+	if settled {
+		if err := a.routeManager(tun); err != nil {
+			errs = append(errs, err)
+		} else if err := a.rt.Sync(routes.Local{Blocks: v.blocks}, rem); err != nil {
+			errs = append(errs, fmt.Errorf("routes: %w", err))
+		}
+	}
+	if err := a.syncNAT(v); err != nil {
+		errs = append(errs, fmt.Errorf("nat-outgoing: %w", err))
+	}
+	if len(unserved) > 0 {
+		a.log.Debug("routes that cannot be served here", "prefixes", unserved)
+	}
+	d := time.Since(start)
+	a.metrics.reconciles.Inc()
+	a.metrics.reconcileSeconds.Observe(d.Seconds())
+	a.metrics.routes.Set(float64(len(rem)))
+	peers := a.speaker.Peers()
+	up := 0
+	for _, p := range peers {
+		if p.State == "Established" {
+			up++
+		}
+	}
+	a.metrics.peersUp.Set(float64(up))
+	a.mu.Lock()
+	a.status.Peers = a.status.Peers[:0]
+	for _, p := range peers {
+		a.status.Peers = append(a.status.Peers, nodestatus.Peer{Address: p.Address, Kind: p.Kind, State: p.State, Since: p.Since, Received: p.Received})
+	}
+	a.status.Routes = len(rem)
+	a.status.Unserved = unserved
+	a.status.Blocks = nil
+	for _, b := range v.blocks {
+		a.status.Blocks = append(a.status.Blocks, b.String())
+	}
+	a.status.LastReconcile = time.Now()
+	a.status.ReconcileMillis = float64(d.Microseconds()) / 1000
+	a.status.Ready = a.cache.Synced()
+	a.status.Settled = settled
+	a.status.IPIPSupported = a.ipipOK
+	a.status.Errors = nil
+	for _, e := range errs {
+		a.status.Errors = append(a.status.Errors, e.Error())
+	}
+	a.mu.Unlock()
+	for _, e := range errs {
+		a.metrics.errors.Inc()
+		a.log.Error("reconcile", "err", e)
+	}
+}
+
+func (a *Agent) syncNAT(v *view) error {
+	all4, nat4, all6, nat6 := v.natSets()
+	if _, err := iptables.SyncSets(
+		iptables.Set{Name: "tabby-pools", Type: "hash:net", Family: iptables.V4, Members: all4},
+		iptables.Set{Name: "tabby-nat-pools", Type: "hash:net", Family: iptables.V4, Members: nat4},
+		iptables.Set{Name: "tabby-pools6", Type: "hash:net", Family: iptables.V6, Members: all6},
+		iptables.Set{Name: "tabby-nat-pools6", Type: "hash:net", Family: iptables.V6, Members: nat6},
+	); err != nil {
+		return err
+	}
+	rule := func(nat, all string) string {
+		return fmt.Sprintf("-m set --match-set %s src -m set ! --match-set %s dst -j MASQUERADE", nat, all)
+	}
+	t4 := iptables.Table{Name: "nat", Chains: []iptables.Chain{{Name: "TABBY-POSTROUTING", Rules: []string{rule("tabby-nat-pools", "tabby-pools")}}},
+		Hooks: []iptables.Hook{{Chain: "POSTROUTING", Target: "TABBY-POSTROUTING"}}}
+	if err := a.ipt4.Apply(t4); err != nil {
+		return err
+	}
+	if a.ipt6 != nil {
+		t6 := iptables.Table{Name: "nat", Chains: []iptables.Chain{{Name: "TABBY-POSTROUTING", Rules: []string{rule("tabby-nat-pools6", "tabby-pools6")}}},
+			Hooks: []iptables.Hook{{Chain: "POSTROUTING", Target: "TABBY-POSTROUTING"}}}
+		if err := a.ipt6.Apply(t6); err != nil {
+			a.log.Warn("IPv6 nat-outgoing unavailable", "err", err)
+		}
+	}
+	return nil
+}
+
+// routeManager (re)opens the route manager when the tunnel addresses change:
+// they are part of its options.
+func (a *Agent) routeManager(tun tunnelAddrs) error {
+	if a.rt != nil && a.rtTun.vxlan.Equal(tun.vxlan) && a.rtTun.ipip.Equal(tun.ipip) {
+		return nil
+	}
+	ip4, _, _ := net.ParseCIDR(a.cfg.IPv4)
+	m, err := routes.New(routes.Options{NodeIP: ip4, VXLANMAC: vxlanMAC(a.cfg.Name), VXLANTunnelAddr: tun.vxlan, IPIPTunnelAddr: tun.ipip})
+	if err != nil {
+		return fmt.Errorf("routes: %w", err)
+	}
+	if a.rt != nil {
+		a.rt.Close()
+	}
+	a.rt, a.rtTun = m, tun
+	return nil
+}
+
+// vxlanMAC is a stable locally administered MAC per host name, so a restart
+// keeps the same VTEP address and peers' FDB entries stay right.
+func vxlanMAC(name string) net.HardwareAddr {
+	h := sha256.Sum256([]byte("tabby-vxlan/" + name))
+	mac := net.HardwareAddr(h[:6])
+	mac[0] = (mac[0] | 0x02) &^ 0x01
+	return mac
+}
+
+func (a *Agent) hostRecord() model.Host {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := model.Host{Name: a.cfg.Name, IPv4: a.cfg.IPv4, IPv6: a.cfg.IPv6, ASNumber: a.cfg.ASN, IPIPSupported: a.ipipOK,
+		Version: a.cfg.Version, VXLANMAC: vxlanMAC(a.cfg.Name).String()}
+	if a.cfg.BGPPort != 179 {
+		h.BGPPort = a.cfg.BGPPort
+	}
+	if a.tunnels.vxlan != nil {
+		h.VXLANTunnelAddr = a.tunnels.vxlan.String()
+	}
+	if a.tunnels.ipip != nil {
+		h.IPIPTunnelAddr = a.tunnels.ipip.String()
+	}
+	return h
+}
+
+// register keeps this host's record and tunnel addresses in etcd, retrying
+// while etcd is away.
+func (a *Agent) register(ctx context.Context) {
+	for {
+		err := a.registerOnce(ctx)
+		if err == nil {
+			a.poke()
+		} else if ctx.Err() == nil {
+			a.log.Warn("registering the host failed; retrying", "err", err)
+		}
+		wait := a.cfg.ResyncEvery
+		if err != nil {
+			wait = 2 * time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// tunnelHandle names the tunnel address allocation of a host.
+func tunnelHandle(kind, host string) (string, string) { return "tabby-tunnel", kind + "-" + host }
+
+func (a *Agent) registerOnce(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	pools, err := ipam.Pools(cctx, a.kv)
+	if err != nil {
+		return err
+	}
+	var want4vx, want4ip []string
+	for _, p := range pools {
+		if p.Disabled || p.IsV6() {
+			continue
+		}
+		if p.VXLANMode != model.EncapNever && p.VXLANMode != "" {
+			want4vx = append(want4vx, p.CIDR)
+		}
+		if p.IPIPMode != model.EncapNever && p.IPIPMode != "" {
+			want4ip = append(want4ip, p.CIDR)
+		}
+	}
+	im := &ipam.IPAM{KV: a.kv, Host: a.cfg.Name}
+	alloc := func(kind string, pools []string) (net.IP, error) {
+		net_, cid := tunnelHandle(kind, a.cfg.Name)
+		if len(pools) == 0 {
+			return nil, im.Release(cctx, net_, cid)
+		}
+		_, out, err := im.Assign(cctx, ipam.Request{Network: net_, ContainerID: cid, Workload: kind + ".tunnel", Plugin: "tabby-node",
+			IPv4: true, Pools4: pools})
+		if err != nil {
+			return nil, fmt.Errorf("%s tunnel address: %w", kind, err)
+		}
+		return out[0].IP, nil
+	}
+	vx, err := alloc("vxlan", want4vx)
+	if err != nil {
+		return err
+	}
+	ipip, err := alloc("ipip", want4ip)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.tunnels = tunnelAddrs{vxlan: vx, ipip: ipip}
+	a.mu.Unlock()
+	rec := a.hostRecord()
+	return store.Update(cctx, a.kv, model.NodeKey(a.cfg.Name), func(cur *model.Host, exists bool) (*model.Host, error) {
+		if exists && *cur == rec {
+			return nil, store.ErrAbort
+		}
+		return &rec, nil
+	})
+}

@@ -1,0 +1,237 @@
+package agent
+
+import (
+	"net"
+	"sort"
+	"strings"
+
+	"github.com/tabby-net/tabby/node/bgp"
+	"github.com/tabby-net/tabby/node/routes"
+	"github.com/tabby-net/tabby/pkg/model"
+)
+
+// view is what the node knows from etcd at one moment; everything the
+// reconciler decides is a pure function of a view plus the BGP routes.
+type view struct {
+	me        string
+	self      model.Host
+	pools     []model.Pool
+	nodes     map[string]model.Host // by name
+	bgp       model.BGPConfig
+	global    []model.BGPPeer
+	hostPeers []model.BGPPeer
+	blocks    []*net.IPNet // this host's affine blocks
+	endpoints []model.Endpoint
+}
+
+// peers is the desired BGP peer set: the full mesh (unless off) plus global
+// and per-host peers.
+func (v *view) peers() []bgp.Peer {
+	var out []bgp.Peer
+	seen := map[string]bool{}
+	add := func(p bgp.Peer) {
+		if p.Address == "" || seen[p.Address] {
+			return
+		}
+		seen[p.Address] = true
+		out = append(out, p)
+	}
+	own := map[string]bool{addrOf(v.self.IPv4): true, addrOf(v.self.IPv6): true}
+	if v.bgp.Mesh {
+		names := make([]string, 0, len(v.nodes))
+		for n := range v.nodes {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			h := v.nodes[n]
+			if n == v.me || h.IPv4 == "" || own[addrOf(h.IPv4)] {
+				continue
+			}
+			add(bgp.Peer{Address: addrOf(h.IPv4), ASN: asOf(h, v.bgp), Port: int32(h.BGPPort), Kind: "mesh"})
+		}
+	}
+	for _, p := range v.hostPeers {
+		if !own[p.IP] {
+			add(bgp.Peer{Address: p.IP, ASN: p.ASNumber, Kind: "node"})
+		}
+	}
+	for _, p := range v.global {
+		if !own[p.IP] {
+			add(bgp.Peer{Address: p.IP, ASN: p.ASNumber, Kind: "global"})
+		}
+	}
+	return out
+}
+
+func asOf(h model.Host, c model.BGPConfig) uint32 {
+	if h.ASNumber != 0 {
+		return h.ASNumber
+	}
+	return c.ASNumber
+}
+
+func addrOf(cidr string) string {
+	if cidr == "" {
+		return ""
+	}
+	if ip, _, err := net.ParseCIDR(cidr); err == nil {
+		return ip.String()
+	}
+	if ip := net.ParseIP(cidr); ip != nil {
+		return ip.String()
+	}
+	return ""
+}
+
+// advertised is what this host originates: its blocks, plus a /32 (/128) for
+// every local workload address that sits in another host's block (borrowed).
+func (v *view) advertised() []*net.IPNet {
+	out := append([]*net.IPNet{}, v.blocks...)
+	for _, e := range v.endpoints {
+		for _, n := range e.Nets() {
+			ip, host, err := net.ParseCIDR(n)
+			if err != nil || v.inOwnBlock(ip) || v.poolOf(ip) == nil {
+				continue
+			}
+			out = append(out, host)
+		}
+	}
+	return out
+}
+
+func (v *view) inOwnBlock(ip net.IP) bool {
+	for _, b := range v.blocks {
+		if b.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (v *view) poolOf(ip net.IP) *model.Pool {
+	for i := range v.pools {
+		if v.pools[i].IPNet().Contains(ip) {
+			return &v.pools[i]
+		}
+	}
+	return nil
+}
+
+// nodeByAddr finds the host whose underlay address is ip.
+func (v *view) nodeByAddr(ip net.IP) *model.Host {
+	for _, h := range v.nodes {
+		for _, a := range []string{h.IPv4, h.IPv6} {
+			if a != "" && addrOf(a) == ip.String() {
+				h := h
+				return &h
+			}
+		}
+	}
+	return nil
+}
+
+func sameSubnet(a, b string) bool {
+	_, na, err1 := net.ParseCIDR(a)
+	ipb, _, err2 := net.ParseCIDR(b)
+	return err1 == nil && err2 == nil && na.Contains(ipb)
+}
+
+// encapFor decides how to reach a prefix learned from host h.
+func (v *view) encapFor(prefix *net.IPNet, h *model.Host) routes.Encap {
+	p := v.poolOf(prefix.IP)
+	if p == nil || h == nil {
+		return routes.None
+	}
+	mode, enc := model.EncapNever, routes.None
+	switch {
+	case p.VXLANMode != "" && p.VXLANMode != model.EncapNever:
+		mode, enc = p.VXLANMode, routes.VXLAN
+	case p.IPIPMode != "" && p.IPIPMode != model.EncapNever:
+		mode, enc = p.IPIPMode, routes.IPIP
+	}
+	if mode == model.EncapCrossSubnet && sameSubnet(v.self.IPv4, h.IPv4) {
+		return routes.None
+	}
+	if mode == model.EncapNever {
+		return routes.None
+	}
+	return enc
+}
+
+// remotes turns BGP best routes into kernel routes. Our own prefixes never
+// come back (the speaker filters them); a route whose encapsulation cannot be
+// served here (IPIP without kernel support) is skipped and reported.
+func (v *view) remotes(learned []bgp.Route, ipipOK bool) (out []routes.Remote, unserved []string) {
+	for _, r := range learned {
+		if r.Prefix == nil || r.NextHop == nil {
+			continue
+		}
+		h := v.nodeByAddr(r.NextHop)
+		enc := v.encapFor(r.Prefix, h)
+		rem := routes.Remote{Prefix: r.Prefix, Gateway: r.NextHop, Encap: enc}
+		switch enc {
+		case routes.IPIP:
+			if !ipipOK {
+				unserved = append(unserved, r.Prefix.String())
+				continue
+			}
+		case routes.VXLAN:
+			if h.VXLANTunnelAddr == "" || h.VXLANMAC == "" {
+				unserved = append(unserved, r.Prefix.String())
+				continue
+			}
+			rem.TunnelAddr = net.ParseIP(addrOf(h.VXLANTunnelAddr))
+			rem.VTEPMAC, _ = net.ParseMAC(h.VXLANMAC)
+			if v4 := net.ParseIP(addrOf(h.IPv4)); v4 != nil {
+				rem.Gateway = v4
+			}
+		case routes.None:
+			// An IPv6 prefix advertised with an IPv4 next hop cannot be
+			// routed without a tunnel.
+			if (r.Prefix.IP.To4() == nil) != (r.NextHop.To4() == nil) {
+				unserved = append(unserved, r.Prefix.String())
+				continue
+			}
+		}
+		out = append(out, rem)
+	}
+	return out, unserved
+}
+
+// natSets are the pool sets nat-outgoing matches on, per family.
+func (v *view) natSets() (all4, nat4, all6, nat6 []string) {
+	for _, p := range v.pools {
+		if p.IsV6() {
+			all6 = append(all6, p.CIDR)
+			if p.NATOutgoing && !p.Disabled {
+				nat6 = append(nat6, p.CIDR)
+			}
+			continue
+		}
+		all4 = append(all4, p.CIDR)
+		if p.NATOutgoing && !p.Disabled {
+			nat4 = append(nat4, p.CIDR)
+		}
+	}
+	return
+}
+
+// needsEncap reports which tunnel devices this host needs, from its pools.
+func (v *view) needsEncap() (ipip, vxlan bool) {
+	for _, p := range v.pools {
+		if p.Disabled {
+			continue
+		}
+		if p.IPIPMode != "" && p.IPIPMode != model.EncapNever {
+			ipip = true
+		}
+		if p.VXLANMode != "" && p.VXLANMode != model.EncapNever && !p.IsV6() {
+			vxlan = true
+		}
+	}
+	return
+}
+
+// isEndpointKey is a key match for this host's endpoint records.
+func isEndpointKey(k string) bool { return strings.Contains(k, "/endpoint/") }

@@ -1,0 +1,382 @@
+// Command bench measures tabby's CNI plugins against Debian's ptp and
+// host-local in the netns lab, all in one run, and writes DIR/report.md
+// and DIR/report.json (SPEC.md "Speed of the plugins"):
+//
+//	go run ./test/bench -out bench/out       # make bench
+//	go run ./test/bench -quick -out /tmp/b   # smoke run
+//
+// It needs root, tabby, tabby-ipam and tabbyctl from `make build` ($TABBY_BIN
+// or <repo>/bin), cnitool (`make tools`) and Debian's plugins in
+// /usr/lib/cni. Every plugin runs inside the lab's host namespace against the
+// lab's etcd; the lab is removed on exit, also on error. A missed goal is
+// reported, not an error: the exit status is non-zero only if something
+// failed.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+	"github.com/tabby-net/tabby/test/lab"
+)
+
+const (
+	tabbyPool       = "10.0.0.0/16"   // tabby-ipam's pool, made with tabbyctl
+	hostLocalSubnet = "10.200.0.0/16" // host-local's range, disjoint from it
+)
+
+// interrupted receives SIGINT and SIGTERM once the lab exists (the lab
+// handles them itself; main must only not exit under it).
+var interrupted = make(chan os.Signal, 1)
+
+type config struct {
+	out                    string
+	n, callers, per, inits int
+	quick                  bool
+	bin, cnitool, cniDir   string
+}
+
+// paths are the programs the bench runs.
+type paths struct {
+	root    string // the repository
+	bin     string // tabby, tabby-ipam, tabbyctl
+	cnitool string
+	cniDir  string // Debian's ptp and host-local
+	noopDir string // the no-op plugin, built for this run
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "ipam-helper" {
+		os.Exit(ipamHelper(os.Args[2:]))
+	}
+	c := parseFlags()
+	start := time.Now()
+	s := lab.NewScript()
+	var labID string
+	rep, err := runGuarded(s, c, &labID)
+	select {
+	case sig := <-interrupted:
+		// The lab's own handler got sig too: it is removing the lab and then
+		// ends this process with sig. Exiting first would cut that short.
+		progress("%v: waiting for the lab to be removed", sig)
+		time.Sleep(time.Minute)
+		os.Exit(1)
+	default:
+	}
+	s.Close() // removes the lab
+	if s.Failed() {
+		err = errors.Join(err, errors.New("the lab reported errors (see above)"))
+	}
+	if left := labNamespaces(labID); len(left) > 0 {
+		err = errors.Join(err, fmt.Errorf("namespaces left behind: %v", left))
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+	rep.Meta["took"] = time.Since(start).Round(time.Second).String() + " (lab setup and teardown included)"
+	md, err := rep.write(c.out)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Print(md)
+	progress("wrote %s and %s", filepath.Join(c.out, "report.md"), filepath.Join(c.out, "report.json"))
+}
+
+func parseFlags() config {
+	var c config
+	flag.StringVar(&c.out, "out", "bench/out", "directory for report.md and report.json")
+	flag.IntVar(&c.n, "n", 200, "sequential iterations of every row")
+	flag.IntVar(&c.callers, "c", 16, "concurrent callers")
+	flag.IntVar(&c.per, "per", 10, "calls per concurrent caller")
+	flag.IntVar(&c.inits, "init-runs", 20, "process starts traced with GODEBUG=inittrace=1 per binary")
+	flag.BoolVar(&c.quick, "quick", false, "smoke run: -n 10 -per 2 -init-runs 5 unless given")
+	flag.StringVar(&c.bin, "bin", os.Getenv("TABBY_BIN"), "directory with tabby, tabby-ipam, tabbyctl (default $TABBY_BIN, else <repo>/bin)")
+	flag.StringVar(&c.cnitool, "cnitool", "", "cnitool binary (default <bin>/tools/cnitool, <repo>/bin/tools/cnitool, $PATH)")
+	flag.StringVar(&c.cniDir, "cni-dir", "/usr/lib/cni", "directory with Debian's ptp and host-local")
+	flag.Parse()
+	if c.quick {
+		set := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		for _, q := range []struct {
+			name string
+			v    *int
+			val  int
+		}{{"n", &c.n, 10}, {"per", &c.per, 2}, {"init-runs", &c.inits, 5}} {
+			if !set[q.name] {
+				*q.v = q.val
+			}
+		}
+	}
+	if c.n < 1 || c.callers < 1 || c.per < 1 || c.inits < 1 || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "bench: -n, -c, -per and -init-runs must be at least 1; no arguments")
+		flag.Usage()
+		os.Exit(2)
+	}
+	return c
+}
+
+// runGuarded is run with a panic turned into an error, so that the lab is
+// still removed.
+func runGuarded(s *lab.Script, c config, labID *string) (rep *Report, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return run(s, c, labID)
+}
+
+func run(s *lab.Script, c config, labID *string) (*Report, error) {
+	p, err := findPaths(c)
+	if err != nil {
+		return nil, err
+	}
+	progress("building the lab")
+	l := lab.New(s, lab.Options{Hosts: 1})
+	*labID = l.ID
+	signal.Notify(interrupted, syscall.SIGINT, syscall.SIGTERM)
+	// In the lab's directory, which goes with the lab also on a signal.
+	p.noopDir = filepath.Join(l.Dir, "cni")
+	if err := buildNoop(p.root, p.noopDir); err != nil {
+		return nil, err
+	}
+	etcd := l.StartEtcd()
+	b := &bench{p: p, l: l, h: l.Hosts[0], env: cleanEnv(), work: filepath.Join(l.Dir, "bench"),
+		etcd: cpuMeter{pid: etcd.PID}}
+	b.kv = etcdv3.FromClient(l.EtcdClient(), []string{l.EtcdURL})
+	if err := os.MkdirAll(b.work, 0o755); err != nil {
+		return nil, fmt.Errorf("work dir: %w", err)
+	}
+	if _, err := l.Exec(b.h.NS, filepath.Join(p.bin, "tabbyctl"), "--etcd-endpoints", l.EtcdURL, "pool", "add", tabbyPool); err != nil {
+		return nil, fmt.Errorf("create pool: %w", err)
+	}
+	rep := &Report{Meta: meta(c, p), Notes: notes(c)}
+	loadStart := loadavg()
+
+	cni, direct, err := b.cases()
+	if err != nil {
+		return nil, err
+	}
+	all := append(append([]*cniCase{}, cni...), direct...)
+	progress("warm-up: one untimed ADD and DEL per case")
+	if _, err := b.sequential(all, 1, "seq"); err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+
+	progress("IPAM library in-process, %d assign+release", c.n)
+	rows, err := b.ipamRows(c.n)
+	if err != nil {
+		return nil, err
+	}
+	rep.Rows = append(rep.Rows, rows...)
+
+	progress("sequential: %d iterations of ADD+DEL x %d cases", c.n, len(all))
+	if rows, err = b.sequential(all, c.n, "seq"); err != nil {
+		return nil, fmt.Errorf("sequential: %w", err)
+	}
+	rep.Rows = append(rep.Rows, rows...)
+
+	if rows, err = b.concurrentRows(cni, c.callers, c.per); err != nil {
+		return nil, err
+	}
+	rep.Rows = append(rep.Rows, rows...)
+
+	progress("process start-up: %d VERSION calls per binary, %d init traces", c.n, c.inits)
+	if rows, err = b.startupRows(c.n); err != nil {
+		return nil, err
+	}
+	rep.Rows = append(rep.Rows, rows...)
+	if rows, err = b.binaryRows(c.inits); err != nil {
+		return nil, err
+	}
+	rep.Rows = append(rep.Rows, rows...)
+
+	rep.ratios()
+	rep.Meta["loadavg"] = "1/5/15 min: " + loadStart + " at start, " + loadavg() + " at end"
+	for _, w := range b.leftovers() {
+		progress("%s", w)
+		rep.Notes = append(rep.Notes, w)
+	}
+	return rep, nil
+}
+
+// cases are the rows driven ADD then DEL: under cnitool (also run
+// concurrently) and executed directly (to split cnitool's share off).
+func (b *bench) cases() (cni, direct []*cniCase, err error) {
+	nc := b.netconfs()
+	tabbyPath := b.p.bin + ":" + b.p.cniDir
+	for _, c := range []struct {
+		key, name string
+		conf      map[string]any
+		path      string
+	}{
+		{"noop", "no-op Go plugin", nc.noop, b.p.noopDir},
+		{"ptp-host-local", "ptp + host-local", nc.ptpHostLocal, b.p.cniDir},
+		{"ptp-tabby-ipam", "ptp + tabby-ipam", nc.ptpTabbyIPAM, tabbyPath},
+		{"tabby", "tabby + tabby-ipam", nc.tabby, tabbyPath},
+	} {
+		cc, err := b.cnitoolCase(c.key, c.name, c.conf, c.path)
+		if err != nil {
+			return nil, nil, err
+		}
+		cni = append(cni, cc)
+	}
+	td, err := b.directCase("tabby", "tabby (delegating to tabby-ipam)", filepath.Join(b.p.bin, "tabby"), nc.tabby, tabbyPath, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	id, err := b.directCase("tabby-ipam", "tabby-ipam (ptp's netconf)", filepath.Join(b.p.bin, "tabby-ipam"), nc.ptpTabbyIPAM, tabbyPath, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cni, []*cniCase{td, id}, nil
+}
+
+// ratios relates every cnitool row to ptp + host-local of the same mode and
+// op, with the goals from the issues on the ADD rows.
+func (rep *Report) ratios() {
+	goals := map[string]float64{"ptp-tabby-ipam/ADD": 1.3, "tabby/ADD": 1.0}
+	for i := range rep.Rows {
+		r := &rep.Rows[i]
+		f := strings.Split(r.Key, "/") // cnitool/<case>/<mode>/<op>
+		if r.Section != "cnitool" || len(f) != 4 || f[1] == "ptp-host-local" || f[1] == "noop" {
+			continue
+		}
+		r.ratio(rep.row(keyCNI("ptp-host-local", f[2], f[3])), goals[f[1]+"/"+f[3]])
+	}
+}
+
+func findPaths(c config) (paths, error) {
+	var p paths
+	_, file, _, _ := runtime.Caller(0)
+	p.root = filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	if _, err := os.Stat(filepath.Join(p.root, "go.mod")); err != nil {
+		wd, _ := os.Getwd()
+		if _, err := os.Stat(filepath.Join(wd, "go.mod")); err != nil {
+			return p, errors.New("cannot find the repository root: run from it with go run ./test/bench")
+		}
+		p.root = wd
+	}
+	p.bin = c.bin
+	if p.bin == "" {
+		p.bin = filepath.Join(p.root, "bin")
+	}
+	var err error
+	if p.bin, err = filepath.Abs(p.bin); err != nil {
+		return p, err
+	}
+	for _, n := range []string{"tabby", "tabby-ipam", "tabbyctl"} {
+		if !isExec(filepath.Join(p.bin, n)) {
+			return p, fmt.Errorf("%s not found in %s: run make build, or set TABBY_BIN or -bin", n, p.bin)
+		}
+	}
+	p.cniDir = c.cniDir
+	for _, n := range []string{"ptp", "host-local"} {
+		if !isExec(filepath.Join(p.cniDir, n)) {
+			return p, fmt.Errorf("%s not found in %s: make deps installs containernetworking-plugins", n, p.cniDir)
+		}
+	}
+	p.cnitool = c.cnitool
+	if p.cnitool == "" {
+		for _, cand := range []string{filepath.Join(p.bin, "tools", "cnitool"), filepath.Join(p.root, "bin", "tools", "cnitool")} {
+			if isExec(cand) {
+				p.cnitool = cand
+				break
+			}
+		}
+	}
+	if p.cnitool == "" {
+		if p.cnitool, err = exec.LookPath("cnitool"); err != nil {
+			return p, errors.New("cnitool not found: run make tools, or pass -cnitool")
+		}
+	}
+	p.cnitool, err = filepath.Abs(p.cnitool)
+	return p, err
+}
+
+func isExec(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
+// buildNoop builds the no-op plugin (test/bench/noop) like make build does.
+func buildNoop(root, dir string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(dir, "noop"), "./test/bench/noop")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build the no-op plugin: %w: %s", err, out)
+	}
+	return nil
+}
+
+func meta(c config, p paths) map[string]string {
+	m := map[string]string{
+		"date":     time.Now().Format(time.RFC3339),
+		"machine":  fmt.Sprintf("%d CPUs, Linux %s, %s", runtime.NumCPU(), readTrim("/proc/sys/kernel/osrelease"), runtime.Version()),
+		"settings": fmt.Sprintf("%d sequential iterations; %d callers x %d calls concurrent; %d init traces", c.n, c.callers, c.per, c.inits),
+		"binaries": fmt.Sprintf("%s; cnitool %s; Debian plugins %s", p.bin, p.cnitool, p.cniDir),
+	}
+	if out, err := exec.Command("git", "-C", p.root, "describe", "--always", "--dirty").Output(); err == nil {
+		m["source"] = strings.TrimSpace(string(out))
+	}
+	return m
+}
+
+func notes(c config) []string {
+	return []string{
+		"Every plugin process runs in the lab host's network namespace, forked from a thread that joined it (no `ip netns exec` wrapper in the timings). Each ADD gets a container namespace created before the timed part.",
+		"Sequential rows: per iteration every case does ADD then DEL; cases are interleaved and their order rotates each iteration, so load drift hits all alike. One untimed warm-up ADD+DEL per case ran first.",
+		fmt.Sprintf("Concurrent rows: %d goroutines take the ADDs from a queue (each sample is one call's wall time under that load); the DELs follow the same way once every ADD is done. %d calls per case in two rounds, the second in reverse case order.", c.callers, c.callers*c.per),
+		"ptp runs with ipMasq=false (no iptables). host-local's dataDir and tabby's state_dir sit in the lab's work directory; tabby logs at info level to a file there.",
+		"etcd is the lab's single etcd-lab member in the underlay namespace of this machine: its CPU time competes with the plugins'. The tabby-ipam pool is " + tabbyPool + ", host-local's range " + hostLocalSubnet + ".",
+		"Direct rows: tabby exec'd as a runtime would (it still runs tabby-ipam from CNI_PATH); tabby-ipam exec'd with the netconf ptp hands it. The IPAM library rows keep one connection open and reuse it; the plugins open one per process.",
+	}
+}
+
+func readTrim(path string) string {
+	b, _ := os.ReadFile(path)
+	return strings.TrimSpace(string(b))
+}
+
+func loadavg() string {
+	f := strings.Fields(readTrim("/proc/loadavg"))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// labNamespaces lists the namespaces of lab id that still exist.
+func labNamespaces(id string) []string {
+	if id == "" {
+		return nil
+	}
+	entries, _ := os.ReadDir("/run/netns")
+	var left []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), id+"-") {
+			left = append(left, e.Name())
+		}
+	}
+	return left
+}
+
+var started = time.Now()
+
+func progress(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "bench [%5.1fs] %s\n", time.Since(started).Seconds(), fmt.Sprintf(format, a...))
+}
