@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -18,6 +20,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/tabby-net/tabby/cni-plugin/dataplane"
+	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/plugin"
@@ -109,34 +112,75 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return types.PrintResult(res, c.conf.CNIVersion)
 }
 
-func (c *call) add() (res *current.Result, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
-	// One round trip for what the ADD needs to know before it acts: an
-	// existing endpoint (a repeated ADD) and the pools (encapsulation, MTU).
-	pre, err := c.kv.Txn(ctx, nil, []store.Op{store.Get(c.epKey), {Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}})
-	if err != nil {
-		return nil, err
+// inProcessIPAM: with tabby-ipam as the IPAM, tabby runs the same IPAM code
+// itself instead of exec'ing it (one process start and one etcd connection
+// less per ADD, and the endpoint and pool reads ride in IPAM's first round
+// trip). "ipam_exec": true restores plain delegation.
+func (c *call) inProcessIPAM() bool { return c.conf.IPAM.Type == "tabby-ipam" && !c.conf.IPAMExec }
+
+func (c *call) ipam() *ipam.IPAM {
+	return &ipam.IPAM{KV: c.kv, Host: c.host, LockDir: c.conf.State()}
+}
+
+// ipamAdd allocates the addresses and reads the endpoint record and pools.
+func (c *call) ipamAdd(ctx context.Context) (*current.Result, *model.Endpoint, *store.KeyValue, []model.Pool, error) {
+	pre := []store.Op{store.Get(c.epKey), {Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}}
+	var ir *current.Result
+	var gets [][]store.KeyValue
+	if c.inProcessIPAM() {
+		_, out, extras, err := c.ipam().AssignWith(ctx, plugin.IPAMRequest(c.conf, c.wargs, c.args.ContainerID, c.args.IfName), pre)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		ir, gets = plugin.IPAMResult(out, false), extras
+	} else {
+		res, err := c.kv.Txn(ctx, nil, pre)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		gets = res.Gets
+		delegateEnv()
+		raw, err := invoke.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData, nil)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		if ir, err = current.NewResultFromResult(raw); err != nil {
+			c.ipamDel(ctx)
+			return nil, nil, nil, nil, fmt.Errorf("IPAM %s result: %w", c.conf.IPAM.Type, err)
+		}
 	}
 	var pools []model.Pool
-	for _, kv := range pre.Gets[1] {
+	for _, kv := range gets[1] {
 		var p model.Pool
 		if json.Unmarshal(kv.Value, &p) == nil {
 			pools = append(pools, p)
 		}
 	}
-	if len(pre.Gets[0]) > 0 {
-		var ep model.Endpoint
-		if json.Unmarshal(pre.Gets[0][0].Value, &ep) == nil && ep.ContainerID == c.args.ContainerID {
-			if r, err := c.existing(&ep); err == nil {
-				c.log.Infof("ADD answered from the existing endpoint %s", c.epKey)
-				return r, nil
-			}
+	var prev *model.Endpoint
+	var prevKV *store.KeyValue
+	if len(gets[0]) > 0 {
+		prevKV = &gets[0][0]
+		prev = &model.Endpoint{}
+		if json.Unmarshal(prevKV.Value, prev) != nil {
+			prev = nil
 		}
 	}
+	return ir, prev, prevKV, pools, nil
+}
 
+// ipamDel releases this attachment's addresses.
+func (c *call) ipamDel(ctx context.Context) error {
+	if c.inProcessIPAM() {
+		return c.ipam().Release(ctx, c.conf.Name, c.args.ContainerID)
+	}
 	delegateEnv()
-	ipamRes, err := invoke.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData, nil)
+	return invoke.DelegateDel(ctx, c.conf.IPAM.Type, c.args.StdinData, nil)
+}
+
+func (c *call) add() (res *current.Result, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
+	defer cancel()
+	ir, prev, prevKV, pools, err := c.ipamAdd(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -145,14 +189,18 @@ func (c *call) add() (res *current.Result, err error) {
 			// A fresh context: the ADD's own may be what ran out.
 			rctx, rcancel := context.WithTimeout(context.Background(), plugin.Deadline)
 			defer rcancel()
-			if derr := invoke.DelegateDel(rctx, c.conf.IPAM.Type, c.args.StdinData, nil); derr != nil {
+			if derr := c.ipamDel(rctx); derr != nil {
 				c.log.Errorf("rollback: release addresses: %v", derr)
 			}
 		}
 	}()
-	ir, err := current.NewResultFromResult(ipamRes)
-	if err != nil {
-		return nil, fmt.Errorf("IPAM %s result: %w", c.conf.IPAM.Type, err)
+	// A repeated ADD for a container that has its interface is answered
+	// from what is there (the IPAM call above returned the same addresses).
+	if prev != nil && prev.ContainerID == c.args.ContainerID {
+		if r, xerr := c.existing(prev); xerr == nil {
+			c.log.Infof("ADD answered from the existing endpoint %s", c.epKey)
+			return r, nil
+		}
 	}
 	if len(ir.IPs) == 0 {
 		return nil, fmt.Errorf("IPAM %s returned no address", c.conf.IPAM.Type)
@@ -176,11 +224,7 @@ func (c *call) add() (res *current.Result, err error) {
 	}
 	mtu := c.conf.MTU
 	if mtu == 0 {
-		up, uerr := dataplane.UplinkMTU()
-		if uerr != nil {
-			up = 1500
-		}
-		mtu = up - encap
+		mtu = uplinkMTU(c.conf.State()) - encap
 	}
 
 	dp, err := dataplane.Setup(dataplane.Config{NetnsPath: c.args.Netns, IfName: c.args.IfName, HostVeth: c.veth, MTU: mtu, Addrs: addrs})
@@ -195,7 +239,7 @@ func (c *call) add() (res *current.Result, err error) {
 		}
 	}()
 	ep.MAC = dp.ContainerMAC.String()
-	if err = workload.Put(ctx, c.kv, ep); err != nil {
+	if err = workload.PutFrom(ctx, c.kv, ep, store.Seed{c.epKey: prevKV}); err != nil {
 		return nil, fmt.Errorf("record endpoint %s: %w", c.epKey, err)
 	}
 	defer func() {
@@ -301,8 +345,7 @@ func cmdDel(args *skel.CmdArgs) error {
 			return plugin.ToCNI(err)
 		}
 	}
-	delegateEnv()
-	if err := invoke.DelegateDel(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if err := c.ipamDel(ctx); err != nil {
 		return plugin.ToCNI(err)
 	}
 	c.log.Infof("DEL %s", c.workload)
@@ -418,4 +461,19 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return plugin.ToCNI(err)
 	}
 	return plugin.ToCNI(invoke.DelegateStatus(ctx, c.conf.IPAM.Type, args.StdinData, nil))
+}
+
+// uplinkMTU is what tabby-node measured and wrote to <state_dir>/mtu (as
+// Calico's felix does), so an ADD does not dump every link and route of a
+// busy host; without a node daemon, the plugin measures itself.
+func uplinkMTU(stateDir string) int {
+	if b, err := os.ReadFile(filepath.Join(stateDir, "mtu")); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n >= 576 {
+			return n
+		}
+	}
+	if n, err := dataplane.UplinkMTU(); err == nil {
+		return n
+	}
+	return 1500
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
@@ -20,13 +19,6 @@ import (
 
 // Version is set at build time.
 var Version = "dev"
-
-// Gateways the results name. The tabby plugin programs its own; ptp puts the
-// gateway on each host veth, so any fixed link-local next hop works.
-var (
-	gw4 = net.ParseIP("169.254.1.1")
-	gw6 = net.ParseIP("fe80::ecee:eeff:feee:eeee")
-)
 
 func main() {
 	plugin.Main(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus}, "tabby-ipam "+Version)
@@ -68,51 +60,17 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return plugin.ToCNI(err)
 	}
-	workload := a.Workload
-	if workload == "" {
-		workload = args.ContainerID
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
 	defer cancel()
-	_, out, err := e.ipam.Assign(ctx, ipam.Request{
-		Network: e.conf.Name, ContainerID: args.ContainerID, IfName: args.IfName, Workload: workload, Plugin: e.conf.Type,
-		IPv4: e.conf.AssignV4(), IPv6: e.conf.IPAM.AssignIPv6, Pools4: e.conf.IPAM.IPv4Pools, Pools6: e.conf.IPAM.IPv6Pools,
-		Static: a.IPs, StrictAffinity: e.conf.IPAM.StrictAffinity, GatewayFirst: e.conf.IPAM.Result == "block",
-	})
+	_, out, err := e.ipam.Assign(ctx, plugin.IPAMRequest(e.conf, a, args.ContainerID, args.IfName))
 	if err != nil {
 		e.log.Errorf("ADD: %v", err)
 		return plugin.ToCNI(err)
 	}
-	res := Result(out, e.conf.IPAM.Result == "block")
+	res := plugin.IPAMResult(out, e.conf.IPAM.Result == "block")
 	res.CNIVersion = e.conf.CNIVersion
 	e.log.Infof("ADD %s: %v", args.ContainerID, ipsOf(out))
 	return types.PrintResult(res, e.conf.CNIVersion)
-}
-
-// Result builds the CNI result: /32 and /128 with a link-local gateway (tabby
-// programs its own routes), or, for ptp and bridge, the block prefix with the
-// block's first address as the gateway (which that mode never hands out).
-func Result(out []ipam.Assigned, block bool) *current.Result {
-	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
-	for _, as := range out {
-		bits := 32
-		gw, def := gw4, "0.0.0.0/0"
-		if as.IP.To4() == nil {
-			bits, gw, def = 128, gw6, "::/0"
-		}
-		mask := net.CIDRMask(bits, bits)
-		if block {
-			mask = as.Block.Mask
-		}
-		if block {
-			gw = as.Block.IP
-		}
-		ipc := &current.IPConfig{Address: net.IPNet{IP: as.IP, Mask: mask}, Gateway: gw}
-		_, d, _ := net.ParseCIDR(def)
-		res.Routes = append(res.Routes, &types.Route{Dst: *d})
-		res.IPs = append(res.IPs, ipc)
-	}
-	return res
 }
 
 func ipsOf(out []ipam.Assigned) []string {

@@ -128,6 +128,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(a.cfg.StateDir, "nodename"), []byte(a.cfg.Name+"\n"), 0o644); err != nil {
 		return err
 	}
+	// The CNI plugin derives workload MTUs from this instead of probing the
+	// host's links on every ADD.
+	if mtu, err := linkMTUOf(a.cfg.IPv4); err == nil {
+		_ = os.WriteFile(filepath.Join(a.cfg.StateDir, "mtu"), []byte(fmt.Sprintf("%d\n", mtu)), 0o644)
+	} else {
+		a.log.Warn("cannot find the uplink MTU; the CNI plugin will probe it", "err", err)
+	}
 	a.ipipOK = routes.IPIPSupported()
 	if !a.ipipOK {
 		a.log.Warn("this kernel has no IPIP support: IPIP pools cannot be served on this host; direct and VXLAN pools are served")

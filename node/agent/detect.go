@@ -54,3 +54,25 @@ func prefixOf(ip string) (string, error) {
 	}
 	return "", fmt.Errorf("no local interface has address %s", ip)
 }
+
+// linkMTUOf is the MTU of the interface that holds the address (CIDR form).
+func linkMTUOf(cidr string) (int, error) {
+	ip, _, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return 0, err
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return 0, err
+	}
+	for _, a := range addrs {
+		if a.IP.Equal(ip) {
+			l, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return 0, err
+			}
+			return l.Attrs().MTU, nil
+		}
+	}
+	return 0, fmt.Errorf("no interface holds %s", ip)
+}

@@ -33,7 +33,7 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to make network namespaces")
@@ -44,7 +44,7 @@ func requireRoot(t *testing.T) {
 }
 
 // run runs a command and fails the test on error.
-func run(t *testing.T, args ...string) string {
+func run(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
@@ -59,7 +59,7 @@ type host struct {
 	path string
 }
 
-func newHost(t *testing.T, tag string) host {
+func newHost(t testing.TB, tag string) host {
 	t.Helper()
 	name := fmt.Sprintf("tbrt%s-%d%s", runID, nsCount.Add(1), tag)
 	run(t, "ip", "netns", "add", name)
@@ -74,13 +74,13 @@ func newHost(t *testing.T, tag string) host {
 }
 
 // ip runs "ip -n <host> args".
-func (h host) ip(t *testing.T, args ...string) string {
+func (h host) ip(t testing.TB, args ...string) string {
 	t.Helper()
 	return run(t, append([]string{"ip", "-n", h.name}, args...)...)
 }
 
 // handle is a netlink socket inside the host, closed at test end.
-func (h host) handle(t *testing.T) *netlink.Handle {
+func (h host) handle(t testing.TB) *netlink.Handle {
 	t.Helper()
 	ns, err := netns.GetFromPath(h.path)
 	if err != nil {
@@ -100,7 +100,7 @@ func (h host) handle(t *testing.T) *netlink.Handle {
 // B 198.19.0.2 / fd19::2, workload 10.0.2.5 / fd00:2::5.
 type pair struct{ a, b host }
 
-func newPair(t *testing.T) pair {
+func newPair(t testing.TB) pair {
 	t.Helper()
 	p := pair{a: newHost(t, "a"), b: newHost(t, "b")}
 	p.a.ip(t, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", p.b.name)
@@ -119,7 +119,7 @@ func newPair(t *testing.T) pair {
 }
 
 // ping sends pings from src to dst inside h until one is answered.
-func ping(t *testing.T, h host, src, dst string) {
+func ping(t testing.TB, h host, src, dst string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -135,7 +135,7 @@ func ping(t *testing.T, h host, src, dst string) {
 }
 
 // noPing checks that one ping from src to dst gets no answer.
-func noPing(t *testing.T, h host, src, dst string) {
+func noPing(t testing.TB, h host, src, dst string) {
 	t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", h.name, "ping", "-n", "-c", "1", "-W", "1", "-I", src, dst).CombinedOutput()
 	if err == nil {
@@ -143,7 +143,7 @@ func noPing(t *testing.T, h host, src, dst string) {
 	}
 }
 
-func newManager(t *testing.T, h host, o Options) *Manager {
+func newManager(t testing.TB, h host, o Options) *Manager {
 	t.Helper()
 	o.NetNSPath = h.path
 	m, err := New(o)
@@ -155,7 +155,7 @@ func newManager(t *testing.T, h host, o Options) *Manager {
 }
 
 // syncOK runs Sync and fails on error; it returns the changes made.
-func syncOK(t *testing.T, m *Manager, local Local, remotes []Remote) uint64 {
+func syncOK(t testing.TB, m *Manager, local Local, remotes []Remote) uint64 {
 	t.Helper()
 	before := m.Changes()
 	start := time.Now()
@@ -167,7 +167,7 @@ func syncOK(t *testing.T, m *Manager, local Local, remotes []Remote) uint64 {
 }
 
 // routeTo returns the main-table routes to dst in h.
-func routeTo(t *testing.T, nh *netlink.Handle, dst string) []netlink.Route {
+func routeTo(t testing.TB, nh *netlink.Handle, dst string) []netlink.Route {
 	t.Helper()
 	d := cidr(t, dst)
 	fam := netlink.FAMILY_V4
@@ -181,7 +181,7 @@ func routeTo(t *testing.T, nh *netlink.Handle, dst string) []netlink.Route {
 	return rs
 }
 
-func cidr(t *testing.T, s string) *net.IPNet {
+func cidr(t testing.TB, s string) *net.IPNet {
 	t.Helper()
 	_, n, err := net.ParseCIDR(s)
 	if err != nil {
@@ -190,7 +190,7 @@ func cidr(t *testing.T, s string) *net.IPNet {
 	return n
 }
 
-func mac(t *testing.T, s string) net.HardwareAddr {
+func mac(t testing.TB, s string) net.HardwareAddr {
 	t.Helper()
 	m, err := net.ParseMAC(s)
 	if err != nil {

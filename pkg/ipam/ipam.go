@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -85,38 +86,84 @@ type meta struct {
 	affineKeys []string // block keys of this host's blocks
 }
 
-func (a *IPAM) readMeta(ctx context.Context, hkey string) (*meta, error) {
-	res, err := a.KV.Txn(ctx, nil, []store.Op{
+// readMeta reads, in one round trip, the handle, the pools, this host's
+// affinities and the blocks the state dir remembers as this host's (so that
+// in the common case the allocation needs no second read), plus any extra
+// gets the caller wants to piggyback (the CNI plugin's endpoint).
+func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op) (*meta, store.Seed, [][]store.KeyValue, error) {
+	cached := a.cachedBlocks()
+	ops := []store.Op{
 		store.Get(hkey),
 		{Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true},
 		{Kind: store.OpGet, Key: model.AffinityHostPrefix(a.Host), Prefix: true},
-	})
+	}
+	for _, k := range cached {
+		ops = append(ops, store.Get(k))
+	}
+	ops = append(ops, extra...)
+	res, err := a.KV.Txn(ctx, nil, ops)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	m := &meta{}
 	if len(res.Gets[0]) > 0 {
 		m.handle = &model.Handle{}
 		if err := json.Unmarshal(res.Gets[0][0].Value, m.handle); err != nil {
-			return nil, fmt.Errorf("decode handle %s: %w", hkey, err)
+			return nil, nil, nil, fmt.Errorf("decode handle %s: %w", hkey, err)
 		}
 	}
 	for _, kv := range res.Gets[1] {
 		var p model.Pool
 		if err := json.Unmarshal(kv.Value, &p); err != nil {
-			return nil, fmt.Errorf("decode pool %s: %w", kv.Key, err)
+			return nil, nil, nil, fmt.Errorf("decode pool %s: %w", kv.Key, err)
 		}
 		m.pools = append(m.pools, p)
 	}
 	for _, kv := range res.Gets[2] {
 		var af model.Affinity
 		if err := json.Unmarshal(kv.Value, &af); err != nil {
-			return nil, fmt.Errorf("decode affinity %s: %w", kv.Key, err)
+			return nil, nil, nil, fmt.Errorf("decode affinity %s: %w", kv.Key, err)
 		}
 		m.affineKeys = append(m.affineKeys, model.BlockKey(af.Pool, af.Block))
 	}
 	sort.Strings(m.affineKeys)
-	return m, nil
+	seed := store.SeedFrom(append([]string{hkey}, cached...), append(res.Gets[:1:1], res.Gets[3:3+len(cached)]...))
+	if !slices.Equal(cached, m.affineKeys) {
+		a.cacheBlocks(m.affineKeys)
+	}
+	return m, seed, res.Gets[3+len(cached):], nil
+}
+
+// The state dir remembers this host's block keys; the affinity read in the
+// same round trip verifies them, and a stale list only costs a read.
+func (a *IPAM) cachedBlocks() []string {
+	if a.LockDir == "" {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(a.LockDir, "ipam-blocks"))
+	if err != nil {
+		return nil
+	}
+	var keys []string
+	for _, k := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(k, model.BlockPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) > 64 { // a bound on the ADD's read size
+		keys = keys[:64]
+	}
+	return keys
+}
+
+func (a *IPAM) cacheBlocks(keys []string) {
+	if a.LockDir == "" {
+		return
+	}
+	tmp := filepath.Join(a.LockDir, fmt.Sprintf(".ipam-blocks.%d", os.Getpid()))
+	if os.WriteFile(tmp, []byte(strings.Join(keys, "\n")), 0o644) == nil {
+		_ = os.Rename(tmp, filepath.Join(a.LockDir, "ipam-blocks"))
+	}
 }
 
 // Pools reads every pool.
@@ -188,27 +235,35 @@ func reserved(pool *net.IPNet, ip net.IP) bool {
 // Assign allocates the request's addresses and records them under its handle.
 // A repeated Assign with the same handle returns the addresses it already has.
 func (a *IPAM) Assign(ctx context.Context, req Request) (*model.Handle, []Assigned, error) {
+	h, out, _, err := a.AssignWith(ctx, req, nil)
+	return h, out, err
+}
+
+// AssignWith is Assign that also runs the caller's extra gets in its first
+// round trip and returns their results (from the last attempt's read).
+func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*model.Handle, []Assigned, [][]store.KeyValue, error) {
 	unlock, err := a.lock()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	defer unlock()
 	hkey := model.HandleKey(req.Network, req.ContainerID)
 	for attempt := 0; attempt < 3; attempt++ {
-		m, err := a.readMeta(ctx, hkey)
+		m, seed, extras, err := a.readMeta(ctx, hkey, extra)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if m.handle != nil {
-			return a.existing(m.handle, m.pools)
+			h, out, err := a.existing(m.handle, m.pools)
+			return h, out, extras, err
 		}
-		h, out, err := a.assign(ctx, req, hkey, m)
+		h, out, err := a.assign(ctx, req, hkey, m, seed)
 		if errors.Is(err, errHandleExists) {
 			continue
 		}
-		return h, out, err
+		return h, out, extras, err
 	}
-	return nil, nil, store.ErrConflict
+	return nil, nil, nil, store.ErrConflict
 }
 
 func (a *IPAM) existing(h *model.Handle, pools []model.Pool) (*model.Handle, []Assigned, error) {
@@ -443,10 +498,10 @@ func (al *alloc) claim(p model.Pool) (*model.Block, string, error) {
 	return nil, "", nil
 }
 
-func (a *IPAM) assign(ctx context.Context, req Request, hkey string, m *meta) (*model.Handle, []Assigned, error) {
+func (a *IPAM) assign(ctx context.Context, req Request, hkey string, m *meta, seed store.Seed) (*model.Handle, []Assigned, error) {
 	var handle *model.Handle
 	var out []Assigned
-	_, err := store.ReadModifyWrite(ctx, a.KV, append([]string{hkey}, m.affineKeys...), func(rs *store.ReadSet) ([]store.Op, error) {
+	_, err := store.ReadModifyWriteFrom(ctx, a.KV, seed, append([]string{hkey}, m.affineKeys...), func(rs *store.ReadSet) ([]store.Op, error) {
 		if kv, err := rs.Raw(hkey); err != nil {
 			return nil, err
 		} else if kv != nil {

@@ -76,7 +76,11 @@ type NetConf struct {
 	LogFile       string   `json:"log_file"`
 	LogLevel      string   `json:"log_level"`
 	PolicyTimeout float64  `json:"policy_setup_timeout_seconds"`
-	IPAM          IPAM     `json:"ipam"`
+	// IPAMExec makes tabby exec tabby-ipam like any IPAM plugin. By default
+	// tabby runs the same IPAM code in its own process when the ipam type is
+	// tabby-ipam: one process start and one etcd connection less per ADD.
+	IPAMExec      bool `json:"ipam_exec"`
+	IPAM          IPAM `json:"ipam"`
 	RuntimeConfig struct {
 		IPs []string `json:"ips"`
 	} `json:"runtimeConfig"`

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/tabby-net/tabby/pkg/ipam"
@@ -133,4 +135,49 @@ func Main(funcs skel.CNIFuncs, about string) {
 		}
 	}
 	skel.PluginMainFuncs(funcs, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), about)
+}
+
+// IPAMRequest builds the IPAM request of one attachment from its netconf and
+// arguments; tabby-ipam and tabby's in-process IPAM use the same one, so the
+// two paths cannot drift apart.
+func IPAMRequest(c *netconf.NetConf, a *netconf.Args, containerID, ifName string) ipam.Request {
+	wl := a.Workload
+	if wl == "" {
+		wl = containerID
+	}
+	return ipam.Request{
+		Network: c.Name, ContainerID: containerID, IfName: ifName, Workload: wl, Plugin: c.Type,
+		IPv4: c.AssignV4(), IPv6: c.IPAM.AssignIPv6, Pools4: c.IPAM.IPv4Pools, Pools6: c.IPAM.IPv6Pools,
+		Static: a.IPs, StrictAffinity: c.IPAM.StrictAffinity, GatewayFirst: c.IPAM.Result == "block",
+	}
+}
+
+// Gateways of "host" results: the link-local next hop tabby's dataplane
+// answers for (and ptp would put on each host veth).
+var (
+	gw4 = net.ParseIP("169.254.1.1")
+	gw6 = net.ParseIP("fe80::ecee:eeff:feee:eeee")
+)
+
+// IPAMResult builds the CNI result of an allocation: /32 and /128 with the
+// link-local gateway, or (block) the block prefix with the block's first
+// address as the gateway, for ptp and bridge.
+func IPAMResult(out []ipam.Assigned, block bool) *current.Result {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	for _, as := range out {
+		bits := 32
+		gw, def := gw4, "0.0.0.0/0"
+		if as.IP.To4() == nil {
+			bits, gw, def = 128, gw6, "::/0"
+		}
+		mask := net.CIDRMask(bits, bits)
+		if block {
+			mask = as.Block.Mask
+			gw = as.Block.IP
+		}
+		_, d, _ := net.ParseCIDR(def)
+		res.Routes = append(res.Routes, &types.Route{Dst: *d})
+		res.IPs = append(res.IPs, &current.IPConfig{Address: net.IPNet{IP: as.IP, Mask: mask}, Gateway: gw})
+	}
+	return res
 }

@@ -91,8 +91,37 @@ var ErrAbort = errors.New("abort")
 // lost race it starts over from fresh reads. modify may run several times and
 // must not have side effects outside its return values.
 func ReadModifyWrite(ctx context.Context, kv KV, keys []string, modify func(*ReadSet) ([]Op, error)) (int64, error) {
+	return ReadModifyWriteFrom(ctx, kv, nil, keys, modify)
+}
+
+// Seed is what a caller already read (key -> value, nil for absent), so the
+// first attempt of ReadModifyWriteFrom needs no read round trip for those
+// keys. A seed that has gone stale costs one failed compare and a retry from
+// fresh reads, never a wrong write.
+type Seed map[string]*KeyValue
+
+// SeedFrom records the results of a Txn's gets: keys[i] was read by the i-th get.
+func SeedFrom(keys []string, gets [][]KeyValue) Seed {
+	s := Seed{}
+	for i, k := range keys {
+		s[k] = nil
+		if i < len(gets) && len(gets[i]) > 0 {
+			v := gets[i][0]
+			s[k] = &v
+		}
+	}
+	return s
+}
+
+// ReadModifyWriteFrom is ReadModifyWrite whose first attempt starts from seed.
+func ReadModifyWriteFrom(ctx context.Context, kv KV, seed Seed, keys []string, modify func(*ReadSet) ([]Op, error)) (int64, error) {
 	for attempt := 0; attempt < MaxAttempts; attempt++ {
 		rs := &ReadSet{ctx: ctx, kv: kv, vals: map[string]*KeyValue{}}
+		if attempt == 0 {
+			for k, v := range seed {
+				rs.vals[k] = v
+			}
+		}
 		if err := rs.Fetch(keys...); err != nil {
 			return 0, err
 		}

@@ -148,3 +148,33 @@ func TestUnavailableIsTypedAndBounded(t *testing.T) {
 		cancel()
 	}
 }
+
+// A stale seed costs a retry, never a lost update.
+func TestSeededReadModifyWrite(t *testing.T) {
+	e := etcdtest.Start(t)
+	kv := clients(t, e.Endpoints())["http"]
+	ctx := context.Background()
+	key := "/tabby/v1/test/seeded"
+	if err := store.Update(ctx, kv, key, func(c *counter, _ bool) (*counter, error) { c.N = 1; return c, nil }); err != nil {
+		t.Fatal(err)
+	}
+	stale := store.Seed{key: nil} // claims the key is absent
+	calls := 0
+	_, err := store.ReadModifyWriteFrom(ctx, kv, stale, []string{key}, func(rs *store.ReadSet) ([]store.Op, error) {
+		calls++
+		var c counter
+		if _, err := rs.Decode(key, &c); err != nil {
+			return nil, err
+		}
+		c.N++
+		return []store.Op{store.Put(key, store.MustJSON(c))}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c counter
+	store.GetJSON(ctx, kv, key, &c)
+	if c.N != 2 || calls != 2 {
+		t.Fatalf("counter %d after %d attempts; want 2 after 2 (the stale seed must fail its compare)", c.N, calls)
+	}
+}

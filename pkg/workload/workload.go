@@ -53,8 +53,13 @@ func diffOps(prev, next *model.Endpoint) []store.Op {
 // Put writes the endpoint, replacing whatever was at its key (a stale record
 // of an earlier container with the same identity included).
 func Put(ctx context.Context, kv store.KV, e *model.Endpoint) error {
+	return PutFrom(ctx, kv, e, nil)
+}
+
+// PutFrom is Put starting from what the caller already read of the key.
+func PutFrom(ctx context.Context, kv store.KV, e *model.Endpoint, seed store.Seed) error {
 	e.Profiles = Dedup(e.Profiles)
-	_, err := store.ReadModifyWrite(ctx, kv, []string{e.Key()}, func(rs *store.ReadSet) ([]store.Op, error) {
+	_, err := store.ReadModifyWriteFrom(ctx, kv, seed, []string{e.Key()}, func(rs *store.ReadSet) ([]store.Op, error) {
 		var prev model.Endpoint
 		ok, err := rs.Decode(e.Key(), &prev)
 		if err != nil {

@@ -337,3 +337,40 @@ func TestCNIVersions(t *testing.T) {
 	}
 	e.assertClean(h)
 }
+
+// IPAM through CNI delegation: tabby-ipam exec'd ("ipam_exec") and Debian's
+// host-local, both under tabby.
+func TestCNIDelegatedIPAM(t *testing.T) {
+	testutil.Tool(t, "host-local", "/usr/lib/cni/host-local")
+	e := newEnv(t, lab.Options{Hosts: 1})
+	h := e.l.Hosts[0]
+	e.pool("10.0.0.0/16")
+	hl := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"tabby-net","type":"tabby","etcd_endpoints":%q,"nodename":%q,"state_dir":%q,
+	  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.77.0.0/24"}]],"dataDir":%q}}`, e.l.EtcdURL, h.Name, e.stateDir(h), filepath.Join(e.dir, "hl"))
+	for _, tc := range []struct {
+		name   string
+		conf   []byte
+		prefix string
+	}{
+		{"tabby-ipam exec'd", e.conf(h, "", `,"ipam_exec":true`, ""), "10.0."},
+		{"host-local", []byte(hl), "10.77.0."},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nsName, ns := e.l.AddContainer(h, "d"+strings.ReplaceAll(tc.name[:4], "-", ""))
+			ip := addrOf(t, e.plugin(h, "ADD", "del-"+tc.name[:4], ns, "eth0", "TABBY_WORKLOAD=w", tc.conf))
+			if !strings.HasPrefix(ip, tc.prefix) {
+				t.Fatalf("address %s, want one from %s", ip, tc.prefix)
+			}
+			if err := e.l.Ping(nsName, h.IP); err != nil {
+				t.Fatal(err)
+			}
+			if ep := e.endpoint(h, "cni", "w"); ep.IPv4Nets[0] != ip+"/32" {
+				t.Fatalf("endpoint %+v", ep)
+			}
+			if o := e.plugin(h, "DEL", "del-"+tc.name[:4], ns, "eth0", "TABBY_WORKLOAD=w", tc.conf); o.ExitCode != 0 {
+				t.Fatalf("DEL: %s", o.Stdout)
+			}
+			e.assertClean(h)
+		})
+	}
+}
