@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -140,7 +139,7 @@ func (c *call) ipamAdd(ctx context.Context) (*current.Result, *model.Endpoint, *
 		}
 		gets = res.Gets
 		delegateEnv()
-		raw, err := invoke.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData, nil)
+		raw, err := plugin.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData)
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
@@ -174,7 +173,7 @@ func (c *call) ipamDel(ctx context.Context) error {
 		return c.ipam().Release(ctx, c.conf.Name, c.args.ContainerID)
 	}
 	delegateEnv()
-	return invoke.DelegateDel(ctx, c.conf.IPAM.Type, c.args.StdinData, nil)
+	return delegateErr(ctx, "DEL", c.conf.IPAM.Type, c.args.StdinData)
 }
 
 func (c *call) add() (res *current.Result, err error) {
@@ -399,7 +398,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, "CHECK: "+strings.Join(problems, "; "), "")
 	}
 	delegateEnv()
-	if err := invoke.DelegateCheck(ctx, c.conf.IPAM.Type, args.StdinData, nil); err != nil {
+	if err := c.ipamVerb(ctx, "CHECK"); err != nil {
 		return plugin.ToCNI(err)
 	}
 	return nil
@@ -446,7 +445,7 @@ func cmdGC(args *skel.CmdArgs) error {
 		}
 		c.log.Infof("GC removed endpoint %s", ep.Key())
 	}
-	return plugin.ToCNI(invoke.DelegateGC(ctx, c.conf.IPAM.Type, args.StdinData, nil))
+	return plugin.ToCNI(c.ipamVerb(ctx, "GC"))
 }
 
 func cmdStatus(args *skel.CmdArgs) error {
@@ -460,7 +459,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err := c.nodeReady(ctx); err != nil {
 		return plugin.ToCNI(err)
 	}
-	return plugin.ToCNI(invoke.DelegateStatus(ctx, c.conf.IPAM.Type, args.StdinData, nil))
+	return plugin.ToCNI(c.ipamVerb(ctx, "STATUS"))
 }
 
 // uplinkMTU is what tabby-node measured and wrote to <state_dir>/mtu (as
@@ -476,4 +475,27 @@ func uplinkMTU(stateDir string) int {
 		return n
 	}
 	return 1500
+}
+
+func delegateErr(ctx context.Context, command, pluginType string, stdin []byte) error {
+	_, err := plugin.Delegate(ctx, command, pluginType, stdin)
+	return err
+}
+
+// ipamVerb runs CHECK, GC or STATUS on the IPAM, in process or delegated,
+// as the ADD did.
+func (c *call) ipamVerb(ctx context.Context, verb string) error {
+	if !c.inProcessIPAM() {
+		delegateEnv()
+		return delegateErr(ctx, verb, c.conf.IPAM.Type, c.args.StdinData)
+	}
+	switch verb {
+	case "CHECK":
+		return ipam.CheckHandle(ctx, c.kv, c.conf.Name, c.args.ContainerID)
+	case "GC":
+		_, err := c.ipam().GC(ctx, c.conf.Name, plugin.GCAttachments(c.conf))
+		return err
+	default:
+		return plugin.IPAMStatus(ctx, c.kv, c.conf)
+	}
 }

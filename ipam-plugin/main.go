@@ -4,14 +4,11 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"net"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/tabby-net/tabby/pkg/ipam"
-	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/plugin"
 	"github.com/tabby-net/tabby/pkg/store"
@@ -106,20 +103,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	defer e.close()
 	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
 	defer cancel()
-	var h model.Handle
-	if _, err := store.GetJSON(ctx, e.kv, model.HandleKey(e.conf.Name, args.ContainerID), &h); err != nil {
-		return plugin.ToCNI(fmt.Errorf("no IPAM handle %s: %w", model.HandleID(e.conf.Name, args.ContainerID), err))
-	}
-	for _, s := range h.IPs {
-		al, _, err := ipam.Lookup(ctx, e.kv, net.ParseIP(s))
-		if err != nil {
-			return plugin.ToCNI(err)
-		}
-		if al == nil || al.Handle != h.ID {
-			return plugin.ToCNI(fmt.Errorf("address %s of handle %s is not allocated to it in its block", s, h.ID))
-		}
-	}
-	return nil
+	return plugin.ToCNI(ipam.CheckHandle(ctx, e.kv, e.conf.Name, args.ContainerID))
 }
 
 func cmdGC(args *skel.CmdArgs) error {
@@ -128,13 +112,9 @@ func cmdGC(args *skel.CmdArgs) error {
 		return plugin.ToCNI(err)
 	}
 	defer e.close()
-	var valid []ipam.Attachment
-	for _, v := range e.conf.ValidAttachments {
-		valid = append(valid, ipam.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*plugin.Deadline)
 	defer cancel()
-	rel, err := e.ipam.GC(ctx, e.conf.Name, valid)
+	rel, err := e.ipam.GC(ctx, e.conf.Name, plugin.GCAttachments(e.conf))
 	e.log.Infof("GC released %v", rel)
 	return plugin.ToCNI(err)
 }
@@ -147,15 +127,5 @@ func cmdStatus(args *skel.CmdArgs) error {
 	defer e.close()
 	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
 	defer cancel()
-	if e.conf.AssignV4() {
-		if err := ipam.HasRoom(ctx, e.kv, false, e.conf.IPAM.IPv4Pools); err != nil {
-			return plugin.ToCNI(err)
-		}
-	}
-	if e.conf.IPAM.AssignIPv6 {
-		if err := ipam.HasRoom(ctx, e.kv, true, e.conf.IPAM.IPv6Pools); err != nil {
-			return plugin.ToCNI(err)
-		}
-	}
-	return nil
+	return plugin.ToCNI(plugin.IPAMStatus(ctx, e.kv, e.conf))
 }

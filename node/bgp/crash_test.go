@@ -90,7 +90,7 @@ func startHelper(t *testing.T, spec string) *exec.Cmd {
 // over the session and the routes are fresh again, with no set in between
 // that lacked them.
 func TestCrashRestart(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	skipUnderRace(t)
 	obs := newNode(t, "127.0.0.1")
 	addr, port := "127.0.0.2", freePort(t, "127.0.0.2")

@@ -51,5 +51,7 @@
 // One goroutine owns the Speaker's state; every method is a request to it
 // and may be called from any goroutine. GoBGP v3.37.0 has known internal
 // data races in graceful restart (osrg/gobgp#2705), so the restart tests
-// are skipped under -race.
+// are skipped under -race; and its StartBgp writes package globals, so
+// several Speakers in one process (tests only) must not start at once:
+// the tests run serially under -race.
 package bgp

@@ -28,6 +28,16 @@ func skipUnderRace(t *testing.T) {
 	}
 }
 
+// parallel runs the test in parallel with the others, except under -race:
+// GoBGP's StartBgp writes package globals (table.SelectionOptions and
+// table.UseMultiplePaths), so two servers starting at once in one process
+// race. The daemon has one Speaker per process, so only tests see it.
+func parallel(t *testing.T) {
+	if !raceDetector {
+		t.Parallel()
+	}
+}
+
 // freePort returns a TCP port that is free on addr right now.
 func freePort(t *testing.T, addr string) int32 {
 	t.Helper()

@@ -62,7 +62,7 @@ func startBIRD(t *testing.T, portA, portB int32) int32 {
 // learns A's prefixes with A's next hops (a reflector does not change
 // them), and a withdrawal goes through too.
 func TestBIRDReflector(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	if _, err := exec.LookPath("bird"); err != nil {
 		t.Skip("bird (Debian package bird2) not installed")
 	}
@@ -91,7 +91,7 @@ func TestBIRDReflector(t *testing.T) {
 // the other client, never sees A's route go away: BIRD keeps it as stale
 // and keeps it when the new session comes up until A's End-of-RIB.
 func TestBIRDCrashRestart(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	if _, err := exec.LookPath("bird"); err != nil {
 		t.Skip("bird (Debian package bird2) not installed")
 	}

@@ -10,7 +10,7 @@ import (
 // stale, and never publishes a set without them; A comes back (Restarting)
 // on the same address and port and the routes are fresh again.
 func TestGracefulRestart(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	skipUnderRace(t)
 	cfgA := baseConfig(t, "127.0.0.1", freePort(t, "127.0.0.1"))
 	a := startNode(t, cfgA)
@@ -51,7 +51,7 @@ func TestGracefulRestart(t *testing.T) {
 // TestGracefulRestartExpires: when A does not come back within its restart
 // time, B drops the stale routes then, and not before.
 func TestGracefulRestartExpires(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	skipUnderRace(t)
 	cfgA := baseConfig(t, "127.0.0.1", freePort(t, "127.0.0.1"))
 	cfgA.GracefulRestartTime = 2 * time.Second

@@ -48,7 +48,7 @@ func TestCanonical(t *testing.T) {
 // TestAdvertiseWithdraw: A originates an IPv4 and an IPv6 block, B learns
 // both with A's next hops, then A withdraws them one at a time.
 func TestAdvertiseWithdraw(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	cfgA := baseConfig(t, "127.0.0.1", freePort(t, "127.0.0.1"))
 	cfgA.NextHop6 = "fd00:ffff::1"
 	a := startNode(t, cfgA)
@@ -95,7 +95,7 @@ func TestAdvertiseWithdraw(t *testing.T) {
 // TestMappedNextHop6: without NextHop6 an IPv6 prefix carries the
 // IPv4-mapped next hop, which the receiver reports as the IPv4 address.
 func TestMappedNextHop6(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	a := newNode(t, "127.0.0.1")
 	b := newNode(t, "127.0.0.2")
 	if err := a.Advertise([]*net.IPNet{cidr(t, "fd00:1::/122")}); err != nil {
@@ -113,7 +113,7 @@ func TestMappedNextHop6(t *testing.T) {
 // TestSetPeersRemovesPeer: B hears A and C; dropping C from B's peers
 // removes C's routes and only them; a Kind change alone keeps the session.
 func TestSetPeersRemovesPeer(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	a := newNode(t, "127.0.0.1")
 	b := newNode(t, "127.0.0.2")
 	c := newNode(t, "127.0.0.3")
@@ -146,7 +146,7 @@ func TestSetPeersRemovesPeer(t *testing.T) {
 // TestInitialSync: the first route set waits for every peer's End-of-RIB,
 // and is published at once (empty) when there are no peers.
 func TestInitialSync(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	alone := newNode(t, "127.0.0.3")
 	mustSetPeers(t, alone)
 	waitRoutes(t, alone, 2*time.Second, "")
@@ -175,7 +175,7 @@ func TestInitialSync(t *testing.T) {
 // TestStopDropsRoutes: a plain Stop hard-resets the sessions, so peers
 // drop our routes at once instead of keeping them for the restart time.
 func TestStopDropsRoutes(t *testing.T) {
-	t.Parallel()
+	parallel(t)
 	a := newNode(t, "127.0.0.1")
 	b := newNode(t, "127.0.0.2")
 	mustAdvertise(t, a, "10.0.1.0/26")

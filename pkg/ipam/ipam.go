@@ -740,3 +740,22 @@ func HasRoom(ctx context.Context, kv store.KV, v6 bool, names []string) error {
 	}
 	return errf(CodePoolExhausted, "pools %s are full", poolNames(allowed))
 }
+
+// CheckHandle verifies that the handle of (network, containerID) exists and
+// that every address it names is still allocated to it in its block.
+func CheckHandle(ctx context.Context, kv store.KV, network, containerID string) error {
+	var h model.Handle
+	if _, err := store.GetJSON(ctx, kv, model.HandleKey(network, containerID), &h); err != nil {
+		return fmt.Errorf("no IPAM handle %s: %w", model.HandleID(network, containerID), err)
+	}
+	for _, s := range h.IPs {
+		al, _, err := Lookup(ctx, kv, net.ParseIP(s))
+		if err != nil {
+			return err
+		}
+		if al == nil || al.Handle != h.ID {
+			return fmt.Errorf("address %s of handle %s is not allocated to it in its block", s, h.ID)
+		}
+	}
+	return nil
+}

@@ -181,3 +181,26 @@ func IPAMResult(out []ipam.Assigned, block bool) *current.Result {
 	}
 	return res
 }
+
+// IPAMStatus is the STATUS check of tabby's IPAM: etcd answers and every
+// family the network assigns has a pool with room.
+func IPAMStatus(ctx context.Context, kv store.KV, c *netconf.NetConf) error {
+	if c.AssignV4() {
+		if err := ipam.HasRoom(ctx, kv, false, c.IPAM.IPv4Pools); err != nil {
+			return err
+		}
+	}
+	if c.IPAM.AssignIPv6 {
+		return ipam.HasRoom(ctx, kv, true, c.IPAM.IPv6Pools)
+	}
+	return nil
+}
+
+// GCAttachments lists the netconf's valid attachments for IPAM GC.
+func GCAttachments(c *netconf.NetConf) []ipam.Attachment {
+	var valid []ipam.Attachment
+	for _, v := range c.ValidAttachments {
+		valid = append(valid, ipam.Attachment{ContainerID: v.ContainerID, IfName: v.IfName})
+	}
+	return valid
+}
