@@ -7,7 +7,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net"
@@ -289,11 +288,12 @@ func (a *Agent) reconcile(ctx context.Context) {
 	start := time.Now()
 	v := a.snapshot()
 	var errs []error
-	if err := a.speaker.SetPeers(v.peers()); err != nil {
-		errs = append(errs, fmt.Errorf("bgp peers: %w", err))
-	}
+	// Prefixes first, so a new session starts with the full set.
 	if err := a.speaker.Advertise(v.advertised()); err != nil {
 		errs = append(errs, fmt.Errorf("bgp advertise: %w", err))
+	}
+	if err := a.speaker.SetPeers(v.peers()); err != nil {
+		errs = append(errs, fmt.Errorf("bgp peers: %w", err))
 	}
 	a.mu.Lock()
 	learned, settled := a.learned, a.settled
@@ -409,14 +409,9 @@ func (a *Agent) routeManager(tun tunnelAddrs) error {
 	return nil
 }
 
-// vxlanMAC is a stable locally administered MAC per host name, so a restart
-// keeps the same VTEP address and peers' FDB entries stay right.
-func vxlanMAC(name string) net.HardwareAddr {
-	h := sha256.Sum256([]byte("tabby-vxlan/" + name))
-	mac := net.HardwareAddr(h[:6])
-	mac[0] = (mac[0] | 0x02) &^ 0x01
-	return mac
-}
+// vxlanMAC is stable per host name, so a restart keeps the same VTEP
+// address and peers' FDB entries stay right.
+func vxlanMAC(name string) net.HardwareAddr { return routes.DeriveVTEPMAC(name) }
 
 func (a *Agent) hostRecord() model.Host {
 	a.mu.Lock()

@@ -48,7 +48,10 @@ func (v *view) peers() []bgp.Peer {
 			if n == v.me || h.IPv4 == "" || own[addrOf(h.IPv4)] {
 				continue
 			}
-			add(bgp.Peer{Address: addrOf(h.IPv4), ASN: asOf(h, v.bgp), Port: int32(h.BGPPort), Kind: "mesh"})
+			// One side of each mesh pair only listens: after a session
+			// drops, two sides dialling each other keep colliding.
+			add(bgp.Peer{Address: addrOf(h.IPv4), ASN: asOf(h, v.bgp), Port: int32(h.BGPPort), Kind: "mesh",
+				Passive: bgp.MeshPassive(addrOf(v.self.IPv4), addrOf(h.IPv4))})
 		}
 	}
 	for _, p := range v.hostPeers {
