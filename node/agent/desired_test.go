@@ -31,8 +31,8 @@ func testView() *view {
 		hostPeers: []model.BGPPeer{{IP: "198.19.0.101", ASNumber: 65001, Host: "h1"}},
 		blocks:    []*net.IPNet{cidr("10.0.0.0/26")},
 		endpoints: []model.Endpoint{
-			{IPv4Nets: []string{"10.0.0.5/32"}},  // in our block
-			{IPv4Nets: []string{"10.0.7.9/32"}},  // borrowed from another host's block
+			{IPv4Nets: []string{"10.0.0.5/32"}},   // in our block
+			{IPv4Nets: []string{"10.0.7.9/32"}},   // borrowed from another host's block
 			{IPv4Nets: []string{"172.16.0.1/32"}}, // host-local IPAM, no pool: not ours to advertise
 		},
 	}
@@ -72,12 +72,12 @@ func TestAdvertisedBlocksAndBorrowed(t *testing.T) {
 func TestRemotesEncapPerPool(t *testing.T) {
 	v := testView()
 	learned := []bgp.Route{
-		{Prefix: cidr("10.0.1.0/26"), NextHop: net.ParseIP("198.19.0.2")}, // never: direct
-		{Prefix: cidr("10.1.1.0/26"), NextHop: net.ParseIP("198.19.0.2")}, // cross-subnet, same subnet: direct
-		{Prefix: cidr("10.1.2.0/26"), NextHop: net.ParseIP("198.19.1.3")}, // cross-subnet, other subnet: vxlan
-		{Prefix: cidr("10.2.1.0/26"), NextHop: net.ParseIP("198.19.0.2")}, // ipip
+		{Prefix: cidr("10.0.1.0/26"), NextHop: net.ParseIP("198.19.0.2")},       // never: direct
+		{Prefix: cidr("10.1.1.0/26"), NextHop: net.ParseIP("198.19.0.2")},       // cross-subnet, same subnet: direct
+		{Prefix: cidr("10.1.2.0/26"), NextHop: net.ParseIP("198.19.1.3")},       // cross-subnet, other subnet: vxlan
+		{Prefix: cidr("10.2.1.0/26"), NextHop: net.ParseIP("198.19.0.2")},       // ipip
 		{Prefix: cidr("192.168.50.0/24"), NextHop: net.ParseIP("198.19.0.100")}, // a route from a foreign speaker
-		{Prefix: cidr("fd00::40/122"), NextHop: net.ParseIP("198.19.0.2")},   // v6 via a v4 next hop: needs a tunnel
+		{Prefix: cidr("fd00::40/122"), NextHop: net.ParseIP("198.19.0.2")},      // v6 via a v4 next hop: needs a tunnel
 	}
 	rem, unserved := v.remotes(learned, false)
 	enc := map[string]routes.Encap{}

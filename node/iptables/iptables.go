@@ -48,7 +48,7 @@ func Detect(f Family) (*Backend, error) {
 		bin = "ip6tables"
 	}
 	count := func(mode string) int {
-		out, err := exec.Command(bin+"-"+mode+"-save").Output()
+		out, err := exec.Command(bin + "-" + mode + "-save").Output()
 		if err != nil {
 			return -1
 		}
