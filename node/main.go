@@ -43,6 +43,7 @@ func main() {
 	stateDir := fs.String("state-dir", env("TABBY_STATE_DIR", "/var/run/tabby"), "state dir: nodename, status socket, locks (env TABBY_STATE_DIR)")
 	metrics := fs.String("metrics-addr", env("TABBY_METRICS_ADDR", "127.0.0.1:9099"), "Prometheus metrics address; empty to disable")
 	bgpPort := fs.Int("bgp-port", 179, "BGP port to listen on")
+	hostPorts := fs.String("workload-host-ports", env("TABBY_WORKLOAD_HOST_PORTS", ""), "host ports local workloads may reach, e.g. udp:53,tcp:53 (default none)")
 	logLevel := fs.String("log-level", env("TABBY_LOG_LEVEL", "info"), "debug, info, warn or error")
 	version := fs.Bool("version", false, "print the version")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -63,6 +64,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "tabby-node: --as must fit in 32 bits")
 		os.Exit(2)
 	}
+	hp, err := agent.ParseHostPorts(*hostPorts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tabby-node: --workload-host-ports:", err)
+		os.Exit(2)
+	}
 	var endpoints []string
 	for _, e := range strings.Split(*eps, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -70,7 +76,7 @@ func main() {
 		}
 	}
 	a, err := agent.New(agent.Config{Name: *name, IPv4: *ip, IPv6: *ip6, ASN: uint32(*as), StateDir: *stateDir,
-		MetricsAddr: *metrics, BGPPort: *bgpPort, Version: Version, Log: log,
+		MetricsAddr: *metrics, BGPPort: *bgpPort, Version: Version, Log: log, HostPorts: hp,
 		Etcd: store.Config{Endpoints: endpoints, CAFile: *ca, CertFile: *cert, KeyFile: *key}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tabby-node:", err)

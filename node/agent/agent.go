@@ -19,6 +19,7 @@ import (
 
 	"github.com/tabby-net/tabby/node/bgp"
 	"github.com/tabby-net/tabby/node/iptables"
+	"github.com/tabby-net/tabby/node/policy"
 	"github.com/tabby-net/tabby/node/routes"
 	"github.com/tabby-net/tabby/node/watch"
 	"github.com/tabby-net/tabby/pkg/ipam"
@@ -40,8 +41,10 @@ type Config struct {
 	BGPPort     int
 	// ResyncEvery is the periodic full reconcile that repairs tampering.
 	ResyncEvery time.Duration
-	Version     string
-	Log         *slog.Logger
+	// HostPorts are the host's ports local workloads may reach.
+	HostPorts []policy.HostPort
+	Version   string
+	Log       *slog.Logger
 }
 
 // Agent is one running node daemon.
@@ -56,6 +59,7 @@ type Agent struct {
 	ipt6    *iptables.Backend
 	metrics *metrics
 	ipipOK  bool
+	ready   *readiness
 
 	mu        sync.Mutex
 	learned   []bgp.Route
@@ -105,7 +109,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), metrics: newMetrics()}
+	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), metrics: newMetrics(), ready: newReadiness()}
 	a.status.Name, a.status.IPv4, a.status.Version = cfg.Name, cfg.IPv4, cfg.Version
 	return a, nil
 }
@@ -161,8 +165,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.cache = watch.New(a.kv.Client, a.log)
 	a.cache.Resyncs = func(string) { a.metrics.resyncs.Inc() }
-	a.cache.Start(ctx, model.PoolPrefix, model.NodePrefix, model.BGPConfigKey, model.BGPPeerPrefix,
-		model.HostSubtree(a.cfg.Name), model.AffinityHostPrefix(a.cfg.Name))
+	a.cache.Start(ctx, a.basePrefixes()...)
 
 	listen := []string{ip4.String()}
 	if a.cfg.IPv6 != "" {
@@ -320,6 +323,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 	}
 	if err := a.syncNAT(v); err != nil {
 		errs = append(errs, fmt.Errorf("nat-outgoing: %w", err))
+	}
+	if err := a.syncPolicy(v); err != nil {
+		errs = append(errs, fmt.Errorf("policy: %w", err))
 	}
 	if len(unserved) > 0 {
 		a.log.Debug("routes that cannot be served here", "prefixes", unserved)

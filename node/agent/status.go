@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 )
@@ -24,6 +26,22 @@ func (a *Agent) serveStatus() (func(), error) {
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(a.Status())
+	})
+	// The CNI plugin's ADD waits here until the endpoint's rules are in force.
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		d, err := time.ParseDuration(q.Get("timeout"))
+		if err != nil || d <= 0 || d > readyTimeout {
+			d = readyTimeout
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		a.poke()
+		if err := a.ready.wait(ctx, q.Get("iface"), q.Get("container")); err != nil {
+			http.Error(w, err.Error(), http.StatusGatewayTimeout)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	srv := &http.Server{Handler: mux}
 	go func() {

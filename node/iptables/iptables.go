@@ -155,12 +155,14 @@ func (b *Backend) Rules(table, chain string) ([]string, error) {
 	return st[chain], nil
 }
 
+// equal compares rule lists as iptables-save prints them; case is ignored
+// because the legacy backend prints MAC addresses in upper case.
 func equal(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	for i := range a {
-		if a[i] != b[i] {
+		if !strings.EqualFold(a[i], b[i]) {
 			return false
 		}
 	}

@@ -6,10 +6,15 @@ package nodestatus
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -64,4 +69,39 @@ func Get(ctx context.Context, stateDir string) (*Status, error) {
 		return nil, fmt.Errorf("decode status: %w", err)
 	}
 	return &s, nil
+}
+
+// Installed reports whether a node daemon has run with this state dir (its
+// socket file is there). Hosts without tabby-node have no policy to wait for.
+func Installed(stateDir string) bool {
+	_, err := os.Stat(filepath.Join(stateDir, SocketName))
+	return err == nil
+}
+
+// ErrDaemonDown means the socket exists but nobody answers.
+var ErrDaemonDown = errors.New("tabby-node is not running on this host")
+
+// WaitReady blocks until the daemon has the rules of the endpoint on host
+// interface iface (for container) in force, or timeout passes.
+func WaitReady(ctx context.Context, stateDir, iface, container string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
+	defer cancel()
+	q := url.Values{"iface": {iface}, "container": {container}, "timeout": {timeout.String()}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://tabby-node/ready?"+q.Encode(), nil)
+	c := Client(stateDir)
+	c.Timeout = timeout + 2*time.Second
+	res, err := c.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return fmt.Errorf("%w (%v)", ErrDaemonDown, err)
+		}
+		return fmt.Errorf("waiting for tabby-node: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusNoContent {
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 512))
+		return fmt.Errorf("tabby-node: %s", strings.TrimSpace(string(b)))
+	}
+	return nil
 }

@@ -24,6 +24,8 @@ type env struct {
 	kv  store.KV
 	dir string
 	bin string // directory holding tabby and tabby-ipam
+	// netExtra is added to every netconf e.container makes (profiles).
+	netExtra string
 }
 
 func newEnv(t *testing.T, opts lab.Options) *env {

@@ -54,7 +54,7 @@ func (e *env) waitEstablished(h *lab.Host, n int, d time.Duration) {
 func (e *env) container(h *lab.Host, name, args string) (string, string) {
 	e.t.Helper()
 	nsName, nsPath := e.l.AddContainer(h, name)
-	ip := addrOf(e.t, e.plugin(h, "ADD", name, nsPath, "eth0", args, e.conf(h, "", "", "")))
+	ip := addrOf(e.t, e.plugin(h, "ADD", name, nsPath, "eth0", args, e.conf(h, "", e.netExtra, "")))
 	return nsName, ip
 }
 
@@ -65,11 +65,20 @@ func (e *env) pingEventually(from, ip string, d time.Duration) time.Duration {
 	return time.Since(start)
 }
 
+// openNetwork gives every workload of the test network one profile that
+// lets members reach each other: these tests are about routing, and tabby
+// drops traffic of workloads without a profile.
+func (e *env) openNetwork() {
+	e.ctl(e.l.Hosts[0], "profile", "add", "open")
+	e.netExtra = `,"profiles":["open"]`
+}
+
 // 3 hosts, direct routing: containers on all hosts reach each other; a new
 // block on one host is reachable from another within 1 s of its ADD.
 func TestNodeDirectRouting(t *testing.T) {
 	e := newEnv(t, lab.Options{Hosts: 3})
 	e.pool("10.0.0.0/16")
+	e.openNetwork()
 	for _, h := range e.l.Hosts {
 		e.startNode(h)
 	}
@@ -100,7 +109,7 @@ func TestNodeDirectRouting(t *testing.T) {
 	nsPath := filepath.Join("/run/netns", cs[0].ns)
 	_ = nsPath
 	_, newNS := e.l.AddContainer(h2, "late")
-	o := e.plugin(h2, "ADD", "late", newNS, "eth0", "IP=10.0.222.10", e.conf(h2, "", "", ""))
+	o := e.plugin(h2, "ADD", "late", newNS, "eth0", "IP=10.0.222.10", e.conf(h2, "", e.netExtra, ""))
 	addrOf(t, o)
 	// Probe with a short reply timeout, so the probe's own wait does not
 	// hide how fast the route arrives.
@@ -125,6 +134,7 @@ func TestNodeVXLANAndCrossSubnet(t *testing.T) {
 	// host1 and host3 share 198.19.0.0/24; host2 is on 198.19.1.0/24.
 	e.pool("10.1.0.0/16", "--vxlan")
 	e.pool("10.2.0.0/16", "--vxlan=cross-subnet")
+	e.openNetwork()
 	for _, h := range e.l.Hosts {
 		e.startNode(h)
 	}
@@ -135,7 +145,7 @@ func TestNodeVXLANAndCrossSubnet(t *testing.T) {
 	h1, h2, h3 := e.l.Hosts[0], e.l.Hosts[1], e.l.Hosts[2]
 	mk := func(h *lab.Host, name, pool string) (string, string) {
 		nsName, nsPath := e.l.AddContainer(h, name)
-		return nsName, addrOf(t, e.plugin(h, "ADD", name, nsPath, "eth0", "", e.conf(h, "", "", fmt.Sprintf(pools, pool))))
+		return nsName, addrOf(t, e.plugin(h, "ADD", name, nsPath, "eth0", "", e.conf(h, "", e.netExtra, fmt.Sprintf(pools, pool))))
 	}
 	a1, ipA1 := mk(h1, "a1", "10.1.0.0/16")
 	_, ipA2 := mk(h2, "a2", "10.1.0.0/16")

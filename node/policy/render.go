@@ -1,0 +1,348 @@
+// Package policy turns endpoints and profiles into iptables chains and
+// ipsets. It is pure: the same inputs give the same rules, byte for byte, so
+// the daemon can diff against the kernel and apply only what changed.
+//
+// Packet path (filter table; the same in ip6tables):
+//
+//	FORWARD -> TABBY-FORWARD: traffic in or out of a tby* interface goes to TABBY-WL-FWD
+//	TABBY-WL-FWD: established/related accepted at once (the fast path),
+//	    invalid dropped, then the sender's outbound policy (TABBY-FROM-WL
+//	    dispatch, by interface), then the receiver's inbound policy
+//	    (TABBY-TO-WL dispatch), then accept.
+//	dispatch: two levels (first hex digit of the interface hash, then the
+//	    interface) into the endpoint's chain; an interface without a chain is
+//	    dropped (fail closed).
+//	endpoint chain: anti-spoofing (source address and MAC), then each
+//	    profile's chain in order; a profile's allow sets the accept mark and
+//	    returns, a deny drops; no match in any profile: drop.
+//	INPUT -> TABBY-INPUT: a workload reaches its own host only for what the
+//	    host needs to serve it (IPv6 neighbour discovery; ARP is not IP) and
+//	    the ports the operator allows; replies to the host's own
+//	    connections pass.
+//
+// Host-to-workload traffic (kubelet-style health checks) is not filtered.
+package policy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+
+	"github.com/tabby-net/tabby/node/iptables"
+	"github.com/tabby-net/tabby/pkg/model"
+)
+
+// Mark is the packet mark bit a profile's allow sets.
+const Mark = "0x10000/0x10000"
+
+// Chain names.
+const (
+	ChainForward  = "TABBY-FORWARD"
+	ChainWLFwd    = "TABBY-WL-FWD"
+	ChainFromWL   = "TABBY-FROM-WL"
+	ChainToWL     = "TABBY-TO-WL"
+	ChainInput    = "TABBY-INPUT"
+	ChainWLToHost = "TABBY-WL-TO-HOST"
+)
+
+// HostPort is a port on the host that workloads may reach (e.g. udp 53).
+type HostPort struct {
+	Protocol string
+	Port     int
+}
+
+// Input is everything the rules depend on.
+type Input struct {
+	Endpoints []model.Endpoint         // this host's
+	Profiles  map[string]model.Profile // by name
+	Tags      map[string][]string      // tag -> member CIDRs (all hosts)
+	HostPorts []HostPort
+}
+
+// Output is what to program.
+type Output struct {
+	Filter4, Filter6 iptables.Table
+	Sets             []iptables.Set
+	// Tags are the tags the rules reference: the prefixes the daemon must
+	// follow in etcd's tag index.
+	Tags []string
+	// Ready lists, per host interface, the container ID whose rules this
+	// output holds (for the CNI plugin's wait).
+	Ready map[string]string
+}
+
+func hash(s string, n int) string {
+	h := sha256.Sum256([]byte(s))
+	return strings.ToUpper(hex.EncodeToString(h[:]))[:n]
+}
+
+// SetName is the ipset of a tag's members for one family.
+func SetName(tag string, v6 bool) string {
+	if v6 {
+		return "tabby-t6-" + hash(tag, 16)
+	}
+	return "tabby-t4-" + hash(tag, 16)
+}
+
+func profileChain(name string, inbound bool) string {
+	if inbound {
+		return "TABBY-PI-" + hash(name, 16)
+	}
+	return "TABBY-PO-" + hash(name, 16)
+}
+
+func endpointChain(veth string, from bool) string {
+	if from {
+		return "TABBY-FW-" + strings.TrimPrefix(veth, "tby")
+	}
+	return "TABBY-TW-" + strings.TrimPrefix(veth, "tby")
+}
+
+// bucket is the first hex digit after "tby", the first dispatch level.
+func bucket(veth string) string {
+	if len(veth) > 3 {
+		return veth[3:4]
+	}
+	return "x"
+}
+
+// Referenced returns the tags named by the rules of the given profiles.
+func Referenced(profiles map[string]model.Profile, names []string) []string {
+	seen := map[string]bool{}
+	for _, n := range names {
+		p, ok := profiles[n]
+		if !ok {
+			continue
+		}
+		for _, r := range append(append([]model.Rule{}, p.Inbound...), p.Outbound...) {
+			if r.SrcTag != "" {
+				seen[r.SrcTag] = true
+			}
+			if r.DstTag != "" {
+				seen[r.DstTag] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for t := range seen {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Render computes the chains and sets.
+func Render(in Input) Output {
+	out := Output{Ready: map[string]string{}}
+	eps := append([]model.Endpoint{}, in.Endpoints...)
+	sort.Slice(eps, func(i, j int) bool { return eps[i].HostInterface < eps[j].HostInterface })
+	used := map[string]bool{}
+	var usedNames []string
+	for _, e := range eps {
+		for _, p := range e.Profiles {
+			if !used[p] {
+				used[p] = true
+				usedNames = append(usedNames, p)
+			}
+		}
+	}
+	sort.Strings(usedNames)
+	out.Tags = Referenced(in.Profiles, usedNames)
+	for _, v6 := range []bool{false, true} {
+		t := renderFamily(in, eps, usedNames, v6)
+		if v6 {
+			out.Filter6 = t
+		} else {
+			out.Filter4 = t
+		}
+	}
+	for _, tag := range out.Tags {
+		var m4, m6 []string
+		for _, c := range in.Tags[tag] {
+			if strings.Contains(c, ":") {
+				m6 = append(m6, c)
+			} else {
+				m4 = append(m4, c)
+			}
+		}
+		out.Sets = append(out.Sets,
+			iptables.Set{Name: SetName(tag, false), Type: "hash:net", Family: iptables.V4, Members: m4},
+			iptables.Set{Name: SetName(tag, true), Type: "hash:net", Family: iptables.V6, Members: m6})
+	}
+	for _, e := range eps {
+		out.Ready[e.HostInterface] = e.ContainerID
+	}
+	return out
+}
+
+func renderFamily(in Input, eps []model.Endpoint, profiles []string, v6 bool) iptables.Table {
+	ct := "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+	inv := "-m conntrack --ctstate INVALID -j DROP"
+	chains := []iptables.Chain{
+		{Name: ChainForward, Rules: []string{"-i tby+ -j " + ChainWLFwd, "-o tby+ -j " + ChainWLFwd}},
+		{Name: ChainWLFwd, Rules: []string{ct, inv, "-i tby+ -j " + ChainFromWL, "-o tby+ -j " + ChainToWL, "-j ACCEPT"}},
+		{Name: ChainInput, Rules: []string{"-i tby+ -j " + ChainWLToHost}},
+	}
+	toHost := []string{ct, inv}
+	if v6 {
+		// Router solicitation, neighbour solicitation and advertisement,
+		// numbered as iptables-save prints them.
+		for _, t := range []string{"133", "135", "136"} {
+			toHost = append(toHost, "-p ipv6-icmp -m icmp6 --icmpv6-type "+t+" -j ACCEPT")
+		}
+	}
+	for _, hp := range in.HostPorts {
+		toHost = append(toHost, fmt.Sprintf("-p %s -m %s --dport %d -j ACCEPT", hp.Protocol, hp.Protocol, hp.Port))
+	}
+	toHost = append(toHost, "-j DROP")
+	chains = append(chains, iptables.Chain{Name: ChainWLToHost, Rules: toHost})
+
+	// Two-level dispatch by interface name.
+	buckets := map[string][]model.Endpoint{}
+	var bnames []string
+	for _, e := range eps {
+		b := bucket(e.HostInterface)
+		if _, ok := buckets[b]; !ok {
+			bnames = append(bnames, b)
+		}
+		buckets[b] = append(buckets[b], e)
+	}
+	sort.Strings(bnames)
+	for _, dir := range []struct {
+		chain, flag string
+		from        bool
+	}{{ChainFromWL, "-i", true}, {ChainToWL, "-o", false}} {
+		var top []string
+		for _, b := range bnames {
+			sub := dir.chain + "-" + b
+			top = append(top, fmt.Sprintf("%s tby%s+ -g %s", dir.flag, b, sub))
+			var rules []string
+			for _, e := range buckets[b] {
+				rules = append(rules, fmt.Sprintf("%s %s -g %s", dir.flag, e.HostInterface, endpointChain(e.HostInterface, dir.from)))
+			}
+			rules = append(rules, "-j DROP")
+			chains = append(chains, iptables.Chain{Name: sub, Rules: rules})
+		}
+		top = append(top, "-j DROP") // a tby interface tabby has no policy for yet
+		chains = append(chains, iptables.Chain{Name: dir.chain, Rules: top})
+	}
+	for _, e := range eps {
+		chains = append(chains, endpointChains(e, in.Profiles, v6)...)
+	}
+	for _, name := range profiles {
+		p, ok := in.Profiles[name]
+		if !ok {
+			continue // a profile named on an endpoint but not defined: matches nothing
+		}
+		chains = append(chains,
+			iptables.Chain{Name: profileChain(name, true), Rules: ruleLines(p.Inbound, true, v6)},
+			iptables.Chain{Name: profileChain(name, false), Rules: ruleLines(p.Outbound, false, v6)})
+	}
+	return iptables.Table{Name: "filter", Chains: chains, Hooks: []iptables.Hook{
+		{Chain: "FORWARD", Target: ChainForward},
+		{Chain: "INPUT", Target: ChainInput},
+	}}
+}
+
+// endpointChains are the endpoint's outbound chain (anti-spoofing, then its
+// profiles' chain), that profiles chain, and its inbound chain.
+func endpointChains(e model.Endpoint, profiles map[string]model.Profile, v6 bool) []iptables.Chain {
+	nets := e.IPv4Nets
+	if v6 {
+		nets = e.IPv6Nets
+	}
+	id := strings.TrimPrefix(e.HostInterface, "tby")
+	fromProfiles := "TABBY-FP-" + id
+	clear := "-j MARK --set-xmark 0x0/0x10000"
+	from := []string{clear}
+	if e.MAC != "" {
+		from = append(from, "-m mac ! --mac-source "+e.MAC+" -j DROP")
+	}
+	// Anti-spoofing: only the workload's own addresses go on to its
+	// profiles; everything else falls through to the drop.
+	for _, n := range nets {
+		from = append(from, "-s "+n+" -g "+fromProfiles)
+	}
+	from = append(from, "-j DROP")
+	fp := []string{}
+	to := []string{clear}
+	for _, p := range e.Profiles {
+		if _, ok := profiles[p]; !ok {
+			continue
+		}
+		fp = append(fp, "-j "+profileChain(p, false), "-m mark --mark "+Mark+" -j RETURN")
+		to = append(to, "-j "+profileChain(p, true), "-m mark --mark "+Mark+" -j RETURN")
+	}
+	fp = append(fp, "-j DROP")
+	to = append(to, "-j DROP")
+	return []iptables.Chain{
+		{Name: endpointChain(e.HostInterface, true), Rules: from},
+		{Name: fromProfiles, Rules: fp},
+		{Name: endpointChain(e.HostInterface, false), Rules: to},
+	}
+}
+
+// ruleLines renders a profile's rules for one direction and family. A rule
+// whose CIDR is of the other family does not apply in this table.
+func ruleLines(rules []model.Rule, inbound, v6 bool) []string {
+	var out []string
+	for _, r := range rules {
+		m, ok := match(r, inbound, v6)
+		if !ok {
+			continue
+		}
+		if r.Action == model.ActionDeny {
+			out = append(out, strings.TrimSpace(m+" -j DROP"))
+			continue
+		}
+		out = append(out, strings.TrimSpace(m+" -j MARK --set-xmark "+Mark), "-m mark --mark "+Mark+" -j RETURN")
+	}
+	return out
+}
+
+func isV6CIDR(c string) bool { return strings.Contains(c, ":") }
+
+// match renders a rule's match in the order iptables-save prints it
+// (addresses, protocol, then matches as given), so that rules read back from
+// the kernel compare equal and an unchanged profile is never rewritten.
+func match(r model.Rule, inbound, v6 bool) (string, bool) {
+	var parts []string
+	for _, c := range []struct {
+		net, flag string
+	}{{r.SrcNet, "-s"}, {r.DstNet, "-d"}} {
+		if c.net == "" {
+			continue
+		}
+		if isV6CIDR(c.net) != v6 {
+			return "", false
+		}
+		if _, _, err := net.ParseCIDR(c.net); err != nil {
+			return "", false
+		}
+		parts = append(parts, c.flag+" "+c.net)
+	}
+	switch r.Protocol {
+	case "":
+	case "icmp", "icmpv6":
+		if v6 {
+			parts = append(parts, "-p ipv6-icmp")
+		} else {
+			parts = append(parts, "-p icmp")
+		}
+	default:
+		parts = append(parts, "-p "+r.Protocol)
+	}
+	if r.SrcTag != "" {
+		parts = append(parts, "-m set --match-set "+SetName(r.SrcTag, v6)+" src")
+	}
+	if r.DstTag != "" {
+		parts = append(parts, "-m set --match-set "+SetName(r.DstTag, v6)+" dst")
+	}
+	if r.DstPorts != "" && (r.Protocol == "tcp" || r.Protocol == "udp") {
+		parts = append(parts, "-m "+r.Protocol+" --dport "+r.DstPorts)
+	}
+	return strings.Join(parts, " "), true
+}
