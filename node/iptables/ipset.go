@@ -19,23 +19,44 @@ type Set struct {
 // SetPrefix starts every ipset tabby owns.
 const SetPrefix = "tabby-"
 
-// currentMembers lists a set's members, or nil and false if it does not exist.
-func currentMembers(name string) ([]string, bool) {
-	out, err := exec.Command("ipset", "list", name, "-output", "save").Output()
+// currentSets reads every tabby set and its members with one `ipset save`
+// (one exec per reconcile, not one per set).
+func currentSets() (map[string][]string, error) {
+	out, err := exec.Command("ipset", "save").Output()
 	if err != nil {
-		return nil, false
+		return nil, fmt.Errorf("ipset save: %w", err)
 	}
-	var m []string
+	sets := map[string][]string{}
 	for _, l := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(l, "add ") {
-			f := strings.Fields(l)
+		f := strings.Fields(l)
+		if len(f) < 2 || !strings.HasPrefix(f[1], SetPrefix) {
+			continue
+		}
+		switch f[0] {
+		case "create":
+			if _, ok := sets[f[1]]; !ok {
+				sets[f[1]] = []string{}
+			}
+		case "add":
 			if len(f) >= 3 {
-				m = append(m, f[2])
+				sets[f[1]] = append(sets[f[1]], f[2])
 			}
 		}
 	}
-	sort.Strings(m)
-	return m, true
+	for _, m := range sets {
+		sort.Strings(m)
+	}
+	return sets, nil
+}
+
+// currentMembers lists a set's members, or nil and false if it does not exist.
+func currentMembers(name string) ([]string, bool) {
+	sets, err := currentSets()
+	if err != nil {
+		return nil, false
+	}
+	m, ok := sets[name]
+	return m, ok
 }
 
 // SyncSets makes each set hold exactly its members. A changed set is filled
@@ -43,14 +64,22 @@ func currentMembers(name string) ([]string, bool) {
 // built. It reports how many sets it rewrote.
 func SyncSets(sets ...Set) (int, error) {
 	changed := 0
+	cur, err := currentSets()
+	if err != nil {
+		return 0, err
+	}
+	var in bytes.Buffer
 	for _, s := range sets {
 		if !strings.HasPrefix(s.Name, SetPrefix) || len(s.Name) > 31 {
 			return changed, fmt.Errorf("ipset %q: name must start with %s and be at most 31 characters", s.Name, SetPrefix)
 		}
-		want := append([]string{}, s.Members...)
+		want := make([]string, 0, len(s.Members))
+		for _, m := range s.Members {
+			want = append(want, hostForm(m))
+		}
 		sort.Strings(want)
 		want = dedup(want)
-		have, exists := currentMembers(s.Name)
+		have, exists := cur[s.Name]
 		if exists && equal(have, want) {
 			continue
 		}
@@ -62,19 +91,22 @@ func SyncSets(sets ...Set) (int, error) {
 		if len(tmp) > 31 {
 			tmp = tmp[:31]
 		}
-		var in bytes.Buffer
 		fmt.Fprintf(&in, "create %s %s family %s maxelem 1048576 -exist\n", s.Name, s.Type, fam)
 		fmt.Fprintf(&in, "create %s %s family %s maxelem 1048576 -exist\nflush %s\n", tmp, s.Type, fam, tmp)
 		for _, m := range want {
 			fmt.Fprintf(&in, "add %s %s\n", tmp, m)
 		}
 		fmt.Fprintf(&in, "swap %s %s\ndestroy %s\n", tmp, s.Name, tmp)
-		cmd := exec.Command("ipset", "restore")
-		cmd.Stdin = &in
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return changed, fmt.Errorf("ipset restore %s: %v: %s", s.Name, err, strings.TrimSpace(string(out)))
-		}
 		changed++
+	}
+	if changed == 0 {
+		return 0, nil
+	}
+	// One restore for every changed set: each is still swapped in whole.
+	cmd := exec.Command("ipset", "restore")
+	cmd.Stdin = &in
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("ipset restore: %v: %s", err, strings.TrimSpace(string(out)))
 	}
 	return changed, nil
 }
@@ -95,16 +127,15 @@ func DestroySet(name string) error {
 
 // ListSets returns the names of tabby's sets that exist.
 func ListSets() ([]string, error) {
-	out, err := exec.Command("ipset", "list", "-name").Output()
+	sets, err := currentSets()
 	if err != nil {
-		return nil, fmt.Errorf("ipset list: %w", err)
+		return nil, err
 	}
-	var names []string
-	for _, n := range strings.Fields(string(out)) {
-		if strings.HasPrefix(n, SetPrefix) {
-			names = append(names, n)
-		}
+	names := make([]string, 0, len(sets))
+	for n := range sets {
+		names = append(names, n)
 	}
+	sort.Strings(names)
 	return names, nil
 }
 
@@ -116,4 +147,16 @@ func dedup(s []string) []string {
 		}
 	}
 	return out
+}
+
+// hostForm writes a host prefix the way `ipset save` prints it (10.0.0.1, not
+// 10.0.0.1/32), so unchanged sets compare equal.
+func hostForm(m string) string {
+	if strings.HasSuffix(m, "/32") && !strings.Contains(m, ":") {
+		return strings.TrimSuffix(m, "/32")
+	}
+	if strings.HasSuffix(m, "/128") {
+		return strings.TrimSuffix(m, "/128")
+	}
+	return m
 }

@@ -101,7 +101,7 @@ func TestApplyOwnsOnlyItsChains(t *testing.T) {
 
 func TestSyncSets(t *testing.T) {
 	inNS(t, func() {
-		s := Set{Name: "tabby-test", Type: "hash:net", Family: V4, Members: []string{"10.0.0.0/16", "10.1.0.0/16"}}
+		s := Set{Name: "tabby-test", Type: "hash:net", Family: V4, Members: []string{"10.0.0.0/16", "10.1.0.0/16", "10.2.0.1/32"}}
 		if n, err := SyncSets(s); err != nil || n != 1 {
 			t.Fatalf("create: %d %v", n, err)
 		}

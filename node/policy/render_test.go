@@ -83,6 +83,9 @@ func TestRenderedRulesApplyAndAreCanonical(t *testing.T) {
 		if _, err := iptables.SyncSets(out.Sets...); err != nil {
 			return err
 		}
+		if n, err := iptables.SyncSets(out.Sets...); err != nil || n != 0 {
+			t.Fatalf("re-syncing unchanged sets rewrote %d (%v)", n, err)
+		}
 		for _, fam := range []struct {
 			f iptables.Family
 			t iptables.Table
