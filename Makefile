@@ -46,7 +46,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 30s ./pkg/netconf/
 
 demo: deps build tools
-	./test/demo.sh
+	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/demo
 
 bench: deps build tools
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/bench -out bench/out
@@ -63,3 +63,12 @@ clean:
 docs:
 	@$(GO) run ./tabbyctl help --markdown > /tmp/tabbyctl-ref.md
 	@awk 'BEGIN{skip=0} /<!-- tabbyctl-reference:begin -->/{print; while((getline l < "/tmp/tabbyctl-ref.md")>0) print l; skip=1; next} /<!-- tabbyctl-reference:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md
+
+# The systemd unit for tabby-node and its environment file (an existing
+# /etc/tabby/tabby-node.env is kept). Then: systemctl enable --now tabby-node
+.PHONY: install-systemd
+install-systemd: install
+	install -d /etc/systemd/system /etc/tabby
+	install -m 0644 conf/systemd/tabby-node.service /etc/systemd/system/
+	[ -e /etc/tabby/tabby-node.env ] || install -m 0644 conf/systemd/tabby-node.env /etc/tabby/
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

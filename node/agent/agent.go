@@ -66,6 +66,7 @@ type Agent struct {
 	settled   bool
 	status    nodestatus.Status
 	kick      chan struct{}
+	regKick   chan struct{}
 	hostRecMu sync.Mutex
 	tunnels   tunnelAddrs
 	rtTun     tunnelAddrs // the tunnel addresses a.rt was opened with
@@ -109,7 +110,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), metrics: newMetrics(), ready: newReadiness()}
+	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), regKick: make(chan struct{}, 1), metrics: newMetrics(), ready: newReadiness()}
 	a.status.Name, a.status.IPv4, a.status.Version = cfg.Name, cfg.IPv4, cfg.Version
 	return a, nil
 }
@@ -306,6 +307,14 @@ func (a *Agent) reconcile(ctx context.Context) {
 	tun := a.tunnels
 	a.mu.Unlock()
 	needIPIP, needVXLAN := v.needsEncap()
+	// A pool that starts (or stops) needing a tunnel address: register now
+	// rather than at the next periodic pass.
+	if needVXLAN != (tun.vxlan != nil) || (needIPIP && a.ipipOK) != (tun.ipip != nil) {
+		select {
+		case a.regKick <- struct{}{}:
+		default:
+		}
+	}
 	if !needVXLAN {
 		tun.vxlan = nil
 	}
@@ -453,6 +462,7 @@ func (a *Agent) register(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-a.regKick:
 		case <-time.After(wait):
 		}
 	}
@@ -496,6 +506,9 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 	vx, err := alloc("vxlan", want4vx)
 	if err != nil {
 		return err
+	}
+	if !a.ipipOK {
+		want4ip = nil // no tunl0 here: an address for it would be wasted
 	}
 	ipip, err := alloc("ipip", want4ip)
 	if err != nil {

@@ -177,3 +177,38 @@ func TestNodeVXLANAndCrossSubnet(t *testing.T) {
 		t.Fatalf("container MTU in a VXLAN pool: %s, want 1450", mtu)
 	}
 }
+
+// IPv6: dual-stack containers on two hosts reach each other over IPv6
+// (routes learned over BGP with the hosts' IPv6 next hops), with policy.
+func TestNodeDualStack(t *testing.T) {
+	e := newEnv(t, lab.Options{Hosts: 2})
+	e.pool("10.0.0.0/16", "--vxlan", "--nat-outgoing")
+	e.pool("fd00:10::/64")
+	e.openNetwork()
+	for _, h := range e.l.Hosts {
+		e.startNode(h, "--ip6", h.IP6+"/64")
+	}
+	for _, h := range e.l.Hosts {
+		e.waitEstablished(h, 1, 20*time.Second)
+	}
+	ds := `,"assign_ipv6":true`
+	var ns6, ip6, ip4 []string
+	for i, h := range e.l.Hosts {
+		nsName, nsPath := e.l.AddContainer(h, fmt.Sprintf("d%d", i))
+		o := e.plugin(h, "ADD", fmt.Sprintf("d%d", i), nsPath, "eth0", "", e.conf(h, "", e.netExtra, ds))
+		ip4 = append(ip4, addrOf(t, o))
+		out := e.l.MustExec(nsName, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global")
+		f := strings.Fields(out)
+		if len(f) < 4 {
+			t.Fatalf("no IPv6 address in %s: %q", nsName, out)
+		}
+		ns6 = append(ns6, nsName)
+		ip6 = append(ip6, strings.Split(f[3], "/")[0])
+	}
+	e.pingEventually(ns6[0], ip4[1], 10*time.Second)
+	e.pingEventually(ns6[0], ip6[1], 10*time.Second)
+	e.pingEventually(ns6[1], ip6[0], 5*time.Second)
+	if r := e.l.MustExec(e.l.Hosts[0].NS, "ip", "-6", "route", "show", "proto", "80"); !strings.Contains(r, "via "+e.l.Hosts[1].IP6) {
+		t.Fatalf("host1 IPv6 routes:\n%s", r)
+	}
+}
