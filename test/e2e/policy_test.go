@@ -133,20 +133,34 @@ func TestPolicySeedScenario(t *testing.T) {
 	show := e.ctl(h1, "container", "show")
 	t.Logf("container show:\n%s", show)
 
-	// B joins PROF_A_C_E: it reaches A, C, E within a second, on every host.
+	// B joins PROF_A_C_E: it reaches A, C, E within a second, on every
+	// host. Probes wait 100 ms for a reply so they do not hide the time.
 	e.ctl(h1, "container", "conB", "profile", "append", "PROF_A_C_E")
 	start := time.Now()
-	for _, target := range []workload{ws[0], ws[2], ws[4]} {
-		eventually(t, time.Second, func() error {
-			if ok, _ := e.reach(ws[1], target); !ok {
-				return fmt.Errorf("B cannot reach %s", target.name)
+	var wg sync.WaitGroup
+	took := make([]time.Duration, 3)
+	for i, target := range []workload{ws[0], ws[2], ws[4]} {
+		wg.Add(1)
+		go func(i int, target workload) {
+			defer wg.Done()
+			for time.Since(start) < 5*time.Second {
+				if _, err := e.l.Exec(ws[1].ns, "ping", "-c1", "-W0.1", "-n", "-q", target.ip); err == nil {
+					took[i] = time.Since(start)
+					return
+				}
 			}
-			return nil
-		})
+			took[i] = -1
+		}(i, target)
 	}
-	t.Logf("profile append to effect on every host: %v", time.Since(start).Round(time.Millisecond))
+	wg.Wait()
+	t.Logf("profile append to effect: B reaches A, C, E after %v", took)
+	for i, d := range took {
+		if d < 0 || d > time.Second {
+			t.Fatalf("B reached %s only after %v, want < 1s", ws[[]int{0, 2, 4}[i]].name, d)
+		}
+	}
 	e.ctl(h1, "container", "conB", "profile", "remove", "PROF_A_C_E")
-	eventually(t, 2*time.Second, func() error {
+	eventually(t, 5*time.Second, func() error {
 		if ok, _ := e.reach(ws[1], ws[0]); ok {
 			return fmt.Errorf("B still reaches A")
 		}
@@ -158,7 +172,7 @@ func TestPolicySeedScenario(t *testing.T) {
 	// PROF_B_D is denied (ICMP still allowed).
 	e.ctl(h1, "container", "conB", "profile", "append", "PROF_A_C_E")
 	e.ctl(h1, "profile", "PROF_A_C_E", "rule", "add", "inbound", "--at", "1", "deny", "from", "tag", "PROF_B_D", "tcp", "port", "8080")
-	eventually(t, 2*time.Second, func() error {
+	eventually(t, 5*time.Second, func() error {
 		icmp, tcp := e.reach(ws[1], ws[0])
 		if !icmp || tcp {
 			return fmt.Errorf("B->A icmp %v tcp %v, want icmp only", icmp, tcp)
@@ -169,7 +183,7 @@ func TestPolicySeedScenario(t *testing.T) {
 	e.ctl(h1, "container", "conB", "profile", "remove", "PROF_A_C_E")
 	// A CIDR rule: D accepts A's address.
 	e.ctl(h1, "profile", "PROF_B_D", "rule", "add", "inbound", "allow", "from", "cidr", ws[0].ip+"/32")
-	eventually(t, 2*time.Second, func() error {
+	eventually(t, 5*time.Second, func() error {
 		if ok, _ := e.reach(ws[0], ws[3]); !ok {
 			return fmt.Errorf("A cannot reach D through the CIDR rule")
 		}
@@ -179,7 +193,7 @@ func TestPolicySeedScenario(t *testing.T) {
 		t.Fatal("C reaches D: the CIDR rule is too wide")
 	}
 	e.ctl(h1, "profile", "PROF_B_D", "rule", "remove", "inbound", "2")
-	eventually(t, 2*time.Second, func() error {
+	eventually(t, 5*time.Second, func() error {
 		if ok, _ := e.reach(ws[0], ws[3]); ok {
 			return fmt.Errorf("A still reaches D after the CIDR rule went")
 		}
