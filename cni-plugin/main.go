@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -121,50 +123,101 @@ func (c *call) ipam() *ipam.IPAM {
 	return &ipam.IPAM{KV: c.kv, Host: c.host, LockDir: c.conf.State()}
 }
 
+// ipamOutcome is what the IPAM step did.
+type ipamOutcome struct {
+	result   *current.Result
+	prev     *model.Endpoint // the endpoint record as it was
+	prevKV   *store.KeyValue // and its revision (nil: absent)
+	pools    []model.Pool
+	recorded bool // the endpoint record was written with the allocation
+}
+
+// newEndpoint is the record of this attachment, addresses aside.
+func (c *call) newEndpoint(mac net.HardwareAddr) *model.Endpoint {
+	return &model.Endpoint{Host: c.host, Orchestrator: c.wargs.Orchestrator, Workload: c.workload, Name: c.args.IfName,
+		ContainerID: c.args.ContainerID, Network: c.conf.Name, Netns: c.args.Netns, IfName: c.args.IfName, HostInterface: c.veth,
+		MAC: mac.String(), Profiles: append(append([]string{}, c.conf.Profiles...), c.wargs.Profiles...),
+		Handle: model.HandleID(c.conf.Name, c.args.ContainerID)}
+}
+
+// setNets fills the endpoint's addresses (as /32 and /128).
+func setNets(ep *model.Endpoint, ips []net.IP) []net.IPNet {
+	ep.IPv4Nets, ep.IPv6Nets = nil, nil
+	var addrs []net.IPNet
+	for _, ip := range ips {
+		n := net.IPNet{IP: ip, Mask: net.CIDRMask(128, 128)}
+		if v4 := ip.To4(); v4 != nil {
+			n = net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}
+			ep.IPv4Nets = append(ep.IPv4Nets, n.String())
+		} else {
+			ep.IPv6Nets = append(ep.IPv6Nets, n.String())
+		}
+		addrs = append(addrs, n)
+	}
+	return addrs
+}
+
 // ipamAdd allocates the addresses and reads the endpoint record and pools.
-func (c *call) ipamAdd(ctx context.Context) (*current.Result, *model.Endpoint, *store.KeyValue, []model.Pool, error) {
+// In process, the endpoint record (ep) commits in the allocation's own
+// transaction: with a warm host cache the whole ADD is one etcd round trip.
+func (c *call) ipamAdd(ctx context.Context, ep *model.Endpoint) (*ipamOutcome, error) {
 	pre := []store.Op{store.Get(c.epKey), {Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}}
-	var ir *current.Result
+	o := &ipamOutcome{}
 	var gets [][]store.KeyValue
 	if c.inProcessIPAM() {
-		_, out, extras, err := c.ipam().AssignWith(ctx, plugin.IPAMRequest(c.conf, c.wargs, c.args.ContainerID, c.args.IfName), pre)
-		if err != nil {
-			return nil, nil, nil, nil, err
+		req := plugin.IPAMRequest(c.conf, c.wargs, c.args.ContainerID, c.args.IfName)
+		req.Also = func(rs *store.ReadSet, out []ipam.Assigned) ([]store.Op, error) {
+			var prev model.Endpoint
+			found, err := rs.Decode(c.epKey, &prev)
+			if err != nil {
+				return nil, err
+			}
+			var ips []net.IP
+			for _, a := range out {
+				ips = append(ips, a.IP)
+			}
+			next := *ep
+			setNets(&next, ips)
+			if !found {
+				return workload.Ops(nil, &next), nil
+			}
+			return workload.Ops(&prev, &next), nil
 		}
-		ir, gets = plugin.IPAMResult(out, false), extras
+		r, err := c.ipam().AssignWith(ctx, req, pre)
+		if err != nil {
+			return nil, err
+		}
+		o.result, gets, o.recorded = plugin.IPAMResult(r.Assigned, false), r.Extras, r.Created
 	} else {
 		res, err := c.kv.Txn(ctx, nil, pre)
 		if err != nil {
-			return nil, nil, nil, nil, err
+			return nil, err
 		}
 		gets = res.Gets
 		delegateEnv()
 		raw, err := plugin.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData)
 		if err != nil {
-			return nil, nil, nil, nil, err
+			return nil, err
 		}
-		if ir, err = current.NewResultFromResult(raw); err != nil {
+		if o.result, err = current.NewResultFromResult(raw); err != nil {
 			c.ipamDel(ctx)
-			return nil, nil, nil, nil, fmt.Errorf("IPAM %s result: %w", c.conf.IPAM.Type, err)
+			return nil, fmt.Errorf("IPAM %s result: %w", c.conf.IPAM.Type, err)
 		}
 	}
-	var pools []model.Pool
 	for _, kv := range gets[1] {
 		var p model.Pool
 		if json.Unmarshal(kv.Value, &p) == nil {
-			pools = append(pools, p)
+			o.pools = append(o.pools, p)
 		}
 	}
-	var prev *model.Endpoint
-	var prevKV *store.KeyValue
 	if len(gets[0]) > 0 {
-		prevKV = &gets[0][0]
-		prev = &model.Endpoint{}
-		if json.Unmarshal(prevKV.Value, prev) != nil {
-			prev = nil
+		o.prevKV = &gets[0][0]
+		o.prev = &model.Endpoint{}
+		if json.Unmarshal(o.prevKV.Value, o.prev) != nil {
+			o.prev = nil
 		}
 	}
-	return ir, prev, prevKV, pools, nil
+	return o, nil
 }
 
 // ipamDel releases this attachment's addresses.
@@ -179,7 +232,15 @@ func (c *call) ipamDel(ctx context.Context) error {
 func (c *call) add() (res *current.Result, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
 	defer cancel()
-	ir, prev, prevKV, pools, err := c.ipamAdd(ctx)
+	t0 := time.Now()
+	mark := func(what string) { c.log.Debugf("ADD %s at %v", what, time.Since(t0)) }
+	defer mark("done")
+	// The container MAC is derived, not left to the kernel, so the endpoint
+	// record can be written before the interface exists.
+	mac := containerMAC(c.args.ContainerID, c.args.IfName)
+	ep := c.newEndpoint(mac)
+	o, err := c.ipamAdd(ctx, ep)
+	mark("ipam")
 	if err != nil {
 		return nil, err
 	}
@@ -188,6 +249,11 @@ func (c *call) add() (res *current.Result, err error) {
 			// A fresh context: the ADD's own may be what ran out.
 			rctx, rcancel := context.WithTimeout(context.Background(), plugin.Deadline)
 			defer rcancel()
+			if o.recorded {
+				if _, derr := workload.Delete(rctx, c.kv, c.epKey, c.args.ContainerID); derr != nil {
+					c.log.Errorf("rollback: delete endpoint: %v", derr)
+				}
+			}
 			if derr := c.ipamDel(rctx); derr != nil {
 				c.log.Errorf("rollback: release addresses: %v", derr)
 			}
@@ -195,38 +261,32 @@ func (c *call) add() (res *current.Result, err error) {
 	}()
 	// A repeated ADD for a container that has its interface is answered
 	// from what is there (the IPAM call above returned the same addresses).
-	if prev != nil && prev.ContainerID == c.args.ContainerID {
-		if r, xerr := c.existing(prev); xerr == nil {
+	if !o.recorded && o.prev != nil && o.prev.ContainerID == c.args.ContainerID {
+		if r, xerr := c.existing(o.prev); xerr == nil {
 			c.log.Infof("ADD answered from the existing endpoint %s", c.epKey)
 			return r, nil
 		}
 	}
-	if len(ir.IPs) == 0 {
+	if len(o.result.IPs) == 0 {
 		return nil, fmt.Errorf("IPAM %s returned no address", c.conf.IPAM.Type)
 	}
-	var addrs []net.IPNet
-	ep := &model.Endpoint{Host: c.host, Orchestrator: c.wargs.Orchestrator, Workload: c.workload, Name: c.args.IfName,
-		ContainerID: c.args.ContainerID, Network: c.conf.Name, Netns: c.args.Netns, IfName: c.args.IfName, HostInterface: c.veth,
-		Profiles: append(append([]string{}, c.conf.Profiles...), c.wargs.Profiles...), Handle: model.HandleID(c.conf.Name, c.args.ContainerID)}
-	var encap int
-	for _, ipc := range ir.IPs {
-		n := net.IPNet{IP: ipc.Address.IP, Mask: net.CIDRMask(32, 32)}
-		if ipc.Address.IP.To4() == nil {
-			n.Mask = net.CIDRMask(128, 128)
-			ep.IPv6Nets = append(ep.IPv6Nets, n.String())
-		} else {
-			n.IP = n.IP.To4()
-			ep.IPv4Nets = append(ep.IPv4Nets, n.String())
-		}
-		addrs = append(addrs, n)
-		encap = max(encap, encapOverhead(pools, n.IP))
+	var ips []net.IP
+	for _, ipc := range o.result.IPs {
+		ips = append(ips, ipc.Address.IP)
+	}
+	addrs := setNets(ep, ips)
+	encap := 0
+	for _, a := range addrs {
+		encap = max(encap, encapOverhead(o.pools, a.IP))
 	}
 	mtu := c.conf.MTU
 	if mtu == 0 {
 		mtu = uplinkMTU(c.conf.State()) - encap
 	}
-
-	dp, err := dataplane.Setup(dataplane.Config{NetnsPath: c.args.Netns, IfName: c.args.IfName, HostVeth: c.veth, MTU: mtu, Addrs: addrs})
+	mark("mtu")
+	dp, err := dataplane.Setup(dataplane.Config{NetnsPath: c.args.Netns, IfName: c.args.IfName, HostVeth: c.veth, MTU: mtu,
+		Addrs: addrs, ContainerMAC: mac})
+	mark("veth")
 	if err != nil {
 		return nil, classifyDataplane(err)
 	}
@@ -237,24 +297,26 @@ func (c *call) add() (res *current.Result, err error) {
 			}
 		}
 	}()
-	ep.MAC = dp.ContainerMAC.String()
-	if err = workload.PutFrom(ctx, c.kv, ep, store.Seed{c.epKey: prevKV}); err != nil {
-		return nil, fmt.Errorf("record endpoint %s: %w", c.epKey, err)
-	}
-	defer func() {
-		if err != nil {
-			rctx, rcancel := context.WithTimeout(context.Background(), plugin.Deadline)
-			defer rcancel()
-			if _, derr := workload.Delete(rctx, c.kv, c.epKey, c.args.ContainerID); derr != nil {
-				c.log.Errorf("rollback: delete endpoint: %v", derr)
-			}
+	if !o.recorded {
+		if err = workload.PutFrom(ctx, c.kv, ep, store.Seed{c.epKey: o.prevKV}); err != nil {
+			return nil, fmt.Errorf("record endpoint %s: %w", c.epKey, err)
 		}
-	}()
+		o.recorded = true
+	}
+	mark("endpoint")
 	if err = c.waitPolicy(ctx, ep); err != nil {
 		return nil, err
 	}
 	c.log.Infof("ADD %s: %s %v via %s", c.workload, c.args.IfName, ep.Nets(), c.veth)
 	return c.result(dp, addrs), nil
+}
+
+// containerMAC is a stable locally administered unicast MAC per attachment.
+func containerMAC(containerID, ifName string) net.HardwareAddr {
+	h := sha256.Sum256([]byte("tabby-mac/" + containerID + "/" + ifName))
+	mac := net.HardwareAddr(h[:6])
+	mac[0] = (mac[0] | 0x02) &^ 0x01
+	return mac
 }
 
 // encapOverhead is the tunnel header of the pool that holds ip.

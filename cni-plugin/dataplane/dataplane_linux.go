@@ -69,6 +69,10 @@ type Config struct {
 	Addrs []net.IPNet
 	// RouteProtocol tags the host routes; 0 means DefaultRouteProtocol.
 	RouteProtocol netlink.RouteProtocol
+	// ContainerMAC, when set, is the container interface's MAC (the CNI
+	// plugin derives it from the container ID so that it can record the
+	// endpoint before the interface exists); nil lets the kernel pick.
+	ContainerMAC net.HardwareAddr
 }
 
 // Result is what a CNI result needs to know about the created interfaces.
@@ -216,9 +220,10 @@ func newVeth(p *plan, contNS ns.NetNS) *netlink.Veth {
 	attrs.MTU = p.MTU // also used for the peer
 	attrs.Flags = net.FlagUp
 	return &netlink.Veth{
-		LinkAttrs:     attrs,
-		PeerName:      p.IfName,
-		PeerNamespace: netlink.NsFd(contNS.Fd()),
+		LinkAttrs:        attrs,
+		PeerName:         p.IfName,
+		PeerNamespace:    netlink.NsFd(contNS.Fd()),
+		PeerHardwareAddr: p.ContainerMAC,
 	}
 }
 

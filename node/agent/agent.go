@@ -181,10 +181,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.IPv6 != "" {
 		bcfg.NextHop6 = addrOf(a.cfg.IPv6)
 	}
-	a.speaker, err = bgp.New(bcfg)
+	sp, err := bgp.New(bcfg)
 	if err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
+	a.mu.Lock()
+	a.speaker = sp
+	a.mu.Unlock()
 	defer a.speaker.StopForRestart()
 
 	stopStatus, err := a.serveStatus()
@@ -352,10 +355,6 @@ func (a *Agent) reconcile(ctx context.Context) {
 	}
 	a.metrics.peersUp.Set(float64(up))
 	a.mu.Lock()
-	a.status.Peers = a.status.Peers[:0]
-	for _, p := range peers {
-		a.status.Peers = append(a.status.Peers, nodestatus.Peer{Address: p.Address, Kind: p.Kind, State: p.State, Since: p.Since, Received: p.Received})
-	}
 	a.status.Routes = len(rem)
 	a.status.Unserved = unserved
 	a.status.Blocks = nil

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/tabby-net/tabby/node/bgp"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 )
 
@@ -52,11 +53,24 @@ func (a *Agent) serveStatus() (func(), error) {
 	return func() { srv.Close() }, nil
 }
 
-// Status returns a copy of the daemon's status.
+// Status returns the daemon's status; BGP sessions are read live, since
+// they change without any reconcile.
 func (a *Agent) Status() nodestatus.Status {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	s := a.status
-	s.Peers = append([]nodestatus.Peer{}, s.Peers...)
+	sp := a.speaker
+	a.mu.Unlock()
+	s.Peers = nil
+	if sp != nil {
+		s.Peers = peerStatus(sp.Peers())
+	}
 	return s
+}
+
+func peerStatus(ps []bgp.PeerStatus) []nodestatus.Peer {
+	out := []nodestatus.Peer{}
+	for _, p := range ps {
+		out = append(out, nodestatus.Peer{Address: p.Address, Kind: p.Kind, State: p.State, Since: p.Since, Received: p.Received})
+	}
+	return out
 }

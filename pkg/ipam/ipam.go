@@ -19,7 +19,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -48,6 +47,10 @@ type Request struct {
 	// GatewayFirst keeps each block's first address free for auto-assignment:
 	// networks whose result is the block prefix use it as the gateway.
 	GatewayFirst bool
+	// Also, when set, adds writes that must commit in the same transaction
+	// as the allocation (the CNI plugin's endpoint record): they see the
+	// addresses, and read through the same ReadSet.
+	Also func(rs *store.ReadSet, out []Assigned) ([]store.Op, error)
 }
 
 // Assigned is one address handed out.
@@ -83,6 +86,7 @@ func (a *IPAM) lock() (func(), error) {
 type meta struct {
 	handle     *model.Handle
 	pools      []model.Pool
+	poolKVs    []store.KeyValue
 	affineKeys []string // block keys of this host's blocks
 }
 
@@ -90,8 +94,8 @@ type meta struct {
 // affinities and the blocks the state dir remembers as this host's (so that
 // in the common case the allocation needs no second read), plus any extra
 // gets the caller wants to piggyback (the CNI plugin's endpoint).
-func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op) (*meta, store.Seed, [][]store.KeyValue, error) {
-	cached := a.cachedBlocks()
+func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op, cache *hostCache) (*meta, store.Seed, [][]store.KeyValue, error) {
+	cached := cache.blockKeys()
 	ops := []store.Op{
 		store.Get(hkey),
 		{Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true},
@@ -112,6 +116,7 @@ func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op) (*me
 			return nil, nil, nil, fmt.Errorf("decode handle %s: %w", hkey, err)
 		}
 	}
+	m.poolKVs = res.Gets[1]
 	for _, kv := range res.Gets[1] {
 		var p model.Pool
 		if err := json.Unmarshal(kv.Value, &p); err != nil {
@@ -128,42 +133,18 @@ func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op) (*me
 	}
 	sort.Strings(m.affineKeys)
 	seed := store.SeedFrom(append([]string{hkey}, cached...), append(res.Gets[:1:1], res.Gets[3:3+len(cached)]...))
-	if !slices.Equal(cached, m.affineKeys) {
-		a.cacheBlocks(m.affineKeys)
-	}
-	return m, seed, res.Gets[3+len(cached):], nil
-}
-
-// The state dir remembers this host's block keys; the affinity read in the
-// same round trip verifies them, and a stale list only costs a read.
-func (a *IPAM) cachedBlocks() []string {
-	if a.LockDir == "" {
-		return nil
-	}
-	b, err := os.ReadFile(filepath.Join(a.LockDir, "ipam-blocks"))
-	if err != nil {
-		return nil
-	}
-	var keys []string
-	for _, k := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(k, model.BlockPrefix) {
-			keys = append(keys, k)
+	extras := res.Gets[3+len(cached):]
+	// The caller's single-key gets are part of what it decides on.
+	for i, op := range extra {
+		if op.Kind == store.OpGet && !op.Prefix {
+			seed[op.Key] = nil
+			if len(extras[i]) > 0 {
+				v := extras[i][0]
+				seed[op.Key] = &v
+			}
 		}
 	}
-	if len(keys) > 64 { // a bound on the ADD's read size
-		keys = keys[:64]
-	}
-	return keys
-}
-
-func (a *IPAM) cacheBlocks(keys []string) {
-	if a.LockDir == "" {
-		return
-	}
-	tmp := filepath.Join(a.LockDir, fmt.Sprintf(".ipam-blocks.%d", os.Getpid()))
-	if os.WriteFile(tmp, []byte(strings.Join(keys, "\n")), 0o644) == nil {
-		_ = os.Rename(tmp, filepath.Join(a.LockDir, "ipam-blocks"))
-	}
+	return m, seed, extras, nil
 }
 
 // Pools reads every pool.
@@ -235,35 +216,79 @@ func reserved(pool *net.IPNet, ip net.IP) bool {
 // Assign allocates the request's addresses and records them under its handle.
 // A repeated Assign with the same handle returns the addresses it already has.
 func (a *IPAM) Assign(ctx context.Context, req Request) (*model.Handle, []Assigned, error) {
-	h, out, _, err := a.AssignWith(ctx, req, nil)
-	return h, out, err
+	r, err := a.AssignWith(ctx, req, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r.Handle, r.Assigned, nil
+}
+
+// Assignment is what AssignWith did.
+type Assignment struct {
+	Handle   *model.Handle
+	Assigned []Assigned
+	// Extras are the results of the caller's extra gets.
+	Extras [][]store.KeyValue
+	// Created: this call allocated (and committed Request.Also's writes);
+	// false: the handle existed and its addresses were returned as they are.
+	Created bool
 }
 
 // AssignWith is Assign that also runs the caller's extra gets in its first
 // round trip and returns their results (from the last attempt's read).
-func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*model.Handle, []Assigned, [][]store.KeyValue, error) {
+func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*Assignment, error) {
 	unlock, err := a.lock()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	defer unlock()
 	hkey := model.HandleKey(req.Network, req.ContainerID)
+	cache := a.loadCache()
+	// The common case: decide from this host's cache and commit in one round
+	// trip, the caller's gets riding along.
+	if cache != nil {
+		if m, seed, err := cache.meta(a.Host); err == nil {
+			seed[hkey] = nil
+			for _, op := range extra {
+				if op.Kind == store.OpGet && !op.Prefix {
+					seed[op.Key] = nil
+				}
+			}
+			d := &decision{}
+			res, ok, err := store.CommitFrom(ctx, a.KV, seed, a.decide(ctx, req, hkey, m, d), extra)
+			if err == nil && ok {
+				a.updateCache(cache, nil, nil, d.written, res.Revision)
+				return &Assignment{Handle: d.handle, Assigned: d.out, Extras: res.Gets, Created: true}, nil
+			}
+			if err != nil && store.IsUnavailable(err) {
+				return nil, err
+			}
+		}
+	}
 	for attempt := 0; attempt < 3; attempt++ {
-		m, seed, extras, err := a.readMeta(ctx, hkey, extra)
+		m, seed, extras, err := a.readMeta(ctx, hkey, extra, cache)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
 		if m.handle != nil {
 			h, out, err := a.existing(m.handle, m.pools)
-			return h, out, extras, err
+			if err != nil {
+				return nil, err
+			}
+			return &Assignment{Handle: h, Assigned: out, Extras: extras}, nil
 		}
-		h, out, err := a.assign(ctx, req, hkey, m, seed)
+		d := &decision{}
+		rev, err := store.ReadModifyWriteFrom(ctx, a.KV, seed, append([]string{hkey}, m.affineKeys...), a.decide(ctx, req, hkey, m, d))
 		if errors.Is(err, errHandleExists) {
 			continue
 		}
-		return h, out, extras, err
+		if err != nil {
+			return nil, err
+		}
+		a.updateCache(&hostCache{}, m.poolKVs, d.read, d.written, rev)
+		return &Assignment{Handle: d.handle, Assigned: d.out, Extras: refreshExtras(extra, extras, d.read), Created: true}, nil
 	}
-	return nil, nil, nil, store.ErrConflict
+	return nil, store.ErrConflict
 }
 
 func (a *IPAM) existing(h *model.Handle, pools []model.Pool) (*model.Handle, []Assigned, error) {
@@ -424,6 +449,9 @@ func (al *alloc) auto(m *meta, v6 bool, names []string) error {
 	if al.req.StrictAffinity {
 		return errf(CodePoolExhausted, "pools %s have no free block and strict affinity forbids borrowing; add a pool", poolNames(pools))
 	}
+	if al.rs.Offline() {
+		return store.ErrNeedRead
+	}
 	for _, p := range pools {
 		kvs, _, err := al.a.KV.List(al.ctx, model.BlockPoolPrefix(p.CIDR), false)
 		if err != nil {
@@ -462,6 +490,9 @@ func poolNames(ps []model.Pool) string {
 // pool has no free block. The search starts at a host-specific offset so hosts
 // claiming at the same moment rarely collide.
 func (al *alloc) claim(p model.Pool) (*model.Block, string, error) {
+	if al.rs.Offline() {
+		return nil, "", store.ErrNeedRead
+	}
 	kvs, _, err := al.a.KV.List(al.ctx, model.BlockPoolPrefix(p.CIDR), true)
 	if err != nil {
 		return nil, "", err
@@ -498,10 +529,37 @@ func (al *alloc) claim(p model.Pool) (*model.Block, string, error) {
 	return nil, "", nil
 }
 
-func (a *IPAM) assign(ctx context.Context, req Request, hkey string, m *meta, seed store.Seed) (*model.Handle, []Assigned, error) {
-	var handle *model.Handle
-	var out []Assigned
-	_, err := store.ReadModifyWriteFrom(ctx, a.KV, seed, append([]string{hkey}, m.affineKeys...), func(rs *store.ReadSet) ([]store.Op, error) {
+// refreshExtras gives the caller its single-key gets as the committed
+// attempt saw them (a retry may have re-read them).
+func refreshExtras(extra []store.Op, got [][]store.KeyValue, read map[string]*store.KeyValue) [][]store.KeyValue {
+	out := make([][]store.KeyValue, len(got))
+	copy(out, got)
+	for i, op := range extra {
+		if op.Kind != store.OpGet || op.Prefix {
+			continue
+		}
+		if v, ok := read[op.Key]; ok {
+			out[i] = nil
+			if v != nil {
+				out[i] = []store.KeyValue{*v}
+			}
+		}
+	}
+	return out
+}
+
+// decision is what one allocation attempt decided.
+type decision struct {
+	handle  *model.Handle
+	out     []Assigned
+	written map[string]*model.Block // blocks the commit writes
+	read    map[string]*store.KeyValue
+}
+
+// decide returns the modify function of an allocation: it reads through the
+// ReadSet (or, speculatively, only the seed) and returns the writes.
+func (a *IPAM) decide(ctx context.Context, req Request, hkey string, m *meta, d *decision) func(rs *store.ReadSet) ([]store.Op, error) {
+	return func(rs *store.ReadSet) ([]store.Op, error) {
 		if kv, err := rs.Raw(hkey); err != nil {
 			return nil, err
 		} else if kv != nil {
@@ -550,13 +608,21 @@ func (a *IPAM) assign(ctx context.Context, req Request, hkey string, m *meta, se
 			}
 		}
 		ops = append(ops, store.Put(hkey, store.MustJSON(h)))
-		handle, out = h, al.out
+		if req.Also != nil {
+			more, err := req.Also(rs, al.out)
+			if err != nil {
+				return nil, err
+			}
+			ops = append(ops, more...)
+		}
+		d.handle, d.out, d.written, d.read = h, al.out, map[string]*model.Block{}, rs.Values()
+		for key, b := range al.blocks {
+			if touched(al.out, key) {
+				d.written[key] = b
+			}
+		}
 		return ops, nil
-	})
-	if err != nil {
-		return nil, nil, err
 	}
-	return handle, out, nil
 }
 
 func touched(out []Assigned, key string) bool {
@@ -576,13 +642,28 @@ func (a *IPAM) Release(ctx context.Context, network, containerID string) error {
 		return err
 	}
 	defer unlock()
-	return releaseHandle(ctx, a.KV, model.HandleKey(network, containerID), nil)
+	written, rev, err := release(ctx, a.KV, model.HandleKey(network, containerID), nil)
+	if err == nil && len(written) > 0 {
+		if c := a.loadCache(); c != nil {
+			a.updateCache(c, nil, nil, written, rev)
+		}
+	}
+	return err
 }
 
 // releaseHandle frees the handle's addresses; with only set, just those
 // addresses (and the handle survives while it holds others).
 func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) error {
-	_, err := store.ReadModifyWrite(ctx, kv, []string{hkey}, func(rs *store.ReadSet) ([]store.Op, error) {
+	_, _, err := release(ctx, kv, hkey, only)
+	return err
+}
+
+// release frees the handle's addresses and returns the blocks it wrote (nil:
+// deleted) and the revision of the commit.
+func release(ctx context.Context, kv store.KV, hkey string, only net.IP) (map[string]*model.Block, int64, error) {
+	var written map[string]*model.Block
+	rev, err := store.ReadModifyWrite(ctx, kv, []string{hkey}, func(rs *store.ReadSet) ([]store.Op, error) {
+		written = nil
 		var h model.Handle
 		ok, err := rs.Decode(hkey, &h)
 		if err != nil {
@@ -621,11 +702,14 @@ func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) e
 			}
 		}
 		var ops []store.Op
+		written = map[string]*model.Block{}
 		for key, b := range blocks {
 			if empty(b) {
 				ops = append(ops, store.Delete(key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR)))
+				written[key] = nil
 			} else {
 				ops = append(ops, store.Put(key, store.MustJSON(b)))
+				written[key] = b
 			}
 		}
 		if len(keepIPs) == 0 {
@@ -636,7 +720,7 @@ func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) e
 		}
 		return ops, nil
 	})
-	return err
+	return written, rev, err
 }
 
 func empty(b *model.Block) bool {

@@ -312,3 +312,82 @@ func TestGCAndCheck(t *testing.T) {
 		t.Fatalf("after gc: %+v", rep)
 	}
 }
+
+// countingKV counts round trips.
+type countingKV struct {
+	store.KV
+	n int
+}
+
+func (c *countingKV) Txn(ctx context.Context, cmps []store.Cmp, ops []store.Op) (*store.TxnResult, error) {
+	c.n++
+	return c.KV.Txn(ctx, cmps, ops)
+}
+
+func (c *countingKV) Get(ctx context.Context, key string) (*store.KeyValue, error) {
+	c.n++
+	return c.KV.Get(ctx, key)
+}
+
+func (c *countingKV) List(ctx context.Context, prefix string, keysOnly bool) ([]store.KeyValue, int64, error) {
+	c.n++
+	return c.KV.List(ctx, prefix, keysOnly)
+}
+
+// With a warm host cache an allocation is one round trip; a stale cache
+// (another host took an address in our block) costs a retry, never a
+// duplicate; release keeps the cache warm.
+func TestHostCacheOneRoundTrip(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	ckv := &countingKV{KV: kv}
+	a := &IPAM{KV: ckv, Host: "h1", LockDir: t.TempDir()}
+	if _, _, err := a.Assign(ctx, req("warm")); err != nil {
+		t.Fatal(err)
+	}
+	ckv.n = 0
+	_, out, err := a.Assign(ctx, req("fast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ckv.n != 1 {
+		t.Fatalf("warm-cache allocation took %d round trips, want 1", ckv.n)
+	}
+	// Another host borrows the next address of h1's block behind its back.
+	other := &IPAM{KV: kv, Host: "h2"}
+	next := nthIP(out[0].Block, ordinalOf(out[0].Block, out[0].IP)+1)
+	r := req("borrow")
+	r.Static = []net.IP{next}
+	if _, _, err := other.Assign(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	ckv.n = 0
+	_, out2, err := a.Assign(ctx, req("after-stale"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out2[0].IP.Equal(next) {
+		t.Fatalf("stale cache handed out %s twice", next)
+	}
+	t.Logf("stale cache: %d round trips", ckv.n)
+	if err := a.Release(ctx, "net", "fast"); err != nil {
+		t.Fatal(err)
+	}
+	ckv.n = 0
+	if _, _, err := a.Assign(ctx, req("after-release")); err != nil || ckv.n != 1 {
+		t.Fatalf("after a release: %d round trips (%v), want 1", ckv.n, err)
+	}
+	// A repeated ADD of an existing handle falls back and returns the same address.
+	_, again, err := a.Assign(ctx, req("fast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = again
+	rep, _ := Check(ctx, kv)
+	for _, p := range rep.Problems {
+		if p.Kind != LeakNoEndpoint {
+			t.Fatalf("problem %+v", p)
+		}
+	}
+}

@@ -20,7 +20,25 @@ type ReadSet struct {
 	kv   KV
 	vals map[string]*KeyValue // nil value: read and absent
 	Rev  int64                // store revision of the first read
+	// offline: a speculative attempt that may not read (CommitFrom).
+	offline bool
 }
+
+// Offline reports whether this is a speculative attempt that may not read.
+func (r *ReadSet) Offline() bool { return r.offline }
+
+// Values copies what was read (nil: absent).
+func (r *ReadSet) Values() map[string]*KeyValue {
+	out := make(map[string]*KeyValue, len(r.vals))
+	for k, v := range r.vals {
+		out[k] = v
+	}
+	return out
+}
+
+// ErrNeedRead is what a speculative attempt returns when the decision needs
+// a key its seed does not hold.
+var ErrNeedRead = errors.New("speculative attempt needs a read")
 
 // ModRev returns the mod revision of key as read, or 0 when absent.
 func (r *ReadSet) ModRev(key string) int64 {
@@ -43,6 +61,9 @@ func (r *ReadSet) Fetch(keys ...string) error {
 	}
 	if len(ops) == 0 {
 		return nil
+	}
+	if r.offline {
+		return ErrNeedRead
 	}
 	res, err := r.kv.Txn(r.ctx, nil, ops)
 	if err != nil {
@@ -111,6 +132,37 @@ func SeedFrom(keys []string, gets [][]KeyValue) Seed {
 		}
 	}
 	return s
+}
+
+// CommitFrom is one speculative attempt with no read at all: modify decides
+// on the seed alone (a key it lacks ends the attempt with ErrNeedRead), and
+// the writes commit together with the caller's extra gets, guarded by the
+// revisions of every seeded key (a stricter guard than needed: any change to
+// what the seed says sends the caller the reading way). It reports whether the
+// commit happened; a stale seed just means false, and the caller goes the
+// reading way. This is how a host's ADD costs one round trip when its own
+// cache of its blocks is right, which it nearly always is.
+func CommitFrom(ctx context.Context, kv KV, seed Seed, modify func(*ReadSet) ([]Op, error), extra []Op) (*TxnResult, bool, error) {
+	rs := &ReadSet{ctx: ctx, kv: kv, vals: map[string]*KeyValue{}, offline: true}
+	for k, v := range seed {
+		rs.vals[k] = v
+	}
+	ops, err := modify(rs)
+	if errors.Is(err, ErrNeedRead) || errors.Is(err, ErrAbort) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	cmps := make([]Cmp, 0, len(rs.vals))
+	for k := range rs.vals {
+		cmps = append(cmps, Cmp{Key: k, ModRev: rs.ModRev(k)})
+	}
+	res, err := kv.Txn(ctx, cmps, append(ops, extra...))
+	if err != nil {
+		return nil, false, err
+	}
+	return res, res.Succeeded, nil
 }
 
 // ReadModifyWriteFrom is ReadModifyWrite whose first attempt starts from seed.

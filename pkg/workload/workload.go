@@ -23,6 +23,16 @@ func memberKeys(e *model.Endpoint) map[string][]byte {
 	return out
 }
 
+// Ops writes next (nil: delete) over prev (nil: absent) with its tag index
+// entries, for callers that commit them inside a larger transaction (the CNI
+// plugin, with the IPAM allocation). The caller must compare prev's key.
+func Ops(prev, next *model.Endpoint) []store.Op {
+	if next != nil {
+		next.Profiles = Dedup(next.Profiles)
+	}
+	return diffOps(prev, next)
+}
+
 // diffOps writes next (nil: delete) over prev (nil: absent), with index entries.
 func diffOps(prev, next *model.Endpoint) []store.Op {
 	var ops []store.Op
