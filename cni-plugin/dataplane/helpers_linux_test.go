@@ -152,14 +152,22 @@ func teardown(tb testing.TB, host ns.NetNS, c *container) {
 
 // ping runs ping inside from's namespace; nsenter switches before exec, so
 // no packet leaves from the root namespace.
+// A first IPv6 echo can meet an ICMPv6 error while neighbour discovery is
+// still settling on a loaded machine, so it retries for a few seconds.
 func ping(from ns.NetNS, dst string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "nsenter", "--net="+from.Path(), "ping", "-c1", "-W2", dst).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ping %s from %s: %w\n%s", dst, from.Path(), err, out)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, "nsenter", "--net="+from.Path(), "ping", "-c1", "-W2", dst).CombinedOutput()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("ping %s from %s: %w\n%s", dst, from.Path(), err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return nil
 }
 
 func mustPing(tb testing.TB, from ns.NetNS, dst string) {
