@@ -42,9 +42,24 @@ func (e *env) reach(a, b workload) (bool, bool) {
 	return e.quickPing(a.ns, b.ip) == nil, e.l.TCPConnect(a.ns, b.ip, 8080) == nil
 }
 
-// matrix checks every ordered pair in parallel against want(a, b).
+// matrix checks every ordered pair in parallel against want(a, b). Rules
+// reach every host within a bound, not at the instant tabbyctl returns: the
+// matrix must hold within 5 s of the last change.
 func (e *env) matrix(ws []workload, want func(a, b workload) bool) {
 	e.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		bad := e.matrixOnce(ws, want)
+		if len(bad) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("reachability matrix:\n%s", strings.Join(bad, "\n"))
+		}
+	}
+}
+
+func (e *env) matrixOnce(ws []workload, want func(a, b workload) bool) []string {
 	var mu sync.Mutex
 	var bad []string
 	var wg sync.WaitGroup
@@ -67,9 +82,7 @@ func (e *env) matrix(ws []workload, want func(a, b workload) bool) {
 		}
 	}
 	wg.Wait()
-	if len(bad) > 0 {
-		e.t.Fatalf("reachability matrix:\n%s", strings.Join(bad, "\n"))
-	}
+	return bad
 }
 
 func (e *env) tabbyRules(h *lab.Host) string {
