@@ -99,19 +99,32 @@ func delegateEnv() {
 	}
 }
 
-func cmdAdd(args *skel.CmdArgs) (err error) {
-	c, err := newCall(args)
-	if err != nil {
-		return plugin.ToCNI(err)
+// verb wraps one CNI verb: parse and connect, bound the datastore work by a
+// deadline, log a failure, and answer with the CNI error object.
+func verb(name string, d time.Duration, fn func(ctx context.Context, c *call, args *skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		c, err := newCall(args)
+		if err != nil {
+			return plugin.ToCNI(err)
+		}
+		defer c.close()
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		if err := fn(ctx, c, args); err != nil {
+			c.log.Errorf("%s: %v", name, err)
+			return plugin.ToCNI(err)
+		}
+		return nil
 	}
-	defer c.close()
-	res, err := c.add()
+}
+
+var cmdAdd = verb("ADD", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
+	res, err := c.add(ctx)
 	if err != nil {
-		c.log.Errorf("ADD failed: %v", err)
-		return plugin.ToCNI(err)
+		return err
 	}
 	return types.PrintResult(res, c.conf.CNIVersion)
-}
+})
 
 // inProcessIPAM: with tabby-ipam as the IPAM, tabby runs the same IPAM code
 // itself instead of exec'ing it (one process start and one etcd connection
@@ -229,9 +242,7 @@ func (c *call) ipamDel(ctx context.Context) error {
 	return delegateErr(ctx, "DEL", c.conf.IPAM.Type, c.args.StdinData)
 }
 
-func (c *call) add() (res *current.Result, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
+func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	t0 := time.Now()
 	mark := func(what string) { c.log.Debugf("ADD %s at %v", what, time.Since(t0)) }
 	defer mark("done")
@@ -382,14 +393,7 @@ func (c *call) existing(ep *model.Endpoint) (*current.Result, error) {
 	return c.result(dp, addrs), nil
 }
 
-func cmdDel(args *skel.CmdArgs) error {
-	c, err := newCall(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer c.close()
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
+var cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
 	// A record that names another container belongs to a newer sandbox with
 	// the same identity: leave its veth and record alone, release only ours.
 	ep, err := workload.Get(ctx, c.kv, c.epKey)
@@ -397,41 +401,34 @@ func cmdDel(args *skel.CmdArgs) error {
 	case err == nil && ep.ContainerID != args.ContainerID:
 		c.log.Infof("DEL: endpoint %s belongs to container %s now; releasing only addresses", c.epKey, ep.ContainerID)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return plugin.ToCNI(err)
+		return err
 	default:
 		if err := dataplane.Teardown(args.Netns, args.IfName, c.veth); err != nil {
-			return plugin.ToCNI(fmt.Errorf("remove veth %s: %w", c.veth, err))
+			return fmt.Errorf("remove veth %s: %w", c.veth, err)
 		}
 		if _, err := workload.Delete(ctx, c.kv, c.epKey, args.ContainerID); err != nil {
-			return plugin.ToCNI(err)
+			return err
 		}
 	}
 	if err := c.ipamDel(ctx); err != nil {
-		return plugin.ToCNI(err)
+		return err
 	}
 	c.log.Infof("DEL %s", c.workload)
 	return nil
-}
+})
 
-func cmdCheck(args *skel.CmdArgs) error {
-	c, err := newCall(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer c.close()
+var cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
 	if len(c.conf.PrevResult) == 0 {
-		return plugin.ToCNI(&netconf.Error{Code: netconf.CodeBadConfig, Msg: "CHECK needs prevResult in the configuration"})
+		return &netconf.Error{Code: netconf.CodeBadConfig, Msg: "CHECK needs prevResult in the configuration"}
 	}
 	prev, err := parsePrev(c.conf)
 	if err != nil {
-		return plugin.ToCNI(err)
+		return err
 	}
 	var addrs []net.IPNet
 	for _, ipc := range prev.IPs {
 		addrs = append(addrs, ipc.Address)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
 	var problems []string
 	if err := dataplane.Check(dataplane.Config{NetnsPath: args.Netns, IfName: args.IfName, HostVeth: c.veth, Addrs: addrs}); err != nil {
 		problems = append(problems, err.Error())
@@ -441,7 +438,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	case errors.Is(err, store.ErrNotFound):
 		problems = append(problems, "no endpoint record at "+c.epKey)
 	case err != nil:
-		return plugin.ToCNI(err)
+		return err
 	default:
 		if ep.ContainerID != args.ContainerID {
 			problems = append(problems, fmt.Sprintf("endpoint record %s belongs to container %s", c.epKey, ep.ContainerID))
@@ -457,14 +454,14 @@ func cmdCheck(args *skel.CmdArgs) error {
 		}
 	}
 	if len(problems) > 0 {
-		return types.NewError(types.ErrInternal, "CHECK: "+strings.Join(problems, "; "), "")
+		return types.NewError(types.ErrInternal, strings.Join(problems, "; "), "")
 	}
 	delegateEnv()
 	if err := c.ipamVerb(ctx, "CHECK"); err != nil {
-		return plugin.ToCNI(err)
+		return err
 	}
 	return nil
-}
+})
 
 func parsePrev(conf *netconf.NetConf) (*current.Result, error) {
 	r, err := current.NewResult(conf.PrevResult)
@@ -479,21 +476,14 @@ func parsePrev(conf *netconf.NetConf) (*current.Result, error) {
 
 // cmdGC removes this host's endpoints of this network that no valid
 // attachment names, then lets the IPAM plugin release their addresses.
-func cmdGC(args *skel.CmdArgs) error {
-	c, err := newCall(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer c.close()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*plugin.Deadline)
-	defer cancel()
+var cmdGC = verb("GC", 4*plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
 	valid := map[string]bool{}
 	for _, v := range c.conf.ValidAttachments {
 		valid[v.ContainerID+"/"+v.IfName] = true
 	}
 	eps, err := store.ListJSON[model.Endpoint](ctx, c.kv, model.HostWorkloadPrefix(c.host))
 	if err != nil {
-		return plugin.ToCNI(err)
+		return err
 	}
 	for _, ep := range eps {
 		if ep.Network != c.conf.Name || valid[ep.ContainerID+"/"+ep.IfName] {
@@ -503,26 +493,19 @@ func cmdGC(args *skel.CmdArgs) error {
 			c.log.Errorf("GC: remove veth %s: %v", ep.HostInterface, err)
 		}
 		if _, err := workload.Delete(ctx, c.kv, ep.Key(), ep.ContainerID); err != nil {
-			return plugin.ToCNI(err)
+			return err
 		}
 		c.log.Infof("GC removed endpoint %s", ep.Key())
 	}
-	return plugin.ToCNI(c.ipamVerb(ctx, "GC"))
-}
+	return c.ipamVerb(ctx, "GC")
+})
 
-func cmdStatus(args *skel.CmdArgs) error {
-	c, err := newCall(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer c.close()
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
+var cmdStatus = verb("STATUS", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
 	if err := c.nodeReady(ctx); err != nil {
-		return plugin.ToCNI(err)
+		return err
 	}
-	return plugin.ToCNI(c.ipamVerb(ctx, "STATUS"))
-}
+	return c.ipamVerb(ctx, "STATUS")
+})
 
 // uplinkMTU is what tabby-node measured and wrote to <state_dir>/mtu (as
 // Calico's felix does), so an ADD does not dump every link and route of a

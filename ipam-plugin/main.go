@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -47,28 +48,60 @@ func setup(args *skel.CmdArgs) (*env, error) {
 
 func (e *env) close() { e.kv.Close(); e.log.Close() }
 
-func cmdAdd(args *skel.CmdArgs) (err error) {
-	e, err := setup(args)
-	if err != nil {
-		return plugin.ToCNI(err)
+// verb wraps one CNI verb: parse, connect, bound the datastore work by a
+// deadline, log failures, and answer with the CNI error object.
+func verb(name string, d time.Duration, fn func(ctx context.Context, e *env, args *skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		e, err := setup(args)
+		if err != nil {
+			return plugin.ToCNI(err)
+		}
+		defer e.close()
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		if err := fn(ctx, e, args); err != nil {
+			e.log.Errorf("%s: %v", name, err)
+			return plugin.ToCNI(err)
+		}
+		return nil
 	}
-	defer e.close()
-	a, err := netconf.ParseArgs(args.Args, e.conf)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
-	_, out, err := e.ipam.Assign(ctx, plugin.IPAMRequest(e.conf, a, args.ContainerID, args.IfName))
-	if err != nil {
-		e.log.Errorf("ADD: %v", err)
-		return plugin.ToCNI(err)
-	}
-	res := plugin.IPAMResult(out, e.conf.IPAM.Result == "block")
-	res.CNIVersion = e.conf.CNIVersion
-	e.log.Infof("ADD %s: %v", args.ContainerID, ipsOf(out))
-	return types.PrintResult(res, e.conf.CNIVersion)
 }
+
+var (
+	cmdAdd = verb("ADD", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
+		a, err := netconf.ParseArgs(args.Args, e.conf)
+		if err != nil {
+			return err
+		}
+		_, out, err := e.ipam.Assign(ctx, plugin.IPAMRequest(e.conf, a, args.ContainerID, args.IfName))
+		if err != nil {
+			return err
+		}
+		res := plugin.IPAMResult(out, e.conf.IPAM.Result == "block")
+		res.CNIVersion = e.conf.CNIVersion
+		e.log.Infof("ADD %s: %v", args.ContainerID, ipsOf(out))
+		return types.PrintResult(res, e.conf.CNIVersion)
+	})
+	cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
+		if err := e.ipam.Release(ctx, e.conf.Name, args.ContainerID); err != nil {
+			return err
+		}
+		e.log.Infof("DEL %s", args.ContainerID)
+		return nil
+	})
+	// CHECK verifies that the handle still holds every address it was given.
+	cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
+		return ipam.CheckHandle(ctx, e.kv, e.conf.Name, args.ContainerID)
+	})
+	cmdGC = verb("GC", 4*plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
+		rel, err := e.ipam.GC(ctx, e.conf.Name, plugin.GCAttachments(e.conf))
+		e.log.Infof("GC released %v", rel)
+		return err
+	})
+	cmdStatus = verb("STATUS", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
+		return plugin.IPAMStatus(ctx, e.kv, e.conf)
+	})
+)
 
 func ipsOf(out []ipam.Assigned) []string {
 	var s []string
@@ -76,56 +109,4 @@ func ipsOf(out []ipam.Assigned) []string {
 		s = append(s, a.IP.String())
 	}
 	return s
-}
-
-func cmdDel(args *skel.CmdArgs) error {
-	e, err := setup(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer e.close()
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
-	if err := e.ipam.Release(ctx, e.conf.Name, args.ContainerID); err != nil {
-		e.log.Errorf("DEL: %v", err)
-		return plugin.ToCNI(err)
-	}
-	e.log.Infof("DEL %s", args.ContainerID)
-	return nil
-}
-
-// cmdCheck verifies that the handle still holds every address it was given.
-func cmdCheck(args *skel.CmdArgs) error {
-	e, err := setup(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer e.close()
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
-	return plugin.ToCNI(ipam.CheckHandle(ctx, e.kv, e.conf.Name, args.ContainerID))
-}
-
-func cmdGC(args *skel.CmdArgs) error {
-	e, err := setup(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer e.close()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*plugin.Deadline)
-	defer cancel()
-	rel, err := e.ipam.GC(ctx, e.conf.Name, plugin.GCAttachments(e.conf))
-	e.log.Infof("GC released %v", rel)
-	return plugin.ToCNI(err)
-}
-
-func cmdStatus(args *skel.CmdArgs) error {
-	e, err := setup(args)
-	if err != nil {
-		return plugin.ToCNI(err)
-	}
-	defer e.close()
-	ctx, cancel := context.WithTimeout(context.Background(), plugin.Deadline)
-	defer cancel()
-	return plugin.ToCNI(plugin.IPAMStatus(ctx, e.kv, e.conf))
 }
