@@ -1,0 +1,371 @@
+// Package runtime runs tabby under real container runtimes that no one here
+// wrote: Debian's containerd 1.6 (CRI, as Kubernetes drives it, with
+// crictl) and Docker 20.10 (libnetwork remote driver and IPAM, through
+// tabby-docker), each inside the lab's simulated hosts.
+//
+// Every runtime daemon runs inside a lab host's network namespace (so the
+// CNI plugin's and tabby-docker's veths and routes land there, never in the
+// machine's own namespace) and inside a private mount namespace of its own,
+// where /run/containerd, /run/docker, /run/netns and /etc/docker are bind
+// mounts of directories of the test: the runtime's shim sockets, pod
+// network namespaces, plugin sockets and overlay mounts are the host's own
+// (two Docker hosts each find their own /run/docker/plugins/tabby.sock) and
+// vanish with its processes, even when the test dies. The daemons are
+// started with nsenter and unshare, not `ip netns exec`, which remounts
+// /sys and hides the cgroup hierarchy runc needs.
+//
+// Pitfalls of this machine, as ../shared/tools/cri-lab.sh found them: no
+// registry (images are built here from busybox-static and a small pause
+// program), root lacks CAP_SYS_RESOURCE (CRI's restrict_oom_score_adj =
+// true, dockerd --oom-score-adjust=0), crictl comes from
+// sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0 (make tools puts it in
+// bin/tools), and dockerd runs with --iptables=false --bridge=none.
+//
+// Every phase's run time is logged (go test -v, as make test-runtime runs
+// it). The ends of the daemons' logs are shown when a test fails, or always
+// with TABBY_RT_LOGS=1.
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/nodestatus"
+	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+	"github.com/tabby-net/tabby/pkg/testutil"
+	"github.com/tabby-net/tabby/test/lab"
+)
+
+type env struct {
+	t   *testing.T
+	l   *lab.Lab
+	kv  store.KV
+	dir string // short work dir: unix socket paths must stay under 108 bytes
+	bin string // directory holding tabby and tabby-ipam
+
+	begin, last time.Time
+	phases      []string
+}
+
+func newEnv(t *testing.T, hosts int) *env {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network and mount namespaces")
+	}
+	e := &env{t: t, begin: time.Now()}
+	e.last = e.begin
+	e.bin = filepath.Dir(testutil.Bin(t, "tabby"))
+	if filepath.Dir(testutil.Bin(t, "tabby-ipam")) != e.bin {
+		t.Fatal("tabby and tabby-ipam built into different dirs")
+	}
+	e.l = lab.New(t, lab.Options{Hosts: hosts})
+	// Inside the lab's own directory (short, for unix socket paths): the lab
+	// removes it after stopping every process, and the next run's stale-lab
+	// cleanup removes it after a crash.
+	e.dir = filepath.Join(e.l.Dir, "rt")
+	if err := os.MkdirAll(e.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.l.StartEtcd()
+	e.kv = etcdv3.FromClient(e.l.EtcdClient(), []string{e.l.EtcdURL})
+	e.phase(fmt.Sprintf("lab (%d hosts) and etcd", hosts))
+	return e
+}
+
+// phase logs how long the step since the previous phase took.
+func (e *env) phase(name string) {
+	now := time.Now()
+	line := fmt.Sprintf("%-58s %7.2fs", name, now.Sub(e.last).Seconds())
+	e.phases = append(e.phases, line)
+	e.last = now
+	e.t.Logf("phase: %s", line)
+}
+
+// summary logs every phase's time again, as one table.
+func (e *env) summary() {
+	e.t.Logf("run times of %s:\n  %s\n  %-58s %7.2fs", e.t.Name(), strings.Join(e.phases, "\n  "), "total", time.Since(e.begin).Seconds())
+}
+
+func (e *env) stateDir(h *lab.Host) string { return filepath.Join(e.dir, h.Name, "tabby") }
+
+func (e *env) ctl(h *lab.Host, args ...string) string {
+	e.t.Helper()
+	out, err := e.l.Exec(h.NS, append([]string{testutil.Bin(e.t, "tabbyctl"), "--etcd-endpoints", e.l.EtcdURL}, args...)...)
+	if err != nil {
+		e.t.Fatalf("tabbyctl %v: %v", args, err)
+	}
+	return out
+}
+
+// startNodes runs tabby-node on every host and waits for the BGP mesh.
+func (e *env) startNodes() {
+	e.t.Helper()
+	for _, h := range e.l.Hosts {
+		if err := os.MkdirAll(e.stateDir(h), 0o755); err != nil {
+			e.t.Fatal(err)
+		}
+		e.l.Start(h.NS, filepath.Join(e.l.Dir, "tabby-node-"+h.Name+".log"), testutil.Bin(e.t, "tabby-node"),
+			"--name", h.Name, "--ip", h.CIDR, "--etcd-endpoints", e.l.EtcdURL, "--state-dir", e.stateDir(h),
+			"--metrics-addr", "", "--log-level", "debug")
+	}
+	for _, h := range e.l.Hosts {
+		e.eventually(30*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			st, err := nodestatus.Get(ctx, e.stateDir(h))
+			if err != nil {
+				return err
+			}
+			up := 0
+			for _, p := range st.Peers {
+				if p.State == "Established" {
+					up++
+				}
+			}
+			if up < len(e.l.Hosts)-1 || !st.Ready {
+				return fmt.Errorf("%s: %d of %d peers established, ready %v", h.Name, up, len(e.l.Hosts)-1, st.Ready)
+			}
+			return nil
+		})
+	}
+	e.phase("tabby-node on every host, BGP established")
+}
+
+func (e *env) eventually(d time.Duration, f func() error) {
+	e.t.Helper()
+	if err := lab.Eventually(d, f); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) keys(prefix string) []string {
+	e.t.Helper()
+	kvs, _, err := e.kv.List(context.Background(), prefix, true)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []string
+	for _, kv := range kvs {
+		out = append(out, kv.Key)
+	}
+	return out
+}
+
+// assertNothingLeft checks that no host has a tby veth and that etcd holds
+// no endpoint, tag member, IPAM handle, block or affinity.
+func (e *env) assertNothingLeft() {
+	e.t.Helper()
+	e.eventually(10*time.Second, func() error {
+		for _, h := range e.l.Hosts {
+			links := e.l.MustExec(h.NS, "ip", "-o", "link", "show")
+			if strings.Contains(links, "tby") {
+				return fmt.Errorf("veths left on %s:\n%s", h.Name, links)
+			}
+			if r := e.l.MustExec(h.NS, "ip", "-4", "route", "show", "proto", "80", "scope", "link"); strings.TrimSpace(r) != "" {
+				return fmt.Errorf("workload routes left on %s:\n%s", h.Name, r)
+			}
+		}
+		prefixes := []string{model.TagPrefix, model.HandlePrefix, model.BlockPrefix, model.AffinityPrefix}
+		for _, h := range e.l.Hosts {
+			prefixes = append(prefixes, model.HostWorkloadPrefix(h.Name))
+		}
+		for _, p := range prefixes {
+			if k := e.keys(p); len(k) != 0 {
+				return fmt.Errorf("keys left under %s: %v", p, k)
+			}
+		}
+		return nil
+	})
+}
+
+// requireTool finds a runtime's program or skips: only when the machine
+// could not install it (make test installs containerd, runc, docker.io and
+// crictl; with TABBY_REQUIRE_TOOLS a missing one fails).
+func requireTool(t *testing.T, name string, candidates ...string) string {
+	t.Helper()
+	return testutil.Tool(t, name, candidates...)
+}
+
+// daemon is a runtime process the test started (containerd, dockerd).
+type daemon struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+// startDaemon runs argv with its output in logPath, in its own process
+// group (a Ctrl-C reaches only the test, which stops daemons in order).
+func (e *env) startDaemon(name, logPath string, argv ...string) *daemon {
+	e.t.Helper()
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("start %s: %v", name, err)
+	}
+	d := &daemon{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(d.done) }()
+	return d
+}
+
+func (d *daemon) exited() bool {
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM to the daemon (by its PID: nsenter and unshare exec
+// in place, so it is the daemon's), then SIGKILL after timeout.
+func (d *daemon) stop(timeout time.Duration) {
+	if d.exited() {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(timeout):
+		_ = d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// privateMounts makes the mount points the runtimes' private namespaces
+// bind over. Those that did not exist are removed again at the end of the
+// test (only when empty), and so are empty /run/containerd and /run/docker
+// (which a run killed with SIGKILL leaves behind; a live runtime's are
+// never empty).
+func (e *env) privateMounts(targets ...string) {
+	e.t.Helper()
+	for _, t := range targets {
+		_, err := os.Stat(t)
+		existed := err == nil
+		if !existed {
+			if err := os.MkdirAll(t, 0o755); err != nil {
+				e.t.Fatal(err)
+			}
+		}
+		if !existed || t == "/run/containerd" || t == "/run/docker" {
+			e.t.Cleanup(func() { _ = os.Remove(t) }) // fails unless empty
+		}
+	}
+}
+
+// inHost is argv run in host h's network namespace and a new private mount
+// namespace in which each binds[i] = {source, target} is bind mounted.
+func inHost(h *lab.Host, binds [][2]string, argv ...string) []string {
+	var s strings.Builder
+	s.WriteString("set -e\n")
+	for _, b := range binds {
+		fmt.Fprintf(&s, "mount --bind '%s' '%s'\n", b[0], b[1])
+	}
+	s.WriteString(`exec "$@"`)
+	return append([]string{"nsenter", "--net=" + h.NSPath, "unshare", "--mount", "--propagation", "private",
+		"sh", "-c", s.String(), "sh"}, argv...)
+}
+
+// joinMounts is argv run in the network and mount namespaces of process pid.
+func joinMounts(pid int, argv ...string) []string {
+	return append([]string{"nsenter", "-t", strconv.Itoa(pid), "--net", "--mount"}, argv...)
+}
+
+// killShims kills leftover containerd shims of the containerd whose socket
+// is sock: they are re-parented away from it but carry the socket's path
+// on their command line, which is unique to this test.
+func killShims(sock string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var killed []int
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cl, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(cl, []byte("containerd-shim")) || !bytes.Contains(cl, []byte(sock)) {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			killed = append(killed, pid)
+		}
+	}
+	return killed
+}
+
+// run runs a command of the test (a runtime's CLI) and returns its stdout.
+func run(ctx context.Context, argv ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) || ctx.Err() != nil {
+			return out.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(errb.String()))
+		}
+		return out.String(), fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
+	}
+	return out.String(), nil
+}
+
+// waitSocket waits until something accepts connections... by asking the
+// daemon's own CLI (check) until it succeeds.
+func (e *env) waitFor(what string, d time.Duration, dm *daemon, check func() error) {
+	e.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if dm != nil && dm.exited() {
+			e.t.Fatalf("%s exited: %v\n%s", dm.name, err, tail(dm.log, 40))
+		}
+		if time.Now().After(deadline) {
+			msg := ""
+			if dm != nil {
+				msg = tail(dm.log, 40)
+			}
+			e.t.Fatalf("%s not ready after %v: %v\n%s", what, d, err, msg)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// pingFrom pings ip once from the network namespace of process pid.
+func pingFrom(pid int, ip string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := run(ctx, "nsenter", "-t", strconv.Itoa(pid), "--net", "ping", "-c1", "-W1", "-n", "-q", ip)
+	return err
+}
