@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -31,7 +32,16 @@ func freePort() (int, error) {
 }
 
 // Start runs etcd until the test ends.
-func Start(t testing.TB) *Etcd {
+func Start(t testing.TB) *Etcd { return start(t, nil) }
+
+// TLSFiles are the PEM files of a test PKI: etcd's server certificate and a
+// client certificate, both signed by CA.
+type TLSFiles struct{ CA, ServerCert, ServerKey, ClientCert, ClientKey string }
+
+// StartTLS runs etcd that requires TLS with client certificates.
+func StartTLS(t testing.TB, f TLSFiles) *Etcd { return start(t, &f) }
+
+func start(t testing.TB, tlsFiles *TLSFiles) *Etcd {
 	t.Helper()
 	dir := t.TempDir()
 	cp, err := freePort()
@@ -46,7 +56,13 @@ func Start(t testing.TB) *Etcd {
 	cfg.Dir = dir
 	cfg.LogLevel = "fatal" // Close logs harmless errors at "error"
 	cfg.Logger = "zap"
-	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", cp))
+	scheme := "http"
+	if tlsFiles != nil {
+		scheme = "https"
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: tlsFiles.ServerCert, KeyFile: tlsFiles.ServerKey,
+			TrustedCAFile: tlsFiles.CA, ClientCertAuth: true}
+	}
+	cu, _ := url.Parse(fmt.Sprintf("%s://127.0.0.1:%d", scheme, cp))
 	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", pp))
 	cfg.ListenClientUrls = []url.URL{*cu}
 	cfg.AdvertiseClientUrls = []url.URL{*cu}

@@ -178,3 +178,34 @@ func TestSeededReadModifyWrite(t *testing.T) {
 		t.Fatalf("counter %d after %d attempts; want 2 after 2 (the stale seed must fail its compare)", c.N, calls)
 	}
 }
+
+// etcd with TLS and client certificates: both clients connect with the
+// etcd_*_file settings, and refuse without them.
+func TestTLS(t *testing.T) {
+	f := etcdtest.PKI(t, t.TempDir())
+	e := etcdtest.StartTLS(t, f)
+	cfg := store.Config{Endpoints: e.Endpoints(), CAFile: f.CA, CertFile: f.ClientCert, KeyFile: f.ClientKey}
+	h, err := store.NewHTTP(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := etcdv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	defer g.Close()
+	for name, kv := range map[string]store.KV{"http": h, "grpc": g} {
+		if err := store.PutJSON(context.Background(), kv, "/tabby/v1/test/tls-"+name, counter{N: 1}); err != nil {
+			t.Fatalf("%s over TLS: %v", name, err)
+		}
+	}
+	// Without a client certificate etcd refuses the connection.
+	noCert, _ := store.NewHTTP(store.Config{Endpoints: e.Endpoints(), CAFile: f.CA, Timeout: 2 * time.Second})
+	if _, err := noCert.Get(context.Background(), "/tabby/v1/test/tls-http"); err == nil {
+		t.Fatal("etcd answered a client without a certificate")
+	}
+	if _, err := store.NewHTTP(store.Config{Endpoints: e.Endpoints(), CAFile: "/nonexistent"}); err == nil {
+		t.Fatal("a missing CA file was accepted")
+	}
+}
