@@ -105,11 +105,13 @@ func containerAdd(cx context.Context, kv store.KV, c *ctx) error {
 	if _, err := os.Stat(nsPath); err != nil {
 		return fmt.Errorf("netns %s: %w", nsPath, err)
 	}
-	list, cfg, _, err := cniSetup(c)
+	list, cfg, conf, err := cniSetup(c)
 	if err != nil {
 		return err
 	}
-	rt := &libcni.RuntimeConf{ContainerID: name, NetNS: nsPath, IfName: "eth0",
+	// The workload is NAME; the container ID (the IPAM handle's key) also
+	// names the host, so the same NAME on two hosts is two containers.
+	rt := &libcni.RuntimeConf{ContainerID: localHost(conf) + "-" + name, NetNS: nsPath, IfName: "eth0",
 		Args: [][2]string{{"IP", strings.Join(ips, ",")}, {"TABBY_WORKLOAD", name}}}
 	res, err := cfg.AddNetworkList(cx, list, rt)
 	if err != nil {

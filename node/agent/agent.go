@@ -110,7 +110,16 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), regKick: make(chan struct{}, 1), metrics: newMetrics(), ready: newReadiness()}
+	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), regKick: make(chan struct{}, 1), ready: newReadiness()}
+	a.metrics = newMetrics(func() float64 {
+		n := 0
+		for _, p := range a.Status().Peers {
+			if p.State == "Established" {
+				n++
+			}
+		}
+		return float64(n)
+	})
 	a.status.Name, a.status.IPv4, a.status.Version = cfg.Name, cfg.IPv4, cfg.Version
 	return a, nil
 }
@@ -295,6 +304,10 @@ func (a *Agent) reconcile(ctx context.Context) {
 	start := time.Now()
 	v := a.snapshot()
 	var errs []error
+	// The packet filter first: a CNI ADD is waiting for it.
+	if err := a.syncPolicy(v); err != nil {
+		errs = append(errs, fmt.Errorf("policy: %w", err))
+	}
 	// Prefixes first, so a new session starts with the full set.
 	if err := a.speaker.Advertise(v.advertised()); err != nil {
 		errs = append(errs, fmt.Errorf("bgp advertise: %w", err))
@@ -336,9 +349,6 @@ func (a *Agent) reconcile(ctx context.Context) {
 	if err := a.syncNAT(v); err != nil {
 		errs = append(errs, fmt.Errorf("nat-outgoing: %w", err))
 	}
-	if err := a.syncPolicy(v); err != nil {
-		errs = append(errs, fmt.Errorf("policy: %w", err))
-	}
 	if len(unserved) > 0 {
 		a.log.Debug("routes that cannot be served here", "prefixes", unserved)
 	}
@@ -346,14 +356,6 @@ func (a *Agent) reconcile(ctx context.Context) {
 	a.metrics.reconciles.Inc()
 	a.metrics.reconcileSeconds.Observe(d.Seconds())
 	a.metrics.routes.Set(float64(len(rem)))
-	peers := a.speaker.Peers()
-	up := 0
-	for _, p := range peers {
-		if p.State == "Established" {
-			up++
-		}
-	}
-	a.metrics.peersUp.Set(float64(up))
 	a.mu.Lock()
 	a.status.Routes = len(rem)
 	a.status.Unserved = unserved

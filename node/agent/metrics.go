@@ -11,7 +11,7 @@ import (
 
 type metrics struct {
 	reg              *prometheus.Registry
-	peersUp          prometheus.Gauge
+	peersUp          prometheus.GaugeFunc
 	routes           prometheus.Gauge
 	reconciles       prometheus.Counter
 	errors           prometheus.Counter
@@ -19,10 +19,12 @@ type metrics struct {
 	reconcileSeconds prometheus.Histogram
 }
 
-func newMetrics() *metrics {
+// newMetrics registers the daemon's metrics; peersUp is read at scrape time,
+// since sessions change without any reconcile.
+func newMetrics(peersUp func() float64) *metrics {
 	m := &metrics{
 		reg:              prometheus.NewRegistry(),
-		peersUp:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "tabby_bgp_peers_established", Help: "BGP sessions in state Established."}),
+		peersUp:          prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "tabby_bgp_peers_established", Help: "BGP sessions in state Established."}, peersUp),
 		routes:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "tabby_routes_programmed", Help: "Routes to other hosts' blocks in the kernel."}),
 		reconciles:       prometheus.NewCounter(prometheus.CounterOpts{Name: "tabby_reconciles_total", Help: "Reconcile passes."}),
 		errors:           prometheus.NewCounter(prometheus.CounterOpts{Name: "tabby_reconcile_errors_total", Help: "Reconcile steps that failed."}),

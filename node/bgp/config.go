@@ -71,8 +71,9 @@ type Config struct {
 	ConnectRetry time.Duration
 	// HoldTime is the proposed hold time (90 s when 0).
 	HoldTime time.Duration
-	// InitialSyncTimeout bounds how long Routes() stays silent after start
-	// while waiting for every peer's End-of-RIB (10 s when 0); see Routes.
+	// InitialSyncTimeout bounds how long Routes() stays silent after the
+	// first SetPeers while waiting for every peer's End-of-RIB (10 s when
+	// 0); see Routes.
 	InitialSyncTimeout time.Duration
 	// Coalesce is how long a burst of best-path changes is collected
 	// before one new route set is published (100 ms when 0).

@@ -48,11 +48,11 @@ func (s *Speaker) publish(st *state) {
 }
 
 func (s *Speaker) initialSyncDone(st *state) bool {
-	if st.deadlinePast {
-		return true
-	}
 	if !st.peersSet {
 		return false
+	}
+	if st.deadlinePast {
+		return true
 	}
 	if len(st.peers) == 0 {
 		return true

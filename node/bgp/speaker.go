@@ -128,14 +128,21 @@ func (s *Speaker) poke() {
 func (s *Speaker) run() {
 	defer close(s.done)
 	st := s.st
-	initial := time.NewTimer(s.cfg.InitialSyncTimeout)
-	defer initial.Stop()
+	// The initial-sync bound starts with the first peer set: a daemon that
+	// starts while etcd is away has no peers yet, and must not call an empty
+	// table "settled" (its kernel routes would be removed).
+	var initial <-chan time.Time
+	armed := false
 	var coalesce *time.Timer
 	var coalesceC <-chan time.Time
 	for {
 		select {
 		case f := <-s.ops:
 			f()
+			if st.peersSet && !armed {
+				armed = true
+				initial = time.After(s.cfg.InitialSyncTimeout)
+			}
 		case <-s.kick:
 			// Collect the rest of the burst before listing the RIB.
 			if coalesceC == nil {
@@ -145,7 +152,7 @@ func (s *Speaker) run() {
 		case <-coalesceC:
 			coalesceC = nil
 			s.publish(st)
-		case <-initial.C:
+		case <-initial:
 			st.deadlinePast = true
 			s.publish(st)
 		case <-s.quit:

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Every kernel change these tests make happens in namespaces they create
@@ -87,7 +88,7 @@ func (h host) handle(t testing.TB) *netlink.Handle {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	nh, err := netlink.NewHandleAt(ns)
+	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,11 +10,13 @@ import (
 )
 
 // TestIPIPSupported: the probe agrees with iproute2 in a scratch namespace
-// (false on this test machine, whose kernel has no ipip).
+// (false on this test machine, whose kernel has no ipip). The reference
+// tunnel has a remote: one without would clash with the namespace's tunl0
+// (same any/any parameters, EEXIST) wherever ipip exists.
 func TestIPIPSupported(t *testing.T) {
 	requireRoot(t)
 	h := newHost(t, "probe")
-	out, err := exec.Command("ip", "-n", h.name, "link", "add", "probe0", "type", "ipip").CombinedOutput()
+	out, err := exec.Command("ip", "-n", h.name, "link", "add", "probe0", "type", "ipip", "remote", "192.0.2.1").CombinedOutput()
 	want := err == nil
 	got, perr := probeIPIP()
 	t.Logf("ip link add type ipip: %v %s; probe: %v (%v)", err, strings.TrimSpace(string(out)), got, perr)

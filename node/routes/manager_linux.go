@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Manager programs routes to other hosts' blocks, blackholes for local
@@ -31,7 +32,7 @@ func New(opts Options) (*Manager, error) {
 	}
 	var h *netlink.Handle
 	if opts.NetNSPath == "" {
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	} else {
 		var ns netns.NsHandle
 		ns, err = netns.GetFromPath(opts.NetNSPath)
@@ -40,7 +41,7 @@ func New(opts Options) (*Manager, error) {
 		}
 		// The socket keeps its namespace after the handle to it is closed.
 		defer ns.Close()
-		h, err = netlink.NewHandleAt(ns)
+		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open netlink socket: %w", err)

@@ -271,6 +271,12 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 			return nil, err
 		}
 		if m.handle != nil {
+			// Container IDs are per host; the same ID on another host is
+			// another container, and must not be handed this one's addresses.
+			if m.handle.Host != "" && m.handle.Host != a.Host {
+				return nil, errf(CodeAddressInUse, "container ID %s of network %s already holds %v on host %s; container IDs must be unique across hosts",
+					req.ContainerID, req.Network, m.handle.IPs, m.handle.Host)
+			}
 			h, out, err := a.existing(m.handle, m.pools)
 			if err != nil {
 				return nil, err
@@ -642,7 +648,7 @@ func (a *IPAM) Release(ctx context.Context, network, containerID string) error {
 		return err
 	}
 	defer unlock()
-	written, rev, err := release(ctx, a.KV, model.HandleKey(network, containerID), nil)
+	written, rev, err := release(ctx, a.KV, model.HandleKey(network, containerID), nil, a.Host)
 	if err == nil && len(written) > 0 {
 		if c := a.loadCache(); c != nil {
 			a.updateCache(c, nil, nil, written, rev)
@@ -654,13 +660,14 @@ func (a *IPAM) Release(ctx context.Context, network, containerID string) error {
 // releaseHandle frees the handle's addresses; with only set, just those
 // addresses (and the handle survives while it holds others).
 func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) error {
-	_, _, err := release(ctx, kv, hkey, only)
+	_, _, err := release(ctx, kv, hkey, only, "")
 	return err
 }
 
 // release frees the handle's addresses and returns the blocks it wrote (nil:
-// deleted) and the revision of the commit.
-func release(ctx context.Context, kv store.KV, hkey string, only net.IP) (map[string]*model.Block, int64, error) {
+// deleted) and the revision of the commit. With host set, a handle another
+// host holds is left alone (a DEL for a container ID that is another host's).
+func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host string) (map[string]*model.Block, int64, error) {
 	var written map[string]*model.Block
 	rev, err := store.ReadModifyWrite(ctx, kv, []string{hkey}, func(rs *store.ReadSet) ([]store.Op, error) {
 		written = nil
@@ -669,7 +676,7 @@ func release(ctx context.Context, kv store.KV, hkey string, only net.IP) (map[st
 		if err != nil {
 			return nil, err
 		}
-		if !ok {
+		if !ok || (host != "" && h.Host != "" && h.Host != host) {
 			return nil, store.ErrAbort
 		}
 		if err := rs.Fetch(h.Blocks...); err != nil {

@@ -391,3 +391,26 @@ func TestHostCacheOneRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// The same container ID on two hosts: the second host gets an error, not the
+// first host's address, and its DEL leaves the first host's allocation alone.
+func TestSameContainerIDOnTwoHosts(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	h1 := &IPAM{KV: kv, Host: "h1"}
+	h2 := &IPAM{KV: kv, Host: "h2"}
+	_, out, err := h1.Assign(ctx, req("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h2.Assign(ctx, req("web")); CodeOf(err) != CodeAddressInUse {
+		t.Fatalf("second host: %v", err)
+	}
+	if err := h2.Release(ctx, "net", "web"); err != nil {
+		t.Fatal(err)
+	}
+	if al, _, _ := Lookup(ctx, kv, out[0].IP); al == nil || al.Host != "h1" {
+		t.Fatalf("h2's DEL released h1's address: %+v", al)
+	}
+}

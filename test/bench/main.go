@@ -44,6 +44,7 @@ type config struct {
 	out                    string
 	n, callers, per, inits int
 	quick                  bool
+	node                   string // node rows: on, off or only
 	bin, cnitool, cniDir   string
 }
 
@@ -106,6 +107,7 @@ func parseFlags() config {
 	flag.StringVar(&c.bin, "bin", os.Getenv("TABBY_BIN"), "directory with tabby, tabby-ipam, tabbyctl (default $TABBY_BIN, else <repo>/bin)")
 	flag.StringVar(&c.cnitool, "cnitool", "", "cnitool binary (default <bin>/tools/cnitool, <repo>/bin/tools/cnitool, $PATH)")
 	flag.StringVar(&c.cniDir, "cni-dir", "/usr/lib/cni", "directory with Debian's ptp and host-local")
+	flag.StringVar(&c.node, "node", "on", "tabby-node rows (node_rows.go, a 10-host lab of their own): on, off or only")
 	flag.Parse()
 	if c.quick {
 		set := map[string]bool{}
@@ -119,6 +121,10 @@ func parseFlags() config {
 				*q.v = q.val
 			}
 		}
+	}
+	if c.node != "on" && c.node != "off" && c.node != "only" {
+		fmt.Fprintln(os.Stderr, "bench: -node is on, off or only")
+		os.Exit(2)
 	}
 	if c.n < 1 || c.callers < 1 || c.per < 1 || c.inits < 1 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "bench: -n, -c, -per and -init-runs must be at least 1; no arguments")
@@ -143,6 +149,10 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 	p, err := findPaths(c)
 	if err != nil {
 		return nil, err
+	}
+	if c.node == "only" {
+		rows, notes, err := nodeAndPolicyRows(s, c, p)
+		return &Report{Meta: meta(c, p), Rows: rows, Notes: notes}, err
 	}
 	progress("building the lab")
 	l := lab.New(s, lab.Options{Hosts: 1})
@@ -204,6 +214,13 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 	}
 	rep.Rows = append(rep.Rows, rows...)
 
+	if c.node == "on" {
+		rows, notes, err := nodeAndPolicyRows(s, c, p)
+		if err != nil {
+			return nil, fmt.Errorf("node rows: %w", err)
+		}
+		rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, notes...)
+	}
 	rep.ratios()
 	rep.Meta["loadavg"] = "1/5/15 min: " + loadStart + " at start, " + loadavg() + " at end"
 	for _, w := range b.leftovers() {
@@ -379,4 +396,18 @@ var started = time.Now()
 
 func progress(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "bench [%5.1fs] %s\n", time.Since(started).Seconds(), fmt.Sprintf(format, a...))
+}
+
+// nodeAndPolicyRows runs the tabby-node rows and the policy rows, each in a
+// lab of its own.
+func nodeAndPolicyRows(s *lab.Script, c config, p paths) ([]Row, []string, error) {
+	rows, notes, err := nodeRows(s, c, p)
+	if err != nil {
+		return rows, notes, err
+	}
+	prows, pnotes, err := policyRows(s, c, p)
+	if err != nil {
+		return rows, notes, fmt.Errorf("policy rows: %w", err)
+	}
+	return append(rows, prows...), append(notes, pnotes...), nil
 }

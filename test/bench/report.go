@@ -42,6 +42,9 @@ type Row struct {
 	InitPackages int     `json:"init_packages,omitempty"` // packages with an init
 	InitDoneMs   float64 `json:"init_done_ms,omitempty"`  // p50 of when the last init ended, since process start
 	Note         string  `json:"note,omitempty"`
+	// Node rows (node_rows.go): the unit of the values, and a goal's verdict.
+	Unit string `json:"unit,omitempty"`
+	Goal string `json:"goal,omitempty"`
 }
 
 // callRow computes a row from process samples.
@@ -175,6 +178,7 @@ func (rep *Report) markdown() string {
 		}
 	}
 	b.WriteString(rep.binaryTable())
+	b.WriteString(rep.nodeTable())
 	b.WriteString(rep.goals())
 	b.WriteString(rep.breakdown())
 	if len(rep.Notes) > 0 {
