@@ -37,7 +37,8 @@ func (a *Agent) serveStatus() (func(), error) {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), d)
 		defer cancel()
-		a.poke()
+		// No poke: the endpoint's own watch event brings the reconcile, and
+		// an extra one started before that event lands would only delay it.
 		if err := a.ready.wait(ctx, q.Get("iface"), q.Get("container")); err != nil {
 			http.Error(w, err.Error(), http.StatusGatewayTimeout)
 			return
