@@ -73,9 +73,13 @@ func newCall(args *skel.CmdArgs) (*call, error) {
 	if wl == "" {
 		wl = args.ContainerID
 	}
-	if err := model.ValidName(wl); err != nil {
-		kv.Close()
-		return nil, &netconf.Error{Code: netconf.CodeBadArgs, Msg: "container ID: " + err.Error()}
+	// GC and STATUS come without a container (skel requires one for ADD,
+	// DEL and CHECK).
+	if wl != "" {
+		if err := model.ValidName(wl); err != nil {
+			kv.Close()
+			return nil, &netconf.Error{Code: netconf.CodeBadArgs, Msg: "container ID: " + err.Error()}
+		}
 	}
 	return &call{
 		args: args, conf: c, wargs: wa, host: host, kv: kv, workload: wl,

@@ -374,3 +374,55 @@ func TestCNIDelegatedIPAM(t *testing.T) {
 		})
 	}
 }
+
+// GC: the tabby plugin removes this network's endpoints (veth, record) and
+// addresses that no valid attachment names, and keeps the rest.
+func TestCNIGC(t *testing.T) {
+	e := newEnv(t, lab.Options{Hosts: 1})
+	h := e.l.Hosts[0]
+	e.pool("10.0.0.0/16")
+	conf := e.conf(h, "", "", "")
+	_, keepNS := e.l.AddContainer(h, "keep")
+	_, goneNS := e.l.AddContainer(h, "gone")
+	addrOf(t, e.plugin(h, "ADD", "keep", keepNS, "eth0", "", conf))
+	addrOf(t, e.plugin(h, "ADD", "gone", goneNS, "eth0", "", conf))
+	gc := withPrev(t, conf, []byte("null"))
+	var m map[string]any
+	json.Unmarshal(gc, &m)
+	delete(m, "prevResult")
+	m["cni.dev/valid-attachments"] = []map[string]string{{"containerID": "keep", "ifname": "eth0"}}
+	gc, _ = json.Marshal(m)
+	if o := e.plugin(h, "GC", "", "", "", "", gc); o.ExitCode != 0 {
+		t.Fatalf("GC: %s %s", o.Stdout, o.Stderr)
+	}
+	eps := e.keys(model.HostWorkloadPrefix(h.Name))
+	if len(eps) != 1 || !strings.Contains(eps[0], "/keep/") {
+		t.Fatalf("endpoints after GC: %v", eps)
+	}
+	if n := strings.Count(e.l.MustExec(h.NS, "ip", "-o", "link"), "tby"); n != 1 {
+		t.Fatalf("%d veths after GC, want 1", n)
+	}
+	if hs := e.keys(model.HandlePrefix); len(hs) != 1 || !strings.HasSuffix(hs[0], "/keep") {
+		t.Fatalf("handles after GC: %v", hs)
+	}
+	e.plugin(h, "DEL", "keep", keepNS, "eth0", "", conf)
+	e.assertClean(h)
+}
+
+// STATUS: fine with etcd and a pool with room; code 11 when etcd is away.
+func TestCNIStatus(t *testing.T) {
+	e := newEnv(t, lab.Options{Hosts: 1})
+	h := e.l.Hosts[0]
+	conf := e.conf(h, "", "", "")
+	if o := e.plugin(h, "STATUS", "", "", "", "", conf); o.ExitCode == 0 {
+		t.Fatal("STATUS passed with no pool")
+	}
+	e.pool("10.0.0.0/16")
+	if o := e.plugin(h, "STATUS", "", "", "", "", conf); o.ExitCode != 0 {
+		t.Fatalf("STATUS: %s", o.Stdout)
+	}
+	bad := []byte(strings.Replace(string(conf), e.l.EtcdURL, "http://198.19.0.254:1", 1))
+	if o := e.plugin(h, "STATUS", "", "", "", "", bad); o.ErrCode != 11 {
+		t.Fatalf("STATUS with etcd unreachable: code %d %s", o.ErrCode, o.ErrMsg)
+	}
+}

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tabby-net/tabby/pkg/model"
 
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/testutil"
@@ -211,4 +214,36 @@ func TestNodeDualStack(t *testing.T) {
 	if r := e.l.MustExec(e.l.Hosts[0].NS, "ip", "-6", "route", "show", "proto", "80"); !strings.Contains(r, "via "+e.l.Hosts[1].IP6) {
 		t.Fatalf("host1 IPv6 routes:\n%s", r)
 	}
+}
+
+// With tabby-node installed but not answering, an ADD cannot get its policy
+// in force: code 11 and nothing left behind. Once the daemon runs, the same
+// ADD succeeds.
+func TestNodeDownADDFailsClosed(t *testing.T) {
+	e := newEnv(t, lab.Options{Hosts: 1})
+	h := e.l.Hosts[0]
+	e.pool("10.0.0.0/16")
+	e.openNetwork()
+	p := e.startNode(h)
+	e.waitEstablished(h, 0, 20*time.Second)
+	p.Kill(syscall.SIGKILL)
+	p.Wait()
+	_, ns := e.l.AddContainer(h, "w")
+	conf := e.conf(h, "", e.netExtra+`,"policy_setup_timeout_seconds":2`, "")
+	o := e.plugin(h, "ADD", "w", ns, "eth0", "", conf)
+	if o.ErrCode != 11 {
+		t.Fatalf("ADD with tabby-node down: code %d (%s), want 11", o.ErrCode, o.ErrMsg)
+	}
+	t.Logf("code 11 after %v: %s", o.Took.Round(time.Millisecond), o.ErrMsg)
+	if links := e.l.MustExec(h.NS, "ip", "-o", "link"); strings.Contains(links, "tby") {
+		t.Fatalf("veth left after a failed ADD:\n%s", links)
+	}
+	for _, pre := range []string{model.HostWorkloadPrefix(h.Name), model.HandlePrefix} {
+		if k := e.keys(pre); len(k) != 0 {
+			t.Fatalf("keys left under %s: %v", pre, k)
+		}
+	}
+	e.startNode(h)
+	e.waitEstablished(h, 0, 20*time.Second)
+	addrOf(t, e.plugin(h, "ADD", "w", ns, "eth0", "", conf))
 }
