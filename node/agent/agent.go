@@ -342,7 +342,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 	if settled {
 		if err := a.routeManager(tun); err != nil {
 			errs = append(errs, err)
-		} else if err := a.rt.Sync(routes.Local{Blocks: v.blocks}, rem); err != nil {
+		} else if err := a.rt.Sync(routes.Local{Blocks: append(append([]*net.IPNet{}, v.blocks...), cidrs(unserved)...)}, rem); err != nil {
 			errs = append(errs, fmt.Errorf("routes: %w", err))
 		}
 	}
@@ -525,4 +525,17 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 		}
 		return &rec, nil
 	})
+}
+
+// cidrs parses prefixes. Unserved remote prefixes get a blackhole like local
+// blocks: without it their packets would follow the default route out of
+// the host, unencapsulated.
+func cidrs(ss []string) []*net.IPNet {
+	var out []*net.IPNet
+	for _, s := range ss {
+		if _, n, err := net.ParseCIDR(s); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -906,15 +906,16 @@ func TestNodeMoreIPIPUnsupported(t *testing.T) {
 		if !strings.Contains(out, "unserved prefixes: ") || !strings.Contains(out, ipipBlocks[other.Name][0]) {
 			t.Fatalf("tabbyctl node status on %s does not show the unserved IPIP block:\n%s", h.Name, out)
 		}
-		// No route of tabby's to the other host's IPIP block: not tunl0,
-		// and no plain route that would pretend it works.
+		// No route of tabby's to the other host's IPIP block that would
+		// pretend it works (not tunl0, not plain): only a blackhole, so its
+		// packets die here instead of leaving by the default route.
 		routes, err := e.nmRoutes(h)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, b := range ipipBlocks[other.Name] {
-			if r := routes[b]; len(r) > 0 {
-				t.Fatalf("%s has a route to %s's IPIP block: %q", h.Name, other.Name, r)
+			if r := routes[b]; len(r) != 1 || !strings.HasPrefix(r[0], "blackhole ") {
+				t.Fatalf("%s's route to %s's unserved IPIP block %s: %q, want one blackhole", h.Name, other.Name, b, r)
 			}
 		}
 	}
