@@ -292,7 +292,7 @@ func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	addrs := setNets(ep, ips)
 	encap := 0
 	for _, a := range addrs {
-		encap = max(encap, encapOverhead(o.pools, a.IP))
+		encap = max(encap, model.EncapOverhead(o.pools, a.IP))
 	}
 	mtu := c.conf.MTU
 	if mtu == 0 {
@@ -332,25 +332,6 @@ func containerMAC(containerID, ifName string) net.HardwareAddr {
 	mac := net.HardwareAddr(h[:6])
 	mac[0] = (mac[0] | 0x02) &^ 0x01
 	return mac
-}
-
-// encapOverhead is the tunnel header of the pool that holds ip.
-func encapOverhead(pools []model.Pool, ip net.IP) int {
-	for _, p := range pools {
-		if !p.IPNet().Contains(ip) {
-			continue
-		}
-		switch {
-		case p.VXLANMode != model.EncapNever && p.VXLANMode != "":
-			if p.IsV6() {
-				return 70
-			}
-			return 50
-		case p.IPIPMode != model.EncapNever && p.IPIPMode != "":
-			return 20
-		}
-	}
-	return 0
 }
 
 func classifyDataplane(err error) error {

@@ -95,27 +95,7 @@ func (d *Driver) workloadMTU(pools []model.Pool, ips []net.IP) int {
 	}
 	encap := 0
 	for _, ip := range ips {
-		encap = max(encap, encapOverhead(pools, ip))
+		encap = max(encap, model.EncapOverhead(pools, ip))
 	}
 	return uplink - encap
-}
-
-// encapOverhead is the tunnel header of the pool that holds ip (as the CNI
-// plugin computes it).
-func encapOverhead(pools []model.Pool, ip net.IP) int {
-	for _, p := range pools {
-		if !p.IPNet().Contains(ip) {
-			continue
-		}
-		switch {
-		case p.VXLANMode != model.EncapNever && p.VXLANMode != "":
-			if p.IsV6() {
-				return 70
-			}
-			return 50
-		case p.IPIPMode != model.EncapNever && p.IPIPMode != "":
-			return 20
-		}
-	}
-	return 0
 }

@@ -230,3 +230,24 @@ type BGPPeer struct {
 type ClusterConfig struct {
 	StrictAffinity bool `json:"strictAffinity"`
 }
+
+// EncapOverhead is the tunnel header the pool holding ip puts on its
+// workloads' packets (VXLAN 50, or 70 over IPv6; IPIP 20), which their MTU
+// must leave room for; 0 when no pool holds ip or it is not encapsulated.
+func EncapOverhead(pools []Pool, ip net.IP) int {
+	for _, p := range pools {
+		if !p.IPNet().Contains(ip) {
+			continue
+		}
+		switch {
+		case p.VXLANMode != EncapNever && p.VXLANMode != "":
+			if p.IsV6() {
+				return 70
+			}
+			return 50
+		case p.IPIPMode != EncapNever && p.IPIPMode != "":
+			return 20
+		}
+	}
+	return 0
+}
