@@ -494,7 +494,7 @@ var cmdStatus = verb("STATUS", plugin.Deadline, func(ctx context.Context, c *cal
 
 // uplinkMTU is what tabby-node measured and wrote to <state_dir>/mtu (as
 // Calico's felix does), so an ADD does not dump every link and route of a
-// busy host; without a node daemon, the plugin measures itself.
+// busy host; without a node daemon, the plugin measures once and writes it.
 func uplinkMTU(stateDir string) int {
 	if b, err := os.ReadFile(filepath.Join(stateDir, "mtu")); err == nil {
 		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n >= 576 {
@@ -502,6 +502,12 @@ func uplinkMTU(stateDir string) int {
 		}
 	}
 	if n, err := dataplane.UplinkMTU(); err == nil {
+		// Remember it for the next ADD (tabby-node rewrites the file when it
+		// starts, so a changed uplink is picked up there).
+		tmp := filepath.Join(stateDir, fmt.Sprintf(".mtu.%d", os.Getpid()))
+		if os.WriteFile(tmp, []byte(strconv.Itoa(n)+"\n"), 0o644) == nil {
+			_ = os.Rename(tmp, filepath.Join(stateDir, "mtu"))
+		}
 		return n
 	}
 	return 1500
