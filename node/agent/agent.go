@@ -217,6 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer tick.Stop()
 	routesCh := a.speaker.Routes()
 	for {
+		full := false
 		select {
 		case <-ctx.Done():
 			a.log.Info("stopping; kernel routes and rules stay in place")
@@ -236,11 +237,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.cache.Changed():
 		case <-a.kick:
 		case <-tick.C:
+			full = true // read the kernel: repair what others changed
 		}
 		// Coalesce bursts (a profile change touches many keys).
 		drain(a.cache.Changed(), a.kick)
 		if a.cache.Synced() {
-			a.reconcile(ctx)
+			a.reconcile(ctx, full)
 		}
 	}
 }
@@ -300,12 +302,12 @@ func (a *Agent) snapshot() *view {
 }
 
 // reconcile drives BGP, routes and NAT to the desired state.
-func (a *Agent) reconcile(ctx context.Context) {
+func (a *Agent) reconcile(ctx context.Context, full bool) {
 	start := time.Now()
 	v := a.snapshot()
 	var errs []error
 	// The packet filter first: a CNI ADD is waiting for it.
-	if err := a.syncPolicy(v); err != nil {
+	if err := a.syncPolicy(v, full); err != nil {
 		errs = append(errs, fmt.Errorf("policy: %w", err))
 	}
 	// Prefixes first, so a new session starts with the full set.

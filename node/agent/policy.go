@@ -62,7 +62,7 @@ func (r *readiness) wait(ctx context.Context, iface, container string) error {
 // syncPolicy renders and applies the packet filter for this host's
 // endpoints. It first makes the cache follow exactly the tags the rules
 // name; rules are marked ready only once those tags are loaded.
-func (a *Agent) syncPolicy(v *view) error {
+func (a *Agent) syncPolicy(v *view, full bool) error {
 	profiles := map[string]model.Profile{}
 	for _, p := range watch.Decode[model.Profile](a.cache, model.ProfilePrefix, nil) {
 		profiles[p.Name] = p
@@ -86,22 +86,33 @@ func (a *Agent) syncPolicy(v *view) error {
 	}
 	out := policy.Render(policy.Input{Endpoints: v.endpoints, Profiles: profiles, Tags: members, HostPorts: a.cfg.HostPorts})
 	// Sets before the rules that name them; stale sets after.
-	if _, err := iptables.SyncSets(out.Sets...); err != nil {
-		return err
-	}
-	if err := a.ipt4.Apply(out.Filter4); err != nil {
-		return err
-	}
+	// On the event path tabby diffs against what it last applied (a CNI ADD
+	// is waiting); the periodic pass (full) reads the kernel and repairs
+	// what anyone else changed.
+	syncSets, apply4, apply6, listSets := iptables.SyncSetsKnown, a.ipt4.ApplyKnown, func(...iptables.Table) error { return nil }, iptables.KnownSets
 	if a.ipt6 != nil {
-		if err := a.ipt6.Apply(out.Filter6); err != nil {
-			return err
+		apply6 = a.ipt6.ApplyKnown
+	}
+	if full {
+		syncSets, apply4, listSets = iptables.SyncSets, a.ipt4.Apply, iptables.ListSets
+		if a.ipt6 != nil {
+			apply6 = a.ipt6.Apply
 		}
+	}
+	if _, err := syncSets(out.Sets...); err != nil {
+		return err
+	}
+	if err := apply4(out.Filter4); err != nil {
+		return err
+	}
+	if err := apply6(out.Filter6); err != nil {
+		return err
 	}
 	keep := map[string]bool{}
 	for _, s := range out.Sets {
 		keep[s.Name] = true
 	}
-	if existing, err := iptables.ListSets(); err == nil {
+	if existing, err := listSets(); err == nil {
 		for _, s := range existing {
 			if (strings.HasPrefix(s, "tabby-t4-") || strings.HasPrefix(s, "tabby-t6-")) && !keep[s] {
 				if err := iptables.DestroySet(s); err != nil {

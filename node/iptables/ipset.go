@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Set is an ipset tabby owns (names start with "tabby-").
@@ -62,12 +63,38 @@ func currentMembers(name string) ([]string, bool) {
 // SyncSets makes each set hold exactly its members. A changed set is filled
 // under a temporary name and swapped in, so a packet never sees it half
 // built. It reports how many sets it rewrote.
-func SyncSets(sets ...Set) (int, error) {
-	changed := 0
-	cur, err := currentSets()
-	if err != nil {
-		return 0, err
+func SyncSets(sets ...Set) (int, error) { return syncSets(false, sets) }
+
+// SyncSetsKnown is SyncSets that compares with what the last sync left
+// instead of running `ipset save` (the event path; the periodic resync
+// uses SyncSets and so repairs changes made by others).
+func SyncSetsKnown(sets ...Set) (int, error) { return syncSets(true, sets) }
+
+var (
+	knownMu   sync.Mutex
+	knownSets map[string][]string // tabby's sets as the last sync left them
+)
+
+func syncSets(useKnown bool, sets []Set) (changed int, err error) {
+	knownMu.Lock()
+	defer knownMu.Unlock()
+	cur := knownSets
+	if !useKnown || cur == nil {
+		if cur, err = currentSets(); err != nil {
+			return 0, err
+		}
 	}
+	next := map[string][]string{}
+	for k, v := range cur {
+		next[k] = v
+	}
+	defer func() {
+		if err != nil {
+			knownSets = nil
+		} else {
+			knownSets = next
+		}
+	}()
 	var in bytes.Buffer
 	for _, s := range sets {
 		if !strings.HasPrefix(s.Name, SetPrefix) || len(s.Name) > 31 {
@@ -80,6 +107,7 @@ func SyncSets(sets ...Set) (int, error) {
 		sort.Strings(want)
 		want = dedup(want)
 		have, exists := cur[s.Name]
+		next[s.Name] = want
 		if exists && equal(have, want) {
 			continue
 		}
@@ -122,6 +150,9 @@ func DestroySet(name string) error {
 	if out, err := exec.Command("ipset", "destroy", name).CombinedOutput(); err != nil {
 		return fmt.Errorf("ipset destroy %s: %v: %s", name, err, out)
 	}
+	knownMu.Lock()
+	delete(knownSets, name)
+	knownMu.Unlock()
 	return nil
 }
 
@@ -159,4 +190,21 @@ func hostForm(m string) string {
 		return strings.TrimSuffix(m, "/128")
 	}
 	return m
+}
+
+// KnownSets lists tabby's sets as the last sync left them, reading them only
+// when no sync has run yet.
+func KnownSets() ([]string, error) {
+	knownMu.Lock()
+	k := knownSets
+	knownMu.Unlock()
+	if k == nil {
+		return ListSets()
+	}
+	names := make([]string, 0, len(k))
+	for n := range k {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names, nil
 }

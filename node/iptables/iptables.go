@@ -37,6 +37,9 @@ type Backend struct {
 	mu      sync.Mutex
 	// Changes counts restore runs that changed something, for tests and metrics.
 	Changes int
+	// known is each table as the last Apply left it (read from the kernel,
+	// plus what that Apply wrote), for ApplyKnown.
+	known map[string]state
 }
 
 // Detect picks the backend the way kube-proxy's iptables-wrapper does: the
@@ -184,10 +187,42 @@ func (b *Backend) Apply(tables ...Table) error {
 	return nil
 }
 
-func (b *Backend) apply(t Table) error {
-	cur, err := b.read(t.Name)
-	if err != nil {
-		return err
+// ApplyKnown is Apply that diffs against the table as tabby's last Apply
+// left it instead of reading it back, saving an iptables-save per table on
+// the event path (a CNI ADD waits on it). A table not seen yet is read. The
+// periodic resync uses Apply, which reads the kernel and so repairs what
+// someone else changed meanwhile.
+func (b *Backend) ApplyKnown(tables ...Table) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, t := range tables {
+		if err := b.applyFrom(t, b.known[t.Name]); err != nil {
+			return fmt.Errorf("iptables %s table: %w", t.Name, err)
+		}
+	}
+	return nil
+}
+
+func (b *Backend) apply(t Table) error { return b.applyFrom(t, nil) }
+
+func (b *Backend) applyFrom(t Table, cur state) (err error) {
+	if cur == nil {
+		if cur, err = b.read(t.Name); err != nil {
+			return err
+		}
+	}
+	if b.known == nil {
+		b.known = map[string]state{}
+	}
+	// Forget the table on failure: the next Apply must read what is there.
+	defer func() {
+		if err != nil {
+			delete(b.known, t.Name)
+		}
+	}()
+	next := state{}
+	for k, v := range cur {
+		next[k] = v
 	}
 	want := map[string]bool{}
 	var buf bytes.Buffer
@@ -197,6 +232,7 @@ func (b *Backend) apply(t Table) error {
 			return fmt.Errorf("chain %s is not tabby's (prefix %s)", c.Name, Prefix)
 		}
 		want[c.Name] = true
+		next[c.Name] = c.Rules
 		have, exists := cur[c.Name]
 		if exists && equal(have, c.Rules) {
 			continue
@@ -220,6 +256,13 @@ func (b *Backend) apply(t Table) error {
 		if n == 1 && len(rules) > 0 && rules[0] == h.rule() {
 			continue
 		}
+		fixed := []string{h.rule()}
+		for _, r := range rules {
+			if r != h.rule() {
+				fixed = append(fixed, r)
+			}
+		}
+		next[h.Chain] = fixed
 		for i := 0; i < n; i++ {
 			body = append(body, fmt.Sprintf("-D %s %s", h.Chain, h.rule()))
 		}
@@ -249,8 +292,28 @@ func (b *Backend) apply(t Table) error {
 	}
 	for _, name := range stale {
 		body = append(body, "-X "+name)
+		delete(next, name)
+	}
+	for chain, rules := range next {
+		if strings.HasPrefix(chain, Prefix) {
+			continue
+		}
+		var keep []string
+		for _, r := range rules {
+			gone := false
+			for _, name := range stale {
+				if strings.HasSuffix(r, "-j "+name) || strings.Contains(r, "-j "+name+" ") || strings.Contains(r, "-g "+name) {
+					gone = true
+				}
+			}
+			if !gone {
+				keep = append(keep, r)
+			}
+		}
+		next[chain] = keep
 	}
 	if buf.Len() == 0 && len(body) == 0 {
+		b.known[t.Name] = next
 		return nil
 	}
 	var in bytes.Buffer
@@ -266,6 +329,7 @@ func (b *Backend) apply(t Table) error {
 		return fmt.Errorf("%s: %v: %s\ninput:\n%s", b.restore, err, strings.TrimSpace(string(out)), in.String())
 	}
 	b.Changes++
+	b.known[t.Name] = next
 	return nil
 }
 

@@ -123,3 +123,62 @@ func TestSyncSets(t *testing.T) {
 		}
 	})
 }
+
+// ApplyKnown trusts what the last Apply left (no read); Apply reads the
+// kernel and repairs what someone else changed in between.
+func TestApplyKnownAndRepair(t *testing.T) {
+	inNS(t, func() {
+		b, err := Detect(V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ipt := "iptables-" + b.Mode
+		if b.Mode == "default" {
+			ipt = "iptables"
+		}
+		tbl := Table{Name: "filter", Chains: []Chain{{Name: "TABBY-X", Rules: []string{"-j DROP"}}},
+			Hooks: []Hook{{Chain: "FORWARD", Target: "TABBY-X"}}}
+		if err := b.Apply(tbl); err != nil {
+			t.Fatal(err)
+		}
+		tbl.Chains[0].Rules = []string{"-s 10.0.0.1/32 -j DROP", "-j RETURN"}
+		if err := b.ApplyKnown(tbl); err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := b.Rules("filter", "TABBY-X"); len(r) != 2 {
+			t.Fatalf("ApplyKnown did not write the change: %q", r)
+		}
+		n := b.Changes
+		if err := b.ApplyKnown(tbl); err != nil || b.Changes != n {
+			t.Fatalf("ApplyKnown rewrote an unchanged table (%v)", err)
+		}
+		// Someone deletes tabby's hook: the event path does not notice,
+		// the periodic Apply puts it back.
+		sh(t, ipt, "-D", "FORWARD", "-j", "TABBY-X")
+		if err := b.ApplyKnown(tbl); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Apply(tbl); err != nil {
+			t.Fatal(err)
+		}
+		if fwd, _ := b.Rules("filter", "FORWARD"); len(fwd) != 1 || fwd[0] != "-j TABBY-X" {
+			t.Fatalf("hook not repaired by the full Apply: %q", fwd)
+		}
+		// Sets: the known path skips unchanged sets too.
+		s := Set{Name: "tabby-k", Type: "hash:net", Family: V4, Members: []string{"10.0.0.1/32"}}
+		if c, err := SyncSets(s); err != nil || c != 1 {
+			t.Fatalf("%d %v", c, err)
+		}
+		if c, err := SyncSetsKnown(s); err != nil || c != 0 {
+			t.Fatalf("known: %d %v", c, err)
+		}
+		s.Members = append(s.Members, "10.0.0.2/32")
+		if c, err := SyncSetsKnown(s); err != nil || c != 1 {
+			t.Fatalf("known change: %d %v", c, err)
+		}
+		if m, _ := currentMembers("tabby-k"); len(m) != 2 {
+			t.Fatalf("members %v", m)
+		}
+		DestroySet("tabby-k")
+	})
+}
