@@ -344,8 +344,15 @@ func TestIPIPLab(t *testing.T) {
 		if got, err := e.l.TCPSourceIP(x1.ns, e.l.OutsideIP, 8080); err == nil {
 			t.Errorf("x1 (pool without nat-outgoing) to the outside: answered (saw %s); nothing routes %s back", got, crossPool)
 		}
-		if r, _ := e.l.Exec(h1.NS, "iptables", "-t", "nat", "-S", "TABBY-POSTROUTING"); !strings.Contains(r, "MASQUERADE") {
-			t.Errorf("host1 nat rules:\n%s", r)
+		// tabby writes to the backend (legacy or nft) that holds more rules;
+		// plain `iptables` may be the other one, so look in both.
+		var rules string
+		for _, bin := range []string{"iptables-nft", "iptables-legacy", "iptables"} {
+			r, _ := e.l.Exec(h1.NS, bin, "-t", "nat", "-S", "TABBY-POSTROUTING")
+			rules += r
+		}
+		if !strings.Contains(rules, "MASQUERADE") {
+			t.Errorf("host1 nat rules (nft, legacy, default):\n%s", rules)
 		}
 	})
 
