@@ -178,7 +178,9 @@ func setNets(ep *model.Endpoint, ips []net.IP) []net.IPNet {
 // In process, the endpoint record (ep) commits in the allocation's own
 // transaction: with a warm host cache the whole ADD is one etcd round trip.
 func (c *call) ipamAdd(ctx context.Context, ep *model.Endpoint) (*ipamOutcome, error) {
-	pre := []store.Op{store.Get(c.epKey), {Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}}
+	// The endpoint as it is, read with the allocation; in process the pools
+	// come with the assigned addresses, delegated they are read here.
+	pre := []store.Op{store.Get(c.epKey)}
 	o := &ipamOutcome{}
 	var gets [][]store.KeyValue
 	if c.inProcessIPAM() {
@@ -205,8 +207,11 @@ func (c *call) ipamAdd(ctx context.Context, ep *model.Endpoint) (*ipamOutcome, e
 			return nil, err
 		}
 		o.result, gets, o.recorded = plugin.IPAMResult(r.Assigned, false), r.Extras, r.Created
+		for _, a := range r.Assigned {
+			o.pools = append(o.pools, a.Pool)
+		}
 	} else {
-		res, err := c.kv.Txn(ctx, nil, pre)
+		res, err := c.kv.Txn(ctx, nil, append(pre, store.Op{Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}))
 		if err != nil {
 			return nil, err
 		}
@@ -221,10 +226,12 @@ func (c *call) ipamAdd(ctx context.Context, ep *model.Endpoint) (*ipamOutcome, e
 			return nil, fmt.Errorf("IPAM %s result: %w", c.conf.IPAM.Type, err)
 		}
 	}
-	for _, kv := range gets[1] {
-		var p model.Pool
-		if json.Unmarshal(kv.Value, &p) == nil {
-			o.pools = append(o.pools, p)
+	if len(gets) > 1 {
+		for _, kv := range gets[1] {
+			var p model.Pool
+			if json.Unmarshal(kv.Value, &p) == nil {
+				o.pools = append(o.pools, p)
+			}
 		}
 	}
 	if len(gets[0]) > 0 {

@@ -260,7 +260,7 @@ func createVeth(host *netlink.Handle, p *plan, contNS ns.NetNS) (*netlink.Veth, 
 	}
 }
 
-func configureHostVeth(host *netlink.Handle, veth *netlink.Veth, p *plan) error {
+func configureHostVeth(host *netlink.Handle, veth netlink.Link, p *plan) error {
 	name := p.HostVeth
 	if p.hasV4 {
 		if err := ensureSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
@@ -396,6 +396,26 @@ func setGatewayNeigh(h *netlink.Handle, idx, family int, ip net.IP) error {
 		return fmt.Errorf("add permanent neighbour %s -> %s in container: %w", ip, HostVethMAC, err)
 	}
 	return nil
+}
+
+// ConfigureHostSide makes an existing veth end in the caller's (host)
+// namespace a workload's host side, as Setup does for the CNI plugin:
+// proxy ARP and forwarding sysctls, the IPv6 gateway link-local, and a /32
+// (/128) route per address. tabby-docker uses it; libnetwork configures the
+// container end itself.
+func ConfigureHostSide(host *netlink.Handle, link netlink.Link, addrs []net.IPNet) error {
+	p := &plan{Config: Config{HostVeth: link.Attrs().Name}, routeProto: DefaultRouteProtocol}
+	for _, a := range addrs {
+		if v4 := a.IP.To4(); v4 != nil {
+			p.addrs, p.hasV4 = append(p.addrs, net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}), true
+		} else {
+			p.addrs, p.hasV6 = append(p.addrs, net.IPNet{IP: a.IP, Mask: net.CIDRMask(128, 128)}), true
+		}
+	}
+	if err := configureHostVeth(host, link, p); err != nil {
+		return err
+	}
+	return addHostRoutes(host, link.Attrs().Index, p)
 }
 
 func hostRoute(idx int, dst *net.IPNet, proto netlink.RouteProtocol) *netlink.Route {
