@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/tabby-net/tabby/cni-plugin/dataplane"
+	"github.com/tabby-net/tabby/pkg/dataplane"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 )

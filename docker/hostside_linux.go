@@ -8,7 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/tabby-net/tabby/cni-plugin/dataplane"
+	"github.com/tabby-net/tabby/pkg/dataplane"
 )
 
 // setupVeth makes the host side of a Docker endpoint: a veth pair in this

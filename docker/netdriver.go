@@ -13,7 +13,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 
-	"github.com/tabby-net/tabby/cni-plugin/dataplane"
+	"github.com/tabby-net/tabby/pkg/dataplane"
 	tipam "github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/nodestatus"

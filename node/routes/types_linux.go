@@ -9,7 +9,7 @@ import (
 
 // Protocol marks every route tabby installs (rtnetlink protocol number,
 // shown as "proto 80" by ip route). It is the same number as
-// cni-plugin/dataplane.DefaultRouteProtocol: the CNI plugin's per-workload
+// pkg/dataplane.DefaultRouteProtocol: the CNI plugin's per-workload
 // routes carry it too, so ownership is decided by more than the protocol
 // (see owned).
 const Protocol netlink.RouteProtocol = 80
