@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tabby-net/tabby/pkg/testutil"
 )
 
 // birdConf is a BIRD 2 route reflector on 127.0.0.3 for two clients. It
@@ -36,10 +38,7 @@ protocol bgp b from rrc { neighbor 127.0.0.2 port %d as 64512; }
 // and 127.0.0.2 (at portA, portB) and returns its port.
 func startBIRD(t *testing.T, portA, portB int32) int32 {
 	t.Helper()
-	bird, err := exec.LookPath("bird")
-	if err != nil {
-		t.Skip("bird (Debian package bird2) not installed")
-	}
+	bird := testutil.Tool(t, "bird") // Debian package bird2
 	rrPort := freePort(t, "127.0.0.3")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "bird.conf")
@@ -63,9 +62,7 @@ func startBIRD(t *testing.T, portA, portB int32) int32 {
 // them), and a withdrawal goes through too.
 func TestBIRDReflector(t *testing.T) {
 	parallel(t)
-	if _, err := exec.LookPath("bird"); err != nil {
-		t.Skip("bird (Debian package bird2) not installed")
-	}
+	testutil.Tool(t, "bird") // Debian package bird2
 	cfgA := baseConfig(t, "127.0.0.1", freePort(t, "127.0.0.1"))
 	cfgA.NextHop6 = "fd00:ffff::1"
 	a := startNode(t, cfgA)
@@ -92,9 +89,7 @@ func TestBIRDReflector(t *testing.T) {
 // and keeps it when the new session comes up until A's End-of-RIB.
 func TestBIRDCrashRestart(t *testing.T) {
 	parallel(t)
-	if _, err := exec.LookPath("bird"); err != nil {
-		t.Skip("bird (Debian package bird2) not installed")
-	}
+	testutil.Tool(t, "bird") // Debian package bird2
 	portA := freePort(t, "127.0.0.1")
 	b := newNode(t, "127.0.0.2")
 	rrPort := startBIRD(t, portA, b.port)
