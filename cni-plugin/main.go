@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,7 +19,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/dataplane"
+	"github.com/tabby-net/tabby/pkg/ifaddr"
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/netconf"
@@ -38,58 +39,38 @@ func main() {
 
 // call is one invocation's parsed input and connections.
 type call struct {
-	args     *skel.CmdArgs
-	conf     *netconf.NetConf
+	*plugin.Env
 	wargs    *netconf.Args
-	host     string
-	kv       store.KV
-	log      *plugin.Logger
 	workload string
 	epKey    string
 	veth     string
 }
 
-func newCall(args *skel.CmdArgs) (*call, error) {
-	c, err := netconf.Parse(args.StdinData)
-	if err != nil {
-		return nil, err
+func open(e *plugin.Env) (*call, error) {
+	if e.Conf.IPAM.Type == "" {
+		return nil, cnierr.New(cnierr.BadConfig, "network configuration has no ipam type; use \"tabby-ipam\" (or host-local)")
 	}
-	if c.IPAM.Type == "" {
-		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: "network configuration has no ipam type; use \"tabby-ipam\" (or host-local)"}
-	}
-	wa, err := netconf.ParseArgs(args.Args, c)
-	if err != nil {
-		return nil, err
-	}
-	host, err := c.Node()
-	if err != nil {
-		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: err.Error()}
-	}
-	kv, err := plugin.OpenKV(c)
+	wa, err := netconf.ParseArgs(e.Args.Args, e.Conf)
 	if err != nil {
 		return nil, err
 	}
 	wl := wa.Workload
 	if wl == "" {
-		wl = args.ContainerID
+		wl = e.Args.ContainerID
 	}
 	// GC and STATUS come without a container (skel requires one for ADD,
 	// DEL and CHECK).
 	if wl != "" {
 		if err := model.ValidName(wl); err != nil {
-			kv.Close()
-			return nil, &netconf.Error{Code: netconf.CodeBadArgs, Msg: "container ID: " + err.Error()}
+			return nil, cnierr.New(cnierr.BadArgs, "container ID: %v", err)
 		}
 	}
 	return &call{
-		args: args, conf: c, wargs: wa, host: host, kv: kv, workload: wl,
-		log:   plugin.NewLogger(c.LogFile, c.LogLevel, "tabby "+args.ContainerID),
-		epKey: model.EndpointKey(host, wa.Orchestrator, wl, args.IfName),
-		veth:  dataplane.HostVethName(wa.Orchestrator + "/" + wl + "/" + args.IfName),
+		Env: e, wargs: wa, workload: wl,
+		epKey: model.EndpointKey(e.Host, wa.Orchestrator, wl, e.Args.IfName),
+		veth:  dataplane.HostVethName(wa.Orchestrator + "/" + wl + "/" + e.Args.IfName),
 	}, nil
 }
-
-func (c *call) close() { c.kv.Close(); c.log.Close() }
 
 // delegateEnv makes the IPAM plugin tolerate tabby's own CNI_ARGS keys:
 // host-local, like every reference plugin, refuses unknown keys otherwise.
@@ -103,41 +84,26 @@ func delegateEnv() {
 	}
 }
 
-// verb wraps one CNI verb: parse and connect, bound the datastore work by a
-// deadline, log a failure, and answer with the CNI error object.
-func verb(name string, d time.Duration, fn func(ctx context.Context, c *call, args *skel.CmdArgs) error) func(*skel.CmdArgs) error {
-	return func(args *skel.CmdArgs) error {
-		c, err := newCall(args)
-		if err != nil {
-			return plugin.ToCNI(err)
-		}
-		defer c.close()
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		defer cancel()
-		if err := fn(ctx, c, args); err != nil {
-			c.log.Errorf("%s: %v", name, err)
-			return plugin.ToCNI(err)
-		}
-		return nil
-	}
+func verb(name string, d time.Duration, fn func(context.Context, *call) error) func(*skel.CmdArgs) error {
+	return plugin.Verb("tabby", name, d, open, fn)
 }
 
-var cmdAdd = verb("ADD", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
+var cmdAdd = verb("ADD", plugin.Deadline, func(ctx context.Context, c *call) error {
 	res, err := c.add(ctx)
 	if err != nil {
 		return err
 	}
-	return types.PrintResult(res, c.conf.CNIVersion)
+	return types.PrintResult(res, c.Conf.CNIVersion)
 })
 
 // inProcessIPAM: with tabby-ipam as the IPAM, tabby runs the same IPAM code
 // itself instead of exec'ing it (one process start and one etcd connection
 // less per ADD, and the endpoint and pool reads ride in IPAM's first round
 // trip). "ipam_exec": true restores plain delegation.
-func (c *call) inProcessIPAM() bool { return c.conf.IPAM.Type == "tabby-ipam" && !c.conf.IPAMExec }
+func (c *call) inProcessIPAM() bool { return c.Conf.IPAM.Type == "tabby-ipam" && !c.Conf.IPAMExec }
 
 func (c *call) ipam() *ipam.IPAM {
-	return &ipam.IPAM{KV: c.kv, Host: c.host, LockDir: c.conf.State()}
+	return &ipam.IPAM{KV: c.KV, Host: c.Host, LockDir: c.Conf.State()}
 }
 
 // ipamOutcome is what the IPAM step did.
@@ -151,26 +117,16 @@ type ipamOutcome struct {
 
 // newEndpoint is the record of this attachment, addresses aside.
 func (c *call) newEndpoint(mac net.HardwareAddr) *model.Endpoint {
-	return &model.Endpoint{Host: c.host, Orchestrator: c.wargs.Orchestrator, Workload: c.workload, Name: c.args.IfName,
-		ContainerID: c.args.ContainerID, Network: c.conf.Name, Netns: c.args.Netns, IfName: c.args.IfName, HostInterface: c.veth,
-		MAC: mac.String(), Profiles: append(append([]string{}, c.conf.Profiles...), c.wargs.Profiles...),
-		Handle: model.HandleID(c.conf.Name, c.args.ContainerID)}
+	return &model.Endpoint{Host: c.Host, Orchestrator: c.wargs.Orchestrator, Workload: c.workload, Name: c.Args.IfName,
+		ContainerID: c.Args.ContainerID, Network: c.Conf.Name, Netns: c.Args.Netns, IfName: c.Args.IfName, HostInterface: c.veth,
+		MAC: mac.String(), Profiles: append(append([]string{}, c.Conf.Profiles...), c.wargs.Profiles...),
+		Handle: model.HandleID(c.Conf.Name, c.Args.ContainerID)}
 }
 
 // setNets fills the endpoint's addresses (as /32 and /128).
 func setNets(ep *model.Endpoint, ips []net.IP) []net.IPNet {
-	ep.IPv4Nets, ep.IPv6Nets = nil, nil
-	var addrs []net.IPNet
-	for _, ip := range ips {
-		n := net.IPNet{IP: ip, Mask: net.CIDRMask(128, 128)}
-		if v4 := ip.To4(); v4 != nil {
-			n = net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}
-			ep.IPv4Nets = append(ep.IPv4Nets, n.String())
-		} else {
-			ep.IPv6Nets = append(ep.IPv6Nets, n.String())
-		}
-		addrs = append(addrs, n)
-	}
+	addrs := ifaddr.Hosts(ips)
+	ep.IPv4Nets, ep.IPv6Nets = ifaddr.Split(addrs)
 	return addrs
 }
 
@@ -184,7 +140,7 @@ func (c *call) ipamAdd(ctx context.Context, ep *model.Endpoint) (*ipamOutcome, e
 	o := &ipamOutcome{}
 	var gets [][]store.KeyValue
 	if c.inProcessIPAM() {
-		req := plugin.IPAMRequest(c.conf, c.wargs, c.args.ContainerID, c.args.IfName)
+		req := plugin.IPAMRequest(c.Conf, c.wargs, c.Args.ContainerID, c.Args.IfName)
 		req.Also = func(rs *store.ReadSet, out []ipam.Assigned) ([]store.Op, error) {
 			var prev model.Endpoint
 			found, err := rs.Decode(c.epKey, &prev)
@@ -211,19 +167,19 @@ func (c *call) ipamAdd(ctx context.Context, ep *model.Endpoint) (*ipamOutcome, e
 			o.pools = append(o.pools, a.Pool)
 		}
 	} else {
-		res, err := c.kv.Txn(ctx, nil, append(pre, store.Op{Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}))
+		res, err := c.KV.Txn(ctx, nil, append(pre, store.Op{Kind: store.OpGet, Key: model.PoolPrefix, Prefix: true}))
 		if err != nil {
 			return nil, err
 		}
 		gets = res.Gets
 		delegateEnv()
-		raw, err := plugin.DelegateAdd(ctx, c.conf.IPAM.Type, c.args.StdinData)
+		raw, err := plugin.DelegateAdd(ctx, c.Conf.IPAM.Type, c.Args.StdinData)
 		if err != nil {
 			return nil, err
 		}
 		if o.result, err = current.NewResultFromResult(raw); err != nil {
 			c.ipamDel(ctx)
-			return nil, fmt.Errorf("IPAM %s result: %w", c.conf.IPAM.Type, err)
+			return nil, fmt.Errorf("IPAM %s result: %w", c.Conf.IPAM.Type, err)
 		}
 	}
 	if len(gets) > 1 {
@@ -245,21 +201,15 @@ func (c *call) ipamAdd(ctx context.Context, ep *model.Endpoint) (*ipamOutcome, e
 }
 
 // ipamDel releases this attachment's addresses.
-func (c *call) ipamDel(ctx context.Context) error {
-	if c.inProcessIPAM() {
-		return c.ipam().Release(ctx, c.conf.Name, c.args.ContainerID)
-	}
-	delegateEnv()
-	return delegateErr(ctx, "DEL", c.conf.IPAM.Type, c.args.StdinData)
-}
+func (c *call) ipamDel(ctx context.Context) error { return c.ipamVerb(ctx, ipamDEL) }
 
 func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	t0 := time.Now()
-	mark := func(what string) { c.log.Debugf("ADD %s at %v", what, time.Since(t0)) }
+	mark := func(what string) { c.Log.Debug("ADD step", "step", what, "elapsed", time.Since(t0)) }
 	defer mark("done")
 	// The container MAC is derived, not left to the kernel, so the endpoint
 	// record can be written before the interface exists.
-	mac := containerMAC(c.args.ContainerID, c.args.IfName)
+	mac := ifaddr.DeriveMAC("tabby-mac/" + c.Args.ContainerID + "/" + c.Args.IfName)
 	ep := c.newEndpoint(mac)
 	o, err := c.ipamAdd(ctx, ep)
 	mark("ipam")
@@ -272,25 +222,25 @@ func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 			rctx, rcancel := context.WithTimeout(context.Background(), plugin.Deadline)
 			defer rcancel()
 			if o.recorded {
-				if _, derr := workload.Delete(rctx, c.kv, c.epKey, c.args.ContainerID); derr != nil {
-					c.log.Errorf("rollback: delete endpoint: %v", derr)
+				if _, derr := workload.Delete(rctx, c.KV, c.epKey, c.Args.ContainerID); derr != nil {
+					c.Log.Error("rollback: delete endpoint", "err", derr)
 				}
 			}
 			if derr := c.ipamDel(rctx); derr != nil {
-				c.log.Errorf("rollback: release addresses: %v", derr)
+				c.Log.Error("rollback: release addresses", "err", derr)
 			}
 		}
 	}()
 	// A repeated ADD for a container that has its interface is answered
 	// from what is there (the IPAM call above returned the same addresses).
-	if !o.recorded && o.prev != nil && o.prev.ContainerID == c.args.ContainerID {
+	if !o.recorded && o.prev != nil && o.prev.ContainerID == c.Args.ContainerID {
 		if r, xerr := c.existing(o.prev); xerr == nil {
-			c.log.Infof("ADD answered from the existing endpoint %s", c.epKey)
+			c.Log.Info("ADD answered from the existing endpoint", "key", c.epKey)
 			return r, nil
 		}
 	}
 	if len(o.result.IPs) == 0 {
-		return nil, fmt.Errorf("IPAM %s returned no address", c.conf.IPAM.Type)
+		return nil, fmt.Errorf("IPAM %s returned no address", c.Conf.IPAM.Type)
 	}
 	var ips []net.IP
 	for _, ipc := range o.result.IPs {
@@ -301,12 +251,12 @@ func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	for _, a := range addrs {
 		encap = max(encap, model.EncapOverhead(o.pools, a.IP))
 	}
-	mtu := c.conf.MTU
+	mtu := c.Conf.MTU
 	if mtu == 0 {
-		mtu = uplinkMTU(c.conf.State()) - encap
+		mtu = uplinkMTU(c.Conf.State()) - encap
 	}
 	mark("mtu")
-	dp, err := dataplane.Setup(dataplane.Config{NetnsPath: c.args.Netns, IfName: c.args.IfName, HostVeth: c.veth, MTU: mtu,
+	dp, err := dataplane.Setup(dataplane.Config{NetnsPath: c.Args.Netns, IfName: c.Args.IfName, HostVeth: c.veth, MTU: mtu,
 		Addrs: addrs, ContainerMAC: mac})
 	mark("veth")
 	if err != nil {
@@ -314,13 +264,13 @@ func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	}
 	defer func() {
 		if err != nil {
-			if terr := dataplane.Teardown(c.args.Netns, c.args.IfName, c.veth); terr != nil {
-				c.log.Errorf("rollback: remove veth %s: %v", c.veth, terr)
+			if terr := dataplane.Teardown(c.Args.Netns, c.Args.IfName, c.veth); terr != nil {
+				c.Log.Error("rollback: remove veth", "veth", c.veth, "err", terr)
 			}
 		}
 	}()
 	if !o.recorded {
-		if err = workload.PutFrom(ctx, c.kv, ep, store.Seed{c.epKey: o.prevKV}); err != nil {
+		if err = workload.PutFrom(ctx, c.KV, ep, store.Seed{c.epKey: o.prevKV}); err != nil {
 			return nil, fmt.Errorf("record endpoint %s: %w", c.epKey, err)
 		}
 		o.recorded = true
@@ -329,24 +279,16 @@ func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	if err = c.waitPolicy(ctx, ep); err != nil {
 		return nil, err
 	}
-	c.log.Infof("ADD %s: %s %v via %s", c.workload, c.args.IfName, ep.Nets(), c.veth)
+	c.Log.Info("ADD", "workload", c.workload, "ifname", c.Args.IfName, "nets", ep.Nets(), "veth", c.veth)
 	return c.result(dp, addrs), nil
 }
 
-// containerMAC is a stable locally administered unicast MAC per attachment.
-func containerMAC(containerID, ifName string) net.HardwareAddr {
-	h := sha256.Sum256([]byte("tabby-mac/" + containerID + "/" + ifName))
-	mac := net.HardwareAddr(h[:6])
-	mac[0] = (mac[0] | 0x02) &^ 0x01
-	return mac
-}
-
 func classifyDataplane(err error) error {
-	if errors.Is(err, dataplane.ErrContainerIfExists) {
-		return &netconf.Error{Code: netconf.CodeBadArgs, Msg: err.Error() + "; choose another CNI_IFNAME or remove the interface"}
-	}
-	if strings.Contains(err.Error(), "no such file") || strings.Contains(err.Error(), "netns") {
-		return &netconf.Error{Code: netconf.CodeBadArgs, Msg: "container network namespace: " + err.Error()}
+	switch {
+	case errors.Is(err, dataplane.ErrContainerIfExists):
+		return cnierr.New(cnierr.BadArgs, "%v; choose another CNI_IFNAME or remove the interface", err)
+	case errors.Is(err, dataplane.ErrContainerNetns):
+		return cnierr.New(cnierr.BadArgs, "%v; CNI_NETNS must name the container's network namespace", err)
 	}
 	return fmt.Errorf("set up veth: %w", err)
 }
@@ -355,27 +297,24 @@ func (c *call) result(dp *dataplane.Result, addrs []net.IPNet) *current.Result {
 	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	r.Interfaces = []*current.Interface{
 		{Name: dp.HostVeth, Mac: dp.HostMAC.String()},
-		{Name: c.args.IfName, Mac: dp.ContainerMAC.String(), Sandbox: c.args.Netns},
+		{Name: c.Args.IfName, Mac: dp.ContainerMAC.String(), Sandbox: c.Args.Netns},
 	}
 	idx := 1
 	has6 := false
 	for _, a := range addrs {
-		gw := dataplane.GatewayIPv4
-		if a.IP.To4() == nil {
-			gw, has6 = dataplane.GatewayIPv6, true
-		}
-		r.IPs = append(r.IPs, &current.IPConfig{Interface: &idx, Address: a, Gateway: gw})
+		has6 = has6 || a.IP.To4() == nil
+		r.IPs = append(r.IPs, &current.IPConfig{Interface: &idx, Address: a, Gateway: ifaddr.Gateway(a.IP)})
 	}
-	r.Routes = append(r.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: dataplane.GatewayIPv4})
+	r.Routes = append(r.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: ifaddr.GatewayIPv4})
 	if has6 {
-		r.Routes = append(r.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, GW: dataplane.GatewayIPv6})
+		r.Routes = append(r.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, GW: ifaddr.GatewayIPv6})
 	}
 	return r
 }
 
 // existing answers a repeated ADD from the interface that is already there.
 func (c *call) existing(ep *model.Endpoint) (*current.Result, error) {
-	dp, addrs, err := dataplane.Inspect(c.args.Netns, c.args.IfName, c.veth)
+	dp, addrs, err := dataplane.Inspect(c.Args.Netns, c.Args.IfName, c.veth)
 	if err != nil {
 		return nil, err
 	}
@@ -385,35 +324,41 @@ func (c *call) existing(ep *model.Endpoint) (*current.Result, error) {
 	return c.result(dp, addrs), nil
 }
 
-var cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
+// cmdDel releases the addresses first, as ptp does: a teardown that fails
+// (and is reported, so the runtime retries) must never leak an address.
+var cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, c *call) error {
 	// A record that names another container belongs to a newer sandbox with
 	// the same identity: leave its veth and record alone, release only ours.
-	ep, err := workload.Get(ctx, c.kv, c.epKey)
+	ep, err := workload.Get(ctx, c.KV, c.epKey)
+	ours := true
 	switch {
-	case err == nil && ep.ContainerID != args.ContainerID:
-		c.log.Infof("DEL: endpoint %s belongs to container %s now; releasing only addresses", c.epKey, ep.ContainerID)
+	case err == nil && ep.ContainerID != c.Args.ContainerID:
+		ours = false
+		c.Log.Info("DEL: endpoint belongs to another container now; releasing only addresses", "key", c.epKey, "holder", ep.ContainerID)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return err
-	default:
-		if err := dataplane.Teardown(args.Netns, args.IfName, c.veth); err != nil {
-			return fmt.Errorf("remove veth %s: %w", c.veth, err)
-		}
-		if _, err := workload.Delete(ctx, c.kv, c.epKey, args.ContainerID); err != nil {
-			return err
-		}
 	}
 	if err := c.ipamDel(ctx); err != nil {
 		return err
 	}
-	c.log.Infof("DEL %s", c.workload)
+	if !ours {
+		return nil
+	}
+	if _, err := workload.Delete(ctx, c.KV, c.epKey, c.Args.ContainerID); err != nil {
+		return err
+	}
+	if err := dataplane.Teardown(c.Args.Netns, c.Args.IfName, c.veth); err != nil {
+		return fmt.Errorf("addresses released and endpoint record removed, but removing veth %s failed: %w", c.veth, err)
+	}
+	c.Log.Info("DEL", "workload", c.workload)
 	return nil
 })
 
-var cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
-	if len(c.conf.PrevResult) == 0 {
-		return &netconf.Error{Code: netconf.CodeBadConfig, Msg: "CHECK needs prevResult in the configuration"}
+var cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, c *call) error {
+	if len(c.Conf.PrevResult) == 0 {
+		return &cnierr.Error{Code: cnierr.BadConfig, Msg: "CHECK needs prevResult in the configuration"}
 	}
-	prev, err := parsePrev(c.conf)
+	prev, err := parsePrev(c.Conf)
 	if err != nil {
 		return err
 	}
@@ -422,17 +367,17 @@ var cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, c *call,
 		addrs = append(addrs, ipc.Address)
 	}
 	var problems []string
-	if err := dataplane.Check(dataplane.Config{NetnsPath: args.Netns, IfName: args.IfName, HostVeth: c.veth, Addrs: addrs}); err != nil {
+	if err := dataplane.Check(dataplane.Config{NetnsPath: c.Args.Netns, IfName: c.Args.IfName, HostVeth: c.veth, Addrs: addrs}); err != nil {
 		problems = append(problems, err.Error())
 	}
-	ep, err := workload.Get(ctx, c.kv, c.epKey)
+	ep, err := workload.Get(ctx, c.KV, c.epKey)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		problems = append(problems, "no endpoint record at "+c.epKey)
 	case err != nil:
 		return err
 	default:
-		if ep.ContainerID != args.ContainerID {
+		if ep.ContainerID != c.Args.ContainerID {
 			problems = append(problems, fmt.Sprintf("endpoint record %s belongs to container %s", c.epKey, ep.ContainerID))
 		}
 		have := map[string]bool{}
@@ -446,10 +391,10 @@ var cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, c *call,
 		}
 	}
 	if len(problems) > 0 {
-		return types.NewError(types.ErrInternal, strings.Join(problems, "; "), "")
+		return cnierr.New(cnierr.Internal, "%s", strings.Join(problems, "; "))
 	}
 	delegateEnv()
-	if err := c.ipamVerb(ctx, "CHECK"); err != nil {
+	if err := c.ipamVerb(ctx, ipamCHECK); err != nil {
 		return err
 	}
 	return nil
@@ -461,42 +406,42 @@ func parsePrev(conf *netconf.NetConf) (*current.Result, error) {
 		// prevResult comes in the netconf's own version.
 		var raw map[string]any
 		_ = json.Unmarshal(conf.PrevResult, &raw)
-		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: "prevResult: " + err.Error()}
+		return nil, &cnierr.Error{Code: cnierr.BadConfig, Msg: "prevResult: " + err.Error()}
 	}
 	return current.NewResultFromResult(r)
 }
 
 // cmdGC removes this host's endpoints of this network that no valid
 // attachment names, then lets the IPAM plugin release their addresses.
-var cmdGC = verb("GC", 4*plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
+var cmdGC = verb("GC", 4*plugin.Deadline, func(ctx context.Context, c *call) error {
 	valid := map[string]bool{}
-	for _, v := range c.conf.ValidAttachments {
+	for _, v := range c.Conf.ValidAttachments {
 		valid[v.ContainerID+"/"+v.IfName] = true
 	}
-	eps, err := store.ListJSON[model.Endpoint](ctx, c.kv, model.HostWorkloadPrefix(c.host))
+	eps, err := store.ListJSON[model.Endpoint](ctx, c.KV, model.HostWorkloadPrefix(c.Host))
 	if err != nil {
 		return err
 	}
 	for _, ep := range eps {
-		if ep.Network != c.conf.Name || valid[ep.ContainerID+"/"+ep.IfName] {
+		if ep.Network != c.Conf.Name || valid[ep.ContainerID+"/"+ep.IfName] {
 			continue
 		}
 		if err := dataplane.Teardown(ep.Netns, ep.IfName, ep.HostInterface); err != nil {
-			c.log.Errorf("GC: remove veth %s: %v", ep.HostInterface, err)
+			c.Log.Error("GC: remove veth", "veth", ep.HostInterface, "err", err)
 		}
-		if _, err := workload.Delete(ctx, c.kv, ep.Key(), ep.ContainerID); err != nil {
+		if _, err := workload.Delete(ctx, c.KV, ep.Key(), ep.ContainerID); err != nil {
 			return err
 		}
-		c.log.Infof("GC removed endpoint %s", ep.Key())
+		c.Log.Info("GC removed endpoint", "key", ep.Key())
 	}
-	return c.ipamVerb(ctx, "GC")
+	return c.ipamVerb(ctx, ipamGC)
 })
 
-var cmdStatus = verb("STATUS", plugin.Deadline, func(ctx context.Context, c *call, args *skel.CmdArgs) error {
+var cmdStatus = verb("STATUS", plugin.Deadline, func(ctx context.Context, c *call) error {
 	if err := c.nodeReady(ctx); err != nil {
 		return err
 	}
-	return c.ipamVerb(ctx, "STATUS")
+	return c.ipamVerb(ctx, ipamSTATUS)
 })
 
 // uplinkMTU is what tabby-node measured and wrote to <state_dir>/mtu (as
@@ -520,25 +465,34 @@ func uplinkMTU(stateDir string) int {
 	return 1500
 }
 
-func delegateErr(ctx context.Context, command, pluginType string, stdin []byte) error {
-	_, err := plugin.Delegate(ctx, command, pluginType, stdin)
-	return err
-}
+// ipamCmd is a verb run on the IPAM after the ADD chose it: in process, or
+// delegated to the ipam plugin.
+type ipamCmd string
 
-// ipamVerb runs CHECK, GC or STATUS on the IPAM, in process or delegated,
-// as the ADD did.
-func (c *call) ipamVerb(ctx context.Context, verb string) error {
+const (
+	ipamDEL    ipamCmd = "DEL"
+	ipamCHECK  ipamCmd = "CHECK"
+	ipamGC     ipamCmd = "GC"
+	ipamSTATUS ipamCmd = "STATUS"
+)
+
+// ipamVerb runs cmd on the IPAM, in process or delegated, as the ADD did.
+func (c *call) ipamVerb(ctx context.Context, cmd ipamCmd) error {
 	if !c.inProcessIPAM() {
 		delegateEnv()
-		return delegateErr(ctx, verb, c.conf.IPAM.Type, c.args.StdinData)
-	}
-	switch verb {
-	case "CHECK":
-		return ipam.CheckHandle(ctx, c.kv, c.conf.Name, c.args.ContainerID)
-	case "GC":
-		_, err := c.ipam().GC(ctx, c.conf.Name, plugin.GCAttachments(c.conf))
+		_, err := plugin.Delegate(ctx, string(cmd), c.Conf.IPAM.Type, c.Args.StdinData)
 		return err
-	default:
-		return plugin.IPAMStatus(ctx, c.kv, c.conf)
 	}
+	switch cmd {
+	case ipamDEL:
+		return c.ipam().Release(ctx, c.Conf.Name, c.Args.ContainerID)
+	case ipamCHECK:
+		return ipam.CheckHandle(ctx, c.KV, c.Conf.Name, c.Args.ContainerID)
+	case ipamGC:
+		_, err := c.ipam().GC(ctx, c.Conf.Name, plugin.GCAttachments(c.Conf))
+		return err
+	case ipamSTATUS:
+		return plugin.IPAMStatus(ctx, c.KV, c.Conf)
+	}
+	return fmt.Errorf("IPAM verb %q unknown", cmd)
 }

@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"time"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/model"
-	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 )
 
@@ -20,31 +20,37 @@ const DefaultPolicyTimeout = 10 * time.Second
 // A host without tabby-node (no status socket in the state dir) has no
 // packet filter to wait for.
 func (c *call) waitPolicy(ctx context.Context, ep *model.Endpoint) error {
-	if !nodestatus.Installed(c.conf.State()) {
-		c.log.Debugf("no tabby-node on this host (no status socket in %s): no policy to wait for", c.conf.State())
+	if !nodestatus.Installed(c.Conf.State()) {
+		c.Log.Debug("no tabby-node on this host (no status socket): no policy to wait for", "state_dir", c.Conf.State())
 		return nil
 	}
 	d := DefaultPolicyTimeout
-	if c.conf.PolicyTimeout > 0 {
-		d = time.Duration(c.conf.PolicyTimeout * float64(time.Second))
+	if c.Conf.PolicyTimeout > 0 {
+		d = time.Duration(c.Conf.PolicyTimeout * float64(time.Second))
 	}
 	start := time.Now()
 	// Not the ADD's etcd deadline: this wait has its own bound.
-	if err := nodestatus.WaitReady(context.Background(), c.conf.State(), ep.HostInterface, ep.ContainerID, d); err != nil {
-		return &netconf.Error{Code: netconf.CodeTryAgain, Msg: fmt.Sprintf("policy for %s is not in force: %v", c.workload, err)}
+	if err := nodestatus.WaitReady(context.Background(), c.Conf.State(), ep.HostInterface, ep.ContainerID, d); err != nil {
+		// tabby-node down is "try again"; a daemon that answers but cannot
+		// put the rules in force (in time, or at all) is its own code.
+		code := cnierr.PolicyNotInForce
+		if errors.Is(err, nodestatus.ErrDaemonDown) {
+			code = cnierr.TryAgain
+		}
+		return cnierr.New(code, "policy for %s is not in force: %v", c.workload, err)
 	}
-	c.log.Debugf("policy in force after %v", time.Since(start))
+	c.Log.Debug("policy in force", "after", time.Since(start))
 	return nil
 }
 
 // nodeReady checks etcd and, where tabby-node is installed, that it answers.
 func (c *call) nodeReady(ctx context.Context) error {
-	if _, _, err := c.kv.List(ctx, model.PoolPrefix, true); err != nil {
+	if _, _, err := c.KV.List(ctx, model.PoolPrefix, true); err != nil {
 		return err
 	}
-	if nodestatus.Installed(c.conf.State()) {
-		if _, err := nodestatus.Get(ctx, c.conf.State()); err != nil {
-			return &netconf.Error{Code: netconf.CodeTryAgain, Msg: err.Error()}
+	if nodestatus.Installed(c.Conf.State()) {
+		if _, err := nodestatus.Get(ctx, c.Conf.State()); err != nil {
+			return &cnierr.Error{Code: cnierr.TryAgain, Msg: err.Error()}
 		}
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/ipam"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	tipam "github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 )
@@ -309,7 +310,7 @@ func (d IPAMDriver) ReleaseAddress(req *ipam.ReleaseAddressRequest) error {
 // is free or held by someone else is left alone (Docker retries releases).
 func (d *Driver) releaseAddress(ctx context.Context, network string, ip net.IP) error {
 	al, _, err := tipam.Lookup(ctx, d.KV, ip)
-	if tipam.CodeOf(err) == tipam.CodeNoPool {
+	if cnierr.CodeOf(err) == cnierr.NoPool {
 		return nil
 	}
 	if err != nil {

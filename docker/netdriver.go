@@ -14,6 +14,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/tabby-net/tabby/pkg/dataplane"
+	"github.com/tabby-net/tabby/pkg/ifaddr"
 	tipam "github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
@@ -215,7 +216,7 @@ func (d NetworkDriver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 		if ep.Network != req.NetworkID {
 			continue
 		}
-		if err := deleteVeth(ep.HostInterface); err != nil {
+		if err := dataplane.Teardown("", "", ep.HostInterface); err != nil {
 			return fmt.Errorf("tabby: remove %s of leftover endpoint %s: %w", ep.HostInterface, ep.Workload, err)
 		}
 		if _, err := workload.Delete(ctx, d.KV, ep.Key(), ep.ContainerID); err != nil {
@@ -251,28 +252,6 @@ func (d NetworkDriver) FreeNetwork(*network.FreeNetworkRequest) error { return n
 func vethNames(endpointID string) (hostVeth, peer string) {
 	sum := sha256.Sum256([]byte("docker-peer/" + endpointID))
 	return dataplane.HostVethName(model.OrchestratorDock + "/" + endpointID + "/" + endpointName), "tbc" + hex.EncodeToString(sum[:])[:11]
-}
-
-// endpointMAC is the container MAC tabby picks when Docker has none: locally
-// administered, from the endpoint ID.
-func endpointMAC(endpointID string) net.HardwareAddr {
-	sum := sha256.Sum256([]byte("docker-mac/" + endpointID))
-	mac := net.HardwareAddr(sum[:6])
-	mac[0] = 0x02
-	return mac
-}
-
-func hostNet(s string) (*net.IPNet, error) {
-	ip, _, err := net.ParseCIDR(s)
-	if err != nil {
-		if ip = net.ParseIP(s); ip == nil {
-			return nil, fmt.Errorf("address %q", s)
-		}
-	}
-	if v4 := ip.To4(); v4 != nil {
-		return &net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}, nil
-	}
-	return &net.IPNet{IP: ip, Mask: net.CIDRMask(128, 128)}, nil
 }
 
 func (d NetworkDriver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
@@ -312,24 +291,21 @@ func (d NetworkDriver) CreateEndpoint(req *network.CreateEndpointRequest) (*netw
 	if rec.Name != "" {
 		ep.Labels["docker.network.name"] = rec.Name
 	}
-	var first net.IP
+	var nets []net.IPNet
 	for _, a := range []string{req.Interface.Address, req.Interface.AddressIPv6} {
 		if a == "" {
 			continue
 		}
-		n, err := hostNet(a)
+		ip, _, err := net.ParseCIDR(a)
 		if err != nil {
-			return nil, fmt.Errorf("tabby: endpoint %w", err)
+			if ip = net.ParseIP(a); ip == nil {
+				return nil, fmt.Errorf("tabby: endpoint address %q", a)
+			}
 		}
-		if n.IP.To4() != nil {
-			ep.IPv4Nets = append(ep.IPv4Nets, n.String())
-		} else {
-			ep.IPv6Nets = append(ep.IPv6Nets, n.String())
-		}
-		if first == nil {
-			first = n.IP
-		}
+		nets = append(nets, ifaddr.Host(ip))
 	}
+	ep.IPv4Nets, ep.IPv6Nets = ifaddr.Split(nets)
+	first := nets[0].IP
 	if al, _, err := tipam.Lookup(ctx, d.KV, first); err == nil && al != nil {
 		ep.Handle = al.Handle
 	}
@@ -342,7 +318,7 @@ func (d NetworkDriver) CreateEndpoint(req *network.CreateEndpointRequest) (*netw
 		ep.MAC = mac.String()
 	} else {
 		// Docker takes a MAC from the driver only when it has none.
-		ep.MAC = endpointMAC(req.EndpointID).String()
+		ep.MAC = ifaddr.DeriveMAC("docker-mac/" + req.EndpointID).String()
 		resp.Interface = &network.EndpointInterface{MacAddress: ep.MAC}
 	}
 	if err := workload.Put(ctx, d.KV, ep); err != nil {
@@ -364,7 +340,7 @@ func (d NetworkDriver) DeleteEndpoint(req *network.DeleteEndpointRequest) error 
 		return err
 	}
 	hostVeth, _ := vethNames(req.EndpointID)
-	if err := deleteVeth(hostVeth); err != nil {
+	if err := dataplane.Teardown("", "", hostVeth); err != nil {
 		return fmt.Errorf("tabby: remove veth %s: %w", hostVeth, err)
 	}
 	if _, err := workload.Delete(ctx, d.KV, endpointKey(host, req.EndpointID), req.EndpointID); err != nil {
@@ -415,12 +391,12 @@ func (d NetworkDriver) Join(req *network.JoinRequest) (resp *network.JoinRespons
 	}
 	mtu := d.workloadMTU(pools, ips)
 	hostVeth, peer := vethNames(req.EndpointID)
-	if err := setupVeth(hostVeth, peer, mac, mtu, addrs); err != nil {
+	if err := dataplane.SetupHostSide(dataplane.Veth{Name: hostVeth, PeerName: peer, PeerMAC: mac, MTU: mtu}, addrs); err != nil {
 		return nil, fmt.Errorf("tabby: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			if derr := deleteVeth(hostVeth); derr != nil {
+			if derr := dataplane.Teardown("", "", hostVeth); derr != nil {
 				d.Log.Error("rollback: remove veth", "veth", hostVeth, "err", derr)
 			}
 		}
@@ -436,11 +412,11 @@ func (d NetworkDriver) Join(req *network.JoinRequest) (resp *network.JoinRespons
 		// A connected route to the gateway, then Docker's default route
 		// via it; the host veth answers ARP for it (proxy ARP).
 		if a.IP.To4() != nil {
-			resp.Gateway = dataplane.GatewayIPv4.String()
-			resp.StaticRoutes = append(resp.StaticRoutes, &network.StaticRoute{Destination: dataplane.GatewayIPv4.String() + "/32", RouteType: routeConnected})
+			resp.Gateway = ifaddr.GatewayIPv4.String()
+			resp.StaticRoutes = append(resp.StaticRoutes, &network.StaticRoute{Destination: ifaddr.GatewayIPv4.String() + "/32", RouteType: routeConnected})
 		} else {
-			resp.GatewayIPv6 = dataplane.GatewayIPv6.String()
-			resp.StaticRoutes = append(resp.StaticRoutes, &network.StaticRoute{Destination: dataplane.GatewayIPv6.String() + "/128", RouteType: routeConnected})
+			resp.GatewayIPv6 = ifaddr.GatewayIPv6.String()
+			resp.StaticRoutes = append(resp.StaticRoutes, &network.StaticRoute{Destination: ifaddr.GatewayIPv6.String() + "/128", RouteType: routeConnected})
 		}
 	}
 	d.Log.Info("endpoint joined", "endpoint", ep.Key(), "veth", hostVeth, "sandbox", req.SandboxKey, "mtu", mtu)
@@ -469,7 +445,7 @@ func (d *Driver) waitPolicy(ep *model.Endpoint) error {
 
 func (d NetworkDriver) Leave(req *network.LeaveRequest) error {
 	hostVeth, _ := vethNames(req.EndpointID)
-	if err := deleteVeth(hostVeth); err != nil {
+	if err := dataplane.Teardown("", "", hostVeth); err != nil {
 		return fmt.Errorf("tabby: remove veth %s: %w", hostVeth, err)
 	}
 	d.Log.Info("endpoint left", "endpoint", req.EndpointID, "veth", hostVeth)

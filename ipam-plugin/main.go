@@ -12,7 +12,6 @@ import (
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/plugin"
-	"github.com/tabby-net/tabby/pkg/store"
 )
 
 // Version is set at build time.
@@ -23,83 +22,51 @@ func main() {
 }
 
 type env struct {
-	conf *netconf.NetConf
-	kv   store.KV
+	*plugin.Env
 	ipam *ipam.IPAM
-	log  *plugin.Logger
 }
 
-func setup(args *skel.CmdArgs) (*env, error) {
-	c, err := netconf.Parse(args.StdinData)
-	if err != nil {
-		return nil, err
-	}
-	host, err := c.Node()
-	if err != nil {
-		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: err.Error()}
-	}
-	kv, err := plugin.OpenKV(c)
-	if err != nil {
-		return nil, err
-	}
-	return &env{conf: c, kv: kv, ipam: &ipam.IPAM{KV: kv, Host: host, LockDir: c.State()},
-		log: plugin.NewLogger(c.LogFile, c.LogLevel, "tabby-ipam "+args.ContainerID)}, nil
+func open(e *plugin.Env) (*env, error) {
+	return &env{Env: e, ipam: &ipam.IPAM{KV: e.KV, Host: e.Host, LockDir: e.Conf.State()}}, nil
 }
 
-func (e *env) close() { e.kv.Close(); e.log.Close() }
-
-// verb wraps one CNI verb: parse, connect, bound the datastore work by a
-// deadline, log failures, and answer with the CNI error object.
-func verb(name string, d time.Duration, fn func(ctx context.Context, e *env, args *skel.CmdArgs) error) func(*skel.CmdArgs) error {
-	return func(args *skel.CmdArgs) error {
-		e, err := setup(args)
-		if err != nil {
-			return plugin.ToCNI(err)
-		}
-		defer e.close()
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		defer cancel()
-		if err := fn(ctx, e, args); err != nil {
-			e.log.Errorf("%s: %v", name, err)
-			return plugin.ToCNI(err)
-		}
-		return nil
-	}
+func verb(name string, d time.Duration, fn func(context.Context, *env) error) func(*skel.CmdArgs) error {
+	return plugin.Verb("tabby-ipam", name, d, open, fn)
 }
 
 var (
-	cmdAdd = verb("ADD", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
-		a, err := netconf.ParseArgs(args.Args, e.conf)
+	cmdAdd = verb("ADD", plugin.Deadline, func(ctx context.Context, e *env) error {
+		a, err := netconf.ParseArgs(e.Args.Args, e.Conf)
 		if err != nil {
 			return err
 		}
-		_, out, err := e.ipam.Assign(ctx, plugin.IPAMRequest(e.conf, a, args.ContainerID, args.IfName))
+		_, out, err := e.ipam.Assign(ctx, plugin.IPAMRequest(e.Conf, a, e.Args.ContainerID, e.Args.IfName))
 		if err != nil {
 			return err
 		}
-		res := plugin.IPAMResult(out, e.conf.IPAM.Result == "block")
-		res.CNIVersion = e.conf.CNIVersion
-		e.log.Infof("ADD %s: %v", args.ContainerID, ipsOf(out))
-		return types.PrintResult(res, e.conf.CNIVersion)
+		res := plugin.IPAMResult(out, e.Conf.BlockResult())
+		res.CNIVersion = e.Conf.CNIVersion
+		e.Log.Info("ADD", "ips", ipsOf(out))
+		return types.PrintResult(res, e.Conf.CNIVersion)
 	})
-	cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
-		if err := e.ipam.Release(ctx, e.conf.Name, args.ContainerID); err != nil {
+	cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, e *env) error {
+		if err := e.ipam.Release(ctx, e.Conf.Name, e.Args.ContainerID); err != nil {
 			return err
 		}
-		e.log.Infof("DEL %s", args.ContainerID)
+		e.Log.Info("DEL")
 		return nil
 	})
 	// CHECK verifies that the handle still holds every address it was given.
-	cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
-		return ipam.CheckHandle(ctx, e.kv, e.conf.Name, args.ContainerID)
+	cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, e *env) error {
+		return ipam.CheckHandle(ctx, e.KV, e.Conf.Name, e.Args.ContainerID)
 	})
-	cmdGC = verb("GC", 4*plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
-		rel, err := e.ipam.GC(ctx, e.conf.Name, plugin.GCAttachments(e.conf))
-		e.log.Infof("GC released %v", rel)
+	cmdGC = verb("GC", 4*plugin.Deadline, func(ctx context.Context, e *env) error {
+		rel, err := e.ipam.GC(ctx, e.Conf.Name, plugin.GCAttachments(e.Conf))
+		e.Log.Info("GC", "released", rel)
 		return err
 	})
-	cmdStatus = verb("STATUS", plugin.Deadline, func(ctx context.Context, e *env, args *skel.CmdArgs) error {
-		return plugin.IPAMStatus(ctx, e.kv, e.conf)
+	cmdStatus = verb("STATUS", plugin.Deadline, func(ctx context.Context, e *env) error {
+		return plugin.IPAMStatus(ctx, e.KV, e.Conf)
 	})
 )
 

@@ -15,6 +15,7 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/etcdtest"
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
@@ -219,13 +220,13 @@ func TestBadInput(t *testing.T) {
 	cases := []struct {
 		name, args, extra string
 		conf              []byte
-		code              int
+		code              cnierr.Code
 	}{
 		{name: "malformed netconf", conf: []byte(`{"name":`), code: 4},
-		{name: "unknown pool", extra: `,"ipv4_pools":["10.99.0.0/16"]`, code: ipam.CodeNoPool},
-		{name: "ip outside pools", args: "IP=172.31.9.9", code: ipam.CodeNoPool},
-		{name: "ip in use", args: "IP=10.0.0.1", code: ipam.CodeAddressInUse},
-		{name: "exhausted pool", code: ipam.CodePoolExhausted},
+		{name: "unknown pool", extra: `,"ipv4_pools":["10.99.0.0/16"]`, code: cnierr.NoPool},
+		{name: "ip outside pools", args: "IP=172.31.9.9", code: cnierr.NoPool},
+		{name: "ip in use", args: "IP=10.0.0.1", code: cnierr.AddressInUse},
+		{name: "exhausted pool", code: cnierr.PoolExhausted},
 		{name: "bad CNI_ARGS", args: "IP=10.0.0.300", code: 7},
 		{name: "unknown CNI_ARGS key", args: "COLOUR=blue", code: 7},
 	}
@@ -236,7 +237,7 @@ func TestBadInput(t *testing.T) {
 				conf = f.conf("h1", c.extra)
 			}
 			o := testutil.Run(f.bin, testutil.Call{Command: "ADD", ContainerID: fmt.Sprintf("bad%d", i), Netns: f.ns, Args: c.args, Conf: conf})
-			if o.ErrCode != c.code || o.ErrMsg == "" {
+			if cnierr.Code(o.ErrCode) != c.code || o.ErrMsg == "" {
 				t.Fatalf("got code %d %q, want %d", o.ErrCode, o.ErrMsg, c.code)
 			}
 			t.Logf("code %d: %s", o.ErrCode, o.ErrMsg)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tabby-net/tabby/pkg/ipam"
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/store/etcdv3"
@@ -112,7 +112,7 @@ func needArgs(c *ctx, n int, what string) error {
 
 // codeErr keeps an IPAM error's message as it is: it already says what to do.
 func codeErr(err error) error {
-	if ipam.CodeOf(err) != 0 {
+	if cnierr.CodeOf(err) != 0 {
 		return errors.New(err.Error())
 	}
 	return err

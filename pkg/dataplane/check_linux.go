@@ -9,6 +9,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/pkg/ifaddr"
 )
 
 // CheckError lists everything Check found wrong, one problem per entry.
@@ -147,8 +149,8 @@ func checkHost(host *netlink.Handle, p *plan, probs *problems) netlink.Link {
 	if a.Flags&net.FlagUp == 0 {
 		probs.add("host veth %s is down", name)
 	}
-	if !bytes.Equal(a.HardwareAddr, HostVethMAC) {
-		probs.add("host veth %s has MAC %s, want %s", name, a.HardwareAddr, HostVethMAC)
+	if !bytes.Equal(a.HardwareAddr, ifaddr.HostVethMAC) {
+		probs.add("host veth %s has MAC %s, want %s", name, a.HardwareAddr, ifaddr.HostVethMAC)
 	}
 	if p.MTU > 0 && a.MTU != p.MTU {
 		probs.add("host veth %s has MTU %d, want %d", name, a.MTU, p.MTU)
@@ -183,10 +185,10 @@ func checkHost(host *netlink.Handle, p *plan, probs *problems) netlink.Link {
 		addrs, err := host.AddrList(hl, netlink.FAMILY_V6)
 		if err != nil {
 			probs.add("host veth %s addresses cannot be read: %v", name, err)
-		} else if a := findAddr(addrs, GatewayIPv6); a == nil {
-			probs.add("host veth %s lacks link-local %s", name, GatewayIPv6)
+		} else if a := findAddr(addrs, ifaddr.GatewayIPv6); a == nil {
+			probs.add("host veth %s lacks link-local %s", name, ifaddr.GatewayIPv6)
 		} else if a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
-			probs.add("host veth %s link-local %s is tentative or failed DAD", name, GatewayIPv6)
+			probs.add("host veth %s link-local %s is tentative or failed DAD", name, ifaddr.GatewayIPv6)
 		}
 	}
 
@@ -287,35 +289,35 @@ func checkContainer(cont *netlink.Handle, p *plan, probs *problems) netlink.Link
 		}
 		for _, n := range neighs {
 			if n.IP.Equal(ip) {
-				if n.State&netlink.NUD_PERMANENT == 0 || !bytes.Equal(n.HardwareAddr, HostVethMAC) {
-					probs.add("container neighbour %s is %s state %s, want %s permanent", ip, n.HardwareAddr, neighState(n.State), HostVethMAC)
+				if n.State&netlink.NUD_PERMANENT == 0 || !bytes.Equal(n.HardwareAddr, ifaddr.HostVethMAC) {
+					probs.add("container neighbour %s is %s state %s, want %s permanent", ip, n.HardwareAddr, neighState(n.State), ifaddr.HostVethMAC)
 				}
 				return
 			}
 		}
-		probs.add("container permanent neighbour %s -> %s is missing", ip, HostVethMAC)
+		probs.add("container permanent neighbour %s -> %s is missing", ip, ifaddr.HostVethMAC)
 	}
 
 	if p.hasV4 && err == nil {
 		if !hasRoute(func(r netlink.Route) bool {
-			return r.Dst != nil && r.Dst.IP.Equal(GatewayIPv4) && prefixLen(r.Dst) == 32 && r.Scope == netlink.SCOPE_LINK
+			return r.Dst != nil && r.Dst.IP.Equal(ifaddr.GatewayIPv4) && prefixLen(r.Dst) == 32 && r.Scope == netlink.SCOPE_LINK
 		}) {
-			probs.add("container route %s dev %s scope link is missing", GatewayIPv4, p.IfName)
+			probs.add("container route %s dev %s scope link is missing", ifaddr.GatewayIPv4, p.IfName)
 		}
-		if !hasRoute(func(r netlink.Route) bool { return isDefault(r) && r.Gw.Equal(GatewayIPv4) }) {
-			probs.add("container default route via %s dev %s is missing", GatewayIPv4, p.IfName)
+		if !hasRoute(func(r netlink.Route) bool { return isDefault(r) && r.Gw.Equal(ifaddr.GatewayIPv4) }) {
+			probs.add("container default route via %s dev %s is missing", ifaddr.GatewayIPv4, p.IfName)
 		}
 	}
 	if p.hasV4 {
-		checkNeigh(GatewayIPv4)
+		checkNeigh(ifaddr.GatewayIPv4)
 	}
 	if p.hasV6 && err == nil {
-		if !hasRoute(func(r netlink.Route) bool { return isDefault(r) && r.Gw.Equal(GatewayIPv6) }) {
-			probs.add("container IPv6 default route via %s dev %s is missing", GatewayIPv6, p.IfName)
+		if !hasRoute(func(r netlink.Route) bool { return isDefault(r) && r.Gw.Equal(ifaddr.GatewayIPv6) }) {
+			probs.add("container IPv6 default route via %s dev %s is missing", ifaddr.GatewayIPv6, p.IfName)
 		}
 	}
 	if p.hasV6 {
-		checkNeigh(GatewayIPv6)
+		checkNeigh(ifaddr.GatewayIPv6)
 	}
 	return cl
 }

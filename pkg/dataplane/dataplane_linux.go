@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/pkg/ifaddr"
 )
 
 const (
@@ -28,26 +30,15 @@ const (
 )
 
 var (
-	// HostVethMAC is the MAC of every host-side veth (Calico's choice): the
-	// container's gateway neighbour entries can then be fixed in advance.
-	HostVethMAC = net.HardwareAddr{0xee, 0xee, 0xee, 0xee, 0xee, 0xee}
-
-	// GatewayIPv4 is the container's IPv4 next hop. Nothing owns it; the
-	// container reaches it through a permanent neighbour entry.
-	GatewayIPv4 = net.IPv4(169, 254, 1, 1).To4()
-
-	// GatewayIPv6 is the EUI-64 link-local address of HostVethMAC, held by
-	// every host veth.
-	GatewayIPv6 = net.ParseIP("fe80::ecee:eeff:feee:eeee")
-)
-
-var (
 	// ErrContainerIfExists: the requested interface name is already taken in
 	// the container namespace.
 	ErrContainerIfExists = errors.New("interface already exists in container")
 	// ErrAddressRouted: the host already routes one of the addresses to another
 	// interface, i.e. the address is probably in use by another workload.
 	ErrAddressRouted = errors.New("address already routed on host")
+	// ErrContainerNetns: the container's network namespace cannot be opened
+	// (a bad CNI_NETNS, or a sandbox that is gone).
+	ErrContainerNetns = errors.New("container network namespace")
 )
 
 // HostVethName returns the host-side veth name for a workload identity the
@@ -109,20 +100,23 @@ func newPlan(cfg Config) (*plan, error) {
 	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("no addresses for the container")
 	}
+	return hostPlan(cfg)
+}
+
+// hostPlan makes the addresses host-length and notes their families.
+func hostPlan(cfg Config) (*plan, error) {
 	p := &plan{Config: cfg, routeProto: cfg.RouteProtocol}
 	if p.routeProto == 0 {
 		p.routeProto = DefaultRouteProtocol
 	}
 	for _, a := range cfg.Addrs {
-		if v4 := a.IP.To4(); v4 != nil {
-			p.addrs = append(p.addrs, net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)})
-			p.hasV4 = true
-		} else if len(a.IP) == net.IPv6len {
-			p.addrs = append(p.addrs, net.IPNet{IP: a.IP, Mask: net.CIDRMask(128, 128)})
-			p.hasV6 = true
-		} else {
+		if a.IP.To4() == nil && len(a.IP) != net.IPv6len {
 			return nil, fmt.Errorf("invalid container address %q", a.String())
 		}
+		h := ifaddr.Host(a.IP)
+		p.addrs = append(p.addrs, h)
+		p.hasV4 = p.hasV4 || len(h.IP) == net.IPv4len
+		p.hasV6 = p.hasV6 || len(h.IP) == net.IPv6len
 	}
 	return p, nil
 }
@@ -153,7 +147,7 @@ func Setup(cfg Config) (res *Result, err error) {
 
 	contNS, err := ns.GetNS(p.NetnsPath)
 	if err != nil {
-		return nil, fmt.Errorf("open container netns %s: %w", p.NetnsPath, err)
+		return nil, fmt.Errorf("%w %s: %w", ErrContainerNetns, p.NetnsPath, err)
 	}
 	defer contNS.Close()
 
@@ -169,7 +163,7 @@ func Setup(cfg Config) (res *Result, err error) {
 	}
 	defer cont.Close()
 
-	hostVeth, err := createVeth(host, p, contNS)
+	hostVeth, err := CreateVeth(host, Veth{Name: p.HostVeth, PeerName: p.IfName, PeerNS: contNS, PeerMAC: p.ContainerMAC, MTU: p.MTU})
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +185,7 @@ func Setup(cfg Config) (res *Result, err error) {
 		return nil, err
 	}
 
-	res = &Result{HostVeth: p.HostVeth, HostMAC: HostVethMAC, Sandbox: p.NetnsPath}
+	res = &Result{HostVeth: p.HostVeth, HostMAC: ifaddr.HostVethMAC, Sandbox: p.NetnsPath}
 	if err = configureContainer(cont, contNS, p, res); err != nil {
 		return nil, err
 	}
@@ -213,49 +207,82 @@ func containerHandle(contNS ns.NetNS) (*netlink.Handle, error) {
 	return h, nil
 }
 
-func newVeth(p *plan, contNS ns.NetNS) *netlink.Veth {
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = p.HostVeth
-	attrs.HardwareAddr = HostVethMAC
-	attrs.MTU = p.MTU // also used for the peer
-	attrs.Flags = net.FlagUp
-	return &netlink.Veth{
-		LinkAttrs:        attrs,
-		PeerName:         p.IfName,
-		PeerNamespace:    netlink.NsFd(contNS.Fd()),
-		PeerHardwareAddr: p.ContainerMAC,
-	}
+// Veth is a pair made from the host namespace: the host end Name with
+// ifaddr.HostVethMAC, and its peer either created directly inside PeerNS (the CNI
+// plugin: one RTM_NEWLINK, no move) or, with PeerNS nil, left in the host
+// namespace for the runtime to move (libnetwork does that for Docker).
+type Veth struct {
+	Name     string
+	PeerName string
+	PeerNS   ns.NetNS
+	PeerMAC  net.HardwareAddr // nil lets the kernel pick
+	MTU      int              // both ends; 0 is the kernel default
 }
 
-// createVeth makes the pair in one RTM_NEWLINK. EEXIST can mean either name,
-// so it looks at the host name to tell which.
-func createVeth(host *netlink.Handle, p *plan, contNS ns.NetNS) (*netlink.Veth, error) {
+func (v Veth) link() *netlink.Veth {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = v.Name
+	attrs.HardwareAddr = ifaddr.HostVethMAC
+	attrs.MTU = v.MTU
+	attrs.Flags = net.FlagUp
+	l := &netlink.Veth{LinkAttrs: attrs, PeerName: v.PeerName, PeerHardwareAddr: v.PeerMAC}
+	if v.PeerNS != nil {
+		l.PeerNamespace = netlink.NsFd(v.PeerNS.Fd())
+	}
+	return l
+}
+
+func (v Veth) where() string {
+	if v.PeerNS != nil {
+		return " in " + v.PeerNS.Path()
+	}
+	return ""
+}
+
+// CreateVeth makes the pair. A veth already holding either name is the
+// leftover of an earlier attempt for the same identity (an ADD whose DEL
+// never came, a retried Join): it is replaced, as Calico does. EEXIST can
+// mean either name, so the names are looked up to tell which; a peer name
+// taken inside a container namespace is ErrContainerIfExists.
+func CreateVeth(host *netlink.Handle, v Veth) (*netlink.Veth, error) {
 	for attempt := 0; ; attempt++ {
-		veth := newVeth(p, contNS)
-		err := host.LinkAdd(veth)
+		l := v.link()
+		err := host.LinkAdd(l)
 		if err == nil {
-			return veth, nil
+			return l, nil
 		}
 		if !errors.Is(err, unix.EEXIST) {
-			return nil, fmt.Errorf("create veth %s (peer %s in %s): %w", p.HostVeth, p.IfName, p.NetnsPath, err)
-		}
-		old, lerr := host.LinkByName(p.HostVeth)
-		if isLinkNotFound(lerr) {
-			return nil, fmt.Errorf("%w: %s in netns %s", ErrContainerIfExists, p.IfName, p.NetnsPath)
-		}
-		if lerr != nil {
-			return nil, fmt.Errorf("create veth %s: %w (and looking it up: %v)", p.HostVeth, err, lerr)
+			return nil, fmt.Errorf("create veth %s (peer %s%s): %w", v.Name, v.PeerName, v.where(), err)
 		}
 		if attempt > 0 {
-			return nil, fmt.Errorf("create veth %s: still exists after deleting the old one: %w", p.HostVeth, err)
+			return nil, fmt.Errorf("create veth %s: still exists after deleting the old one: %w", v.Name, err)
 		}
-		if old.Type() != "veth" {
-			return nil, fmt.Errorf("create veth: host interface %s exists and is a %s, not a veth", p.HostVeth, old.Type())
+		stale := []string{v.Name}
+		if v.PeerNS == nil {
+			stale = append(stale, v.PeerName)
 		}
-		// Same identity, earlier ADD, DEL never came (or a retried ADD):
-		// the old pair is stale, replace it as Calico does.
-		if derr := host.LinkDel(old); derr != nil && !isLinkNotFound(derr) {
-			return nil, fmt.Errorf("delete stale veth %s: %w", p.HostVeth, derr)
+		found := false
+		for _, name := range stale {
+			old, lerr := host.LinkByName(name)
+			if isLinkNotFound(lerr) {
+				continue
+			}
+			if lerr != nil {
+				return nil, fmt.Errorf("create veth %s: %w (and looking up %s: %v)", v.Name, err, name, lerr)
+			}
+			if old.Type() != "veth" {
+				return nil, fmt.Errorf("create veth: interface %s exists and is a %s, not a veth", name, old.Type())
+			}
+			if derr := host.LinkDel(old); derr != nil && !isLinkNotFound(derr) {
+				return nil, fmt.Errorf("delete stale veth %s: %w", name, derr)
+			}
+			found = true
+		}
+		if !found {
+			if v.PeerNS != nil {
+				return nil, fmt.Errorf("%w: %s%s", ErrContainerIfExists, v.PeerName, v.where())
+			}
+			return nil, fmt.Errorf("create veth %s (peer %s): %w", v.Name, v.PeerName, err)
 		}
 	}
 }
@@ -286,7 +313,7 @@ func configureHostVeth(host *netlink.Handle, veth netlink.Link, p *plan) error {
 		{"/proc/sys/net/ipv6/conf/" + name + "/accept_ra", "0"},
 		{"/proc/sys/net/ipv6/conf/" + name + "/forwarding", "1"},
 		// No kernel-generated addresses: with stable_privacy the link-local
-		// would not be GatewayIPv6, and an EUI-64 one would sit in DAD.
+		// would not be ifaddr.GatewayIPv6, and an EUI-64 one would sit in DAD.
 		{"/proc/sys/net/ipv6/conf/" + name + "/addr_gen_mode", "1"},
 	} {
 		if err := writeSysctl(s.path, s.val); err != nil {
@@ -294,7 +321,7 @@ func configureHostVeth(host *netlink.Handle, veth netlink.Link, p *plan) error {
 		}
 	}
 	ll := &netlink.Addr{
-		IPNet: &net.IPNet{IP: GatewayIPv6, Mask: net.CIDRMask(64, 128)},
+		IPNet: &net.IPNet{IP: ifaddr.GatewayIPv6, Mask: net.CIDRMask(64, 128)},
 		Flags: unix.IFA_F_NODAD,
 		Scope: unix.RT_SCOPE_LINK,
 	}
@@ -302,7 +329,7 @@ func configureHostVeth(host *netlink.Handle, veth netlink.Link, p *plan) error {
 		return writeSysctl("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", "0")
 	})
 	if err != nil {
-		return fmt.Errorf("add %s to host veth %s: %w", GatewayIPv6, name, err)
+		return fmt.Errorf("add %s to host veth %s: %w", ifaddr.GatewayIPv6, name, err)
 	}
 	return nil
 }
@@ -355,23 +382,23 @@ func configureContainer(cont *netlink.Handle, contNS ns.NetNS, p *plan, res *Res
 	}
 
 	if p.hasV4 {
-		gwNet := &net.IPNet{IP: GatewayIPv4, Mask: net.CIDRMask(32, 32)}
+		gwNet := &net.IPNet{IP: ifaddr.GatewayIPv4, Mask: net.CIDRMask(32, 32)}
 		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Dst: gwNet, Scope: netlink.SCOPE_LINK}); err != nil {
-			return fmt.Errorf("add route %s dev %s scope link in container: %w", GatewayIPv4, p.IfName, err)
+			return fmt.Errorf("add route %s dev %s scope link in container: %w", ifaddr.GatewayIPv4, p.IfName, err)
 		}
-		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: GatewayIPv4}); err != nil {
-			return fmt.Errorf("add default route via %s in container: %w", GatewayIPv4, existsHint(err))
+		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: ifaddr.GatewayIPv4}); err != nil {
+			return fmt.Errorf("add default route via %s in container: %w", ifaddr.GatewayIPv4, existsHint(err))
 		}
-		if err := setGatewayNeigh(cont, idx, netlink.FAMILY_V4, GatewayIPv4); err != nil {
+		if err := setGatewayNeigh(cont, idx, netlink.FAMILY_V4, ifaddr.GatewayIPv4); err != nil {
 			return err
 		}
 	}
 	if p.hasV6 {
-		if err := setGatewayNeigh(cont, idx, netlink.FAMILY_V6, GatewayIPv6); err != nil {
+		if err := setGatewayNeigh(cont, idx, netlink.FAMILY_V6, ifaddr.GatewayIPv6); err != nil {
 			return err
 		}
-		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: GatewayIPv6}); err != nil {
-			return fmt.Errorf("add default route via %s in container: %w", GatewayIPv6, existsHint(err))
+		if err := cont.RouteAdd(&netlink.Route{LinkIndex: idx, Gw: ifaddr.GatewayIPv6}); err != nil {
+			return fmt.Errorf("add default route via %s in container: %w", ifaddr.GatewayIPv6, existsHint(err))
 		}
 	}
 	return nil
@@ -390,10 +417,10 @@ func setGatewayNeigh(h *netlink.Handle, idx, family int, ip net.IP) error {
 		Family:       family,
 		State:        netlink.NUD_PERMANENT,
 		IP:           ip,
-		HardwareAddr: HostVethMAC,
+		HardwareAddr: ifaddr.HostVethMAC,
 	}
 	if err := h.NeighSet(n); err != nil {
-		return fmt.Errorf("add permanent neighbour %s -> %s in container: %w", ip, HostVethMAC, err)
+		return fmt.Errorf("add permanent neighbour %s -> %s in container: %w", ip, ifaddr.HostVethMAC, err)
 	}
 	return nil
 }
@@ -404,18 +431,43 @@ func setGatewayNeigh(h *netlink.Handle, idx, family int, ip net.IP) error {
 // (/128) route per address. tabby-docker uses it; libnetwork configures the
 // container end itself.
 func ConfigureHostSide(host *netlink.Handle, link netlink.Link, addrs []net.IPNet) error {
-	p := &plan{Config: Config{HostVeth: link.Attrs().Name}, routeProto: DefaultRouteProtocol}
-	for _, a := range addrs {
-		if v4 := a.IP.To4(); v4 != nil {
-			p.addrs, p.hasV4 = append(p.addrs, net.IPNet{IP: v4, Mask: net.CIDRMask(32, 32)}), true
-		} else {
-			p.addrs, p.hasV6 = append(p.addrs, net.IPNet{IP: a.IP, Mask: net.CIDRMask(128, 128)}), true
-		}
+	p, err := hostPlan(Config{HostVeth: link.Attrs().Name, Addrs: addrs})
+	if err != nil {
+		return err
 	}
 	if err := configureHostVeth(host, link, p); err != nil {
 		return err
 	}
 	return addHostRoutes(host, link.Attrs().Index, p)
+}
+
+// SetupHostSide makes a veth pair whose peer stays in the host namespace for
+// the runtime to move into its container (libnetwork does that for Docker),
+// and configures the host end with ConfigureHostSide. On error nothing is
+// left.
+func SetupHostSide(v Veth, addrs []net.IPNet) (err error) {
+	if v.PeerNS != nil {
+		return errors.New("SetupHostSide: the peer must stay in the host namespace")
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("open netlink socket: %w", err)
+	}
+	defer h.Close()
+	veth, err := CreateVeth(h, v)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = h.LinkDel(veth)
+		}
+	}()
+	link, err := h.LinkByName(v.Name)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", v.Name, err)
+	}
+	return ConfigureHostSide(h, link, addrs)
 }
 
 func hostRoute(idx int, dst *net.IPNet, proto netlink.RouteProtocol) *netlink.Route {

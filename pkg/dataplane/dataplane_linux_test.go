@@ -14,6 +14,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/pkg/ifaddr"
 )
 
 func TestHostVethName(t *testing.T) {
@@ -44,7 +46,7 @@ func TestSetupOneContainer(t *testing.T) {
 	c.cfg.MTU = 1400
 
 	res := setup(t, host, c.cfg)
-	if res.HostVeth != c.cfg.HostVeth || !bytes.Equal(res.HostMAC, HostVethMAC) ||
+	if res.HostVeth != c.cfg.HostVeth || !bytes.Equal(res.HostMAC, ifaddr.HostVethMAC) ||
 		len(res.ContainerMAC) != 6 || res.ContainerIfIndex <= 0 || res.Sandbox != c.cfg.NetnsPath {
 		t.Fatalf("unexpected result %+v", res)
 	}
@@ -74,7 +76,7 @@ func TestSetupOneContainer(t *testing.T) {
 			if r.Dst != nil && r.Dst.String() == "169.254.1.1/32" && r.Scope == netlink.SCOPE_LINK {
 				linkRoute = true
 			}
-			if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.Equal(GatewayIPv4) {
+			if (r.Dst == nil || r.Dst.String() == "0.0.0.0/0") && r.Gw.Equal(ifaddr.GatewayIPv4) {
 				defRoute = true
 			}
 		}
@@ -86,7 +88,7 @@ func TestSetupOneContainer(t *testing.T) {
 			return err
 		}
 		for _, n := range neighs {
-			if n.IP.Equal(GatewayIPv4) && n.State == netlink.NUD_PERMANENT && bytes.Equal(n.HardwareAddr, HostVethMAC) {
+			if n.IP.Equal(ifaddr.GatewayIPv4) && n.State == netlink.NUD_PERMANENT && bytes.Equal(n.HardwareAddr, ifaddr.HostVethMAC) {
 				return nil
 			}
 		}
@@ -99,7 +101,7 @@ func TestSetupOneContainer(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if l.Type() != "veth" || !bytes.Equal(l.Attrs().HardwareAddr, HostVethMAC) ||
+		if l.Type() != "veth" || !bytes.Equal(l.Attrs().HardwareAddr, ifaddr.HostVethMAC) ||
 			l.Attrs().MTU != 1400 || l.Attrs().Flags&net.FlagUp == 0 {
 			return fmt.Errorf("host veth %s: type %s mac %s mtu %d flags %v", l.Attrs().Name, l.Type(),
 				l.Attrs().HardwareAddr, l.Attrs().MTU, l.Attrs().Flags)
@@ -170,8 +172,8 @@ func TestDualStack(t *testing.T) {
 		}
 		// Exactly the fixed link-local: addr_gen_mode none keeps the kernel
 		// from adding one of its own.
-		if len(as) != 1 || !as[0].IP.Equal(GatewayIPv6) || as[0].Flags&unix.IFA_F_TENTATIVE != 0 {
-			return fmt.Errorf("host veth IPv6 addresses %v, want only %s, not tentative", as, GatewayIPv6)
+		if len(as) != 1 || !as[0].IP.Equal(ifaddr.GatewayIPv6) || as[0].Flags&unix.IFA_F_TENTATIVE != 0 {
+			return fmt.Errorf("host veth IPv6 addresses %v, want only %s, not tentative", as, ifaddr.GatewayIPv6)
 		}
 		return nil
 	})
@@ -406,7 +408,7 @@ func TestCheck(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					return netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: GatewayIPv4})
+					return netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: ifaddr.GatewayIPv4})
 				})
 			},
 			wants: "container default route via 169.254.1.1 dev eth0 is missing",
@@ -419,7 +421,7 @@ func TestCheck(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					return netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: GatewayIPv6})
+					return netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: ifaddr.GatewayIPv6})
 				})
 			},
 			wants: "container IPv6 default route via fe80::ecee:eeff:feee:eeee dev eth0 is missing",
@@ -432,7 +434,7 @@ func TestCheck(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					return netlink.NeighDel(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, IP: GatewayIPv4})
+					return netlink.NeighDel(&netlink.Neigh{LinkIndex: l.Attrs().Index, Family: netlink.FAMILY_V4, IP: ifaddr.GatewayIPv4})
 				})
 			},
 			wants: "container permanent neighbour 169.254.1.1 -> ee:ee:ee:ee:ee:ee is missing",

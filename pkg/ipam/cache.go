@@ -79,7 +79,7 @@ func (c *hostCache) meta(host string) (*meta, store.Seed, error) {
 	seed := store.Seed{}
 	for _, kv := range c.Pools {
 		var p model.Pool
-		if err := json.Unmarshal(kv.Value, &p); err != nil {
+		if err := store.DecodeRecord(kv.Key, kv.Value, &p); err != nil {
 			return nil, nil, err
 		}
 		m.pools = append(m.pools, p)
@@ -88,7 +88,7 @@ func (c *hostCache) meta(host string) (*meta, store.Seed, error) {
 	}
 	for _, kv := range c.Blocks {
 		var b model.Block
-		if err := json.Unmarshal(kv.Value, &b); err != nil {
+		if err := store.DecodeRecord(kv.Key, kv.Value, &b); err != nil {
 			return nil, nil, err
 		}
 		if b.Affinity == host {

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 )
@@ -112,22 +113,22 @@ func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op, cach
 	m := &meta{}
 	if len(res.Gets[0]) > 0 {
 		m.handle = &model.Handle{}
-		if err := json.Unmarshal(res.Gets[0][0].Value, m.handle); err != nil {
-			return nil, nil, nil, fmt.Errorf("decode handle %s: %w", hkey, err)
+		if err := store.DecodeRecord(res.Gets[0][0].Key, res.Gets[0][0].Value, m.handle); err != nil {
+			return nil, nil, nil, err
 		}
 	}
 	m.poolKVs = res.Gets[1]
 	for _, kv := range res.Gets[1] {
 		var p model.Pool
-		if err := json.Unmarshal(kv.Value, &p); err != nil {
-			return nil, nil, nil, fmt.Errorf("decode pool %s: %w", kv.Key, err)
+		if err := store.DecodeRecord(kv.Key, kv.Value, &p); err != nil {
+			return nil, nil, nil, err
 		}
 		m.pools = append(m.pools, p)
 	}
 	for _, kv := range res.Gets[2] {
 		var af model.Affinity
-		if err := json.Unmarshal(kv.Value, &af); err != nil {
-			return nil, nil, nil, fmt.Errorf("decode affinity %s: %w", kv.Key, err)
+		if err := store.DecodeRecord(kv.Key, kv.Value, &af); err != nil {
+			return nil, nil, nil, err
 		}
 		m.affineKeys = append(m.affineKeys, model.BlockKey(af.Pool, af.Block))
 	}
@@ -168,7 +169,7 @@ func allowedPools(pools []model.Pool, v6 bool, names []string) ([]model.Pool, er
 		for _, n := range names {
 			c, err := model.CanonicalCIDR(n)
 			if err != nil {
-				return nil, errf(CodeNoPool, "pool %q in the IPAM configuration: %v", n, err)
+				return nil, cnierr.New(cnierr.NoPool, "pool %q in the IPAM configuration: %v", n, err)
 			}
 			var found *model.Pool
 			for i := range pools {
@@ -177,13 +178,13 @@ func allowedPools(pools []model.Pool, v6 bool, names []string) ([]model.Pool, er
 				}
 			}
 			if found == nil {
-				return nil, errf(CodeNoPool, "pool %s named in the IPAM configuration does not exist; create it with 'tabbyctl pool add %s'", c, c)
+				return nil, cnierr.New(cnierr.NoPool, "pool %s named in the IPAM configuration does not exist; create it with 'tabbyctl pool add %s'", c, c)
 			}
 			if found.IsV6() != v6 {
-				return nil, errf(CodeNoPool, "pool %s is listed under the wrong family", c)
+				return nil, cnierr.New(cnierr.NoPool, "pool %s is listed under the wrong family", c)
 			}
 			if found.Disabled {
-				return nil, errf(CodePoolDisabled, "pool %s is disabled; enable it or choose another pool", c)
+				return nil, cnierr.New(cnierr.PoolDisabled, "pool %s is disabled; enable it or choose another pool", c)
 			}
 			out = append(out, *found)
 		}
@@ -199,7 +200,7 @@ func allowedPools(pools []model.Pool, v6 bool, names []string) ([]model.Pool, er
 		if v6 {
 			fam = "IPv6"
 		}
-		return nil, errf(CodeNoPool, "no enabled %s pool; create one with 'tabbyctl pool add CIDR'", fam)
+		return nil, cnierr.New(cnierr.NoPool, "no enabled %s pool; create one with 'tabbyctl pool add CIDR'", fam)
 	}
 	return out, nil
 }
@@ -274,7 +275,7 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 			// Container IDs are per host; the same ID on another host is
 			// another container, and must not be handed this one's addresses.
 			if m.handle.Host != "" && m.handle.Host != a.Host {
-				return nil, errf(CodeAddressInUse, "container ID %s of network %s already holds %v on host %s; container IDs must be unique across hosts",
+				return nil, cnierr.New(cnierr.AddressInUse, "container ID %s of network %s already holds %v on host %s; container IDs must be unique across hosts",
 					req.ContainerID, req.Network, m.handle.IPs, m.handle.Host)
 			}
 			h, out, err := a.existing(m.handle, m.pools)
@@ -377,10 +378,10 @@ func freeOrdinalFrom(b *model.Block, pool *net.IPNet, first int) int {
 func (al *alloc) static(pools []model.Pool, ip net.IP) error {
 	p := poolFor(pools, ip)
 	if p == nil {
-		return errf(CodeNoPool, "address %s is outside every pool; add a pool that holds it or pick an address from 'tabbyctl pool show'", ip)
+		return cnierr.New(cnierr.NoPool, "address %s is outside every pool; add a pool that holds it or pick an address from 'tabbyctl pool show'", ip)
 	}
 	if p.Disabled {
-		return errf(CodePoolDisabled, "address %s is in pool %s, which is disabled", ip, p.CIDR)
+		return cnierr.New(cnierr.PoolDisabled, "address %s is in pool %s, which is disabled", ip, p.CIDR)
 	}
 	bn := blockOf(ip, p.BlockSize)
 	key := model.BlockKey(p.CIDR, bn.String())
@@ -396,11 +397,11 @@ func (al *alloc) static(pools []model.Pool, ip net.IP) error {
 			return store.ErrConflict
 		}
 	} else if b.Affinity != al.a.Host && al.req.StrictAffinity {
-		return errf(CodeNotAffine, "address %s is in block %s of host %s and strict affinity forbids borrowing it", ip, b.CIDR, b.Affinity)
+		return cnierr.New(cnierr.NotAffine, "address %s is in block %s of host %s and strict affinity forbids borrowing it", ip, b.CIDR, b.Affinity)
 	}
 	ord := ordinalOf(bn, ip)
 	if s := b.Allocations[ord]; s != nil {
-		return errf(CodeAddressInUse, "address %s is already in use by %s on host %s; release it ('tabbyctl ipam release --ip %s') or choose another", ip, s.Handle, s.Host, ip)
+		return cnierr.New(cnierr.AddressInUse, "address %s is already in use by %s on host %s; release it ('tabbyctl ipam release --ip %s') or choose another", ip, s.Handle, s.Host, ip)
 	}
 	al.take(b, key, *p, ord)
 	return nil
@@ -453,7 +454,7 @@ func (al *alloc) auto(m *meta, v6 bool, names []string) error {
 	}
 	// 3. Borrow one address from another host's block.
 	if al.req.StrictAffinity {
-		return errf(CodePoolExhausted, "pools %s have no free block and strict affinity forbids borrowing; add a pool", poolNames(pools))
+		return cnierr.New(cnierr.PoolExhausted, "pools %s have no free block and strict affinity forbids borrowing; add a pool", poolNames(pools))
 	}
 	if al.rs.Offline() {
 		return store.ErrNeedRead
@@ -481,7 +482,7 @@ func (al *alloc) auto(m *meta, v6 bool, names []string) error {
 			}
 		}
 	}
-	return errf(CodePoolExhausted, "pools %s are full; add a pool or release addresses ('tabbyctl ipam check')", poolNames(pools))
+	return cnierr.New(cnierr.PoolExhausted, "pools %s are full; add a pool or release addresses ('tabbyctl ipam check')", poolNames(pools))
 }
 
 func poolNames(ps []model.Pool) string {
@@ -594,7 +595,7 @@ func (a *IPAM) decide(ctx context.Context, req Request, hkey string, m *meta, d 
 			}
 		}
 		if len(al.out) == 0 {
-			return nil, errf(CodeNoPool, "nothing to assign: enable assign_ipv4 or assign_ipv6, or give an IP")
+			return nil, cnierr.New(cnierr.NoPool, "nothing to assign: enable assign_ipv4 or assign_ipv6, or give an IP")
 		}
 		h := &model.Handle{ID: model.HandleID(req.Network, req.ContainerID), Network: req.Network, ContainerID: req.ContainerID,
 			IfName: req.IfName, Host: a.Host, Workload: req.Workload, Plugin: req.Plugin, Created: time.Now().Unix()}
@@ -747,7 +748,7 @@ func Lookup(ctx context.Context, kv store.KV, ip net.IP) (*model.Allocation, *mo
 	}
 	p := poolFor(pools, ip)
 	if p == nil {
-		return nil, nil, errf(CodeNoPool, "address %s is outside every pool", ip)
+		return nil, nil, cnierr.New(cnierr.NoPool, "address %s is outside every pool", ip)
 	}
 	bn := blockOf(ip, p.BlockSize)
 	var b model.Block
@@ -767,7 +768,7 @@ func ReleaseIP(ctx context.Context, kv store.KV, ip net.IP) error {
 		return err
 	}
 	if al == nil {
-		return errf(CodeAddressInUse, "address %s is not allocated", ip)
+		return cnierr.New(cnierr.AddressInUse, "address %s is not allocated", ip)
 	}
 	cid := strings.TrimPrefix(al.Handle, al.Network+".")
 	return releaseHandle(ctx, kv, model.HandleKey(al.Network, cid), ip)
@@ -829,7 +830,7 @@ func HasRoom(ctx context.Context, kv store.KV, v6 bool, names []string) error {
 			}
 		}
 	}
-	return errf(CodePoolExhausted, "pools %s are full", poolNames(allowed))
+	return cnierr.New(cnierr.PoolExhausted, "pools %s are full", poolNames(allowed))
 }
 
 // CheckHandle verifies that the handle of (network, containerID) exists and

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/etcdtest"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
@@ -96,7 +97,7 @@ func TestStaticAddresses(t *testing.T) {
 	// Same address again, other container: in use.
 	r2 := req("b")
 	r2.Static = []net.IP{net.ParseIP("10.0.0.1")}
-	if _, _, err := h2.Assign(ctx, r2); CodeOf(err) != CodeAddressInUse {
+	if _, _, err := h2.Assign(ctx, r2); cnierr.CodeOf(err) != cnierr.AddressInUse {
 		t.Fatalf("in use: got %v", err)
 	}
 	// 10.0.0.2 from host 2 is borrowed from h1's block (the seed scenario).
@@ -107,16 +108,16 @@ func TestStaticAddresses(t *testing.T) {
 	r3 := req("c")
 	r3.Static = []net.IP{net.ParseIP("10.0.0.3")}
 	r3.StrictAffinity = true
-	if _, _, err := h2.Assign(ctx, r3); CodeOf(err) != CodeNotAffine {
+	if _, _, err := h2.Assign(ctx, r3); cnierr.CodeOf(err) != cnierr.NotAffine {
 		t.Fatalf("strict: got %v", err)
 	}
 	r3.StrictAffinity = false
 	r3.Static = []net.IP{net.ParseIP("172.31.0.1")}
-	if _, _, err := h2.Assign(ctx, r3); CodeOf(err) != CodeNoPool {
+	if _, _, err := h2.Assign(ctx, r3); cnierr.CodeOf(err) != cnierr.NoPool {
 		t.Fatalf("outside pools: got %v", err)
 	}
 	r3.Static = []net.IP{net.ParseIP("10.9.0.1")}
-	if _, _, err := h2.Assign(ctx, r3); CodeOf(err) != CodePoolDisabled {
+	if _, _, err := h2.Assign(ctx, r3); cnierr.CodeOf(err) != cnierr.PoolDisabled {
 		t.Fatalf("disabled pool: got %v", err)
 	}
 	// Nothing was written by the failed attempts.
@@ -150,7 +151,7 @@ func TestExhaustBorrowAndStrict(t *testing.T) {
 		r := req(fmt.Sprintf("b%d", i))
 		_, out, err := h2.Assign(ctx, r)
 		if i == 6 {
-			if CodeOf(err) != CodePoolExhausted {
+			if cnierr.CodeOf(err) != cnierr.PoolExhausted {
 				t.Fatalf("7th address: got %v, want exhausted", err)
 			}
 			break
@@ -170,7 +171,7 @@ func TestExhaustBorrowAndStrict(t *testing.T) {
 	}
 	if _, _, err := h2.Assign(ctx, r); err != nil {
 		// b5 was borrowed from h1's block; with strict affinity h2 cannot get it.
-		if CodeOf(err) != CodePoolExhausted {
+		if cnierr.CodeOf(err) != cnierr.PoolExhausted {
 			t.Fatalf("strict: %v", err)
 		}
 	} else {
@@ -193,7 +194,7 @@ func TestDualStack(t *testing.T) {
 	if ones, _ := out[1].Block.Mask.Size(); ones != 122 {
 		t.Fatalf("v6 block /%d, want /122", ones)
 	}
-	if _, _, err := a.Assign(ctx, Request{Network: "net", ContainerID: "x", IPv6: true, Pools6: []string{"fd99::/64"}}); CodeOf(err) != CodeNoPool {
+	if _, _, err := a.Assign(ctx, Request{Network: "net", ContainerID: "x", IPv6: true, Pools6: []string{"fd99::/64"}}); cnierr.CodeOf(err) != cnierr.NoPool {
 		t.Fatalf("unknown pool: %v", err)
 	}
 }
@@ -404,7 +405,7 @@ func TestSameContainerIDOnTwoHosts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := h2.Assign(ctx, req("web")); CodeOf(err) != CodeAddressInUse {
+	if _, _, err := h2.Assign(ctx, req("web")); cnierr.CodeOf(err) != cnierr.AddressInUse {
 		t.Fatalf("second host: %v", err)
 	}
 	if err := h2.Release(ctx, "net", "web"); err != nil {

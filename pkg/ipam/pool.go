@@ -2,7 +2,6 @@ package ipam
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -73,8 +72,8 @@ func RemovePool(ctx context.Context, kv store.KV, cidr string) error {
 	var cmps []store.Cmp
 	for _, r := range kvs {
 		var b model.Block
-		if err := json.Unmarshal(r.Value, &b); err != nil {
-			return fmt.Errorf("decode %s: %w", r.Key, err)
+		if err := store.DecodeRecord(r.Key, r.Value, &b); err != nil {
+			return err
 		}
 		for _, a := range b.Allocations {
 			if a != nil {

@@ -11,29 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/model"
 )
-
-// Error codes the plugins use, as SPEC.md fixes them (note: the CNI spec
-// itself numbers these the other way round; tabby follows its contract).
-const (
-	CodeBadConfig = 4  // bad network configuration
-	CodeBadArgs   = 7  // bad environment or arguments
-	CodeTryAgain  = 11 // etcd or the node daemon unreachable
-	CodeInternal  = 999
-)
-
-// Error is a plugin error with its CNI code.
-type Error struct {
-	Code int
-	Msg  string
-}
-
-func (e *Error) Error() string { return e.Msg }
-
-func bad(code int, format string, a ...any) error {
-	return &Error{Code: code, Msg: fmt.Sprintf(format, a...)}
-}
 
 // IPAM is the ipam section for tabby-ipam.
 type IPAM struct {
@@ -43,10 +23,11 @@ type IPAM struct {
 	IPv4Pools      []string `json:"ipv4_pools"`
 	IPv6Pools      []string `json:"ipv6_pools"`
 	StrictAffinity bool     `json:"strict_affinity"`
-	// Result "host" (default) answers /32 and /128 with gateway 169.254.1.1,
-	// for tabby; "block" answers the block's prefix with the block's first
-	// address as gateway, for ptp and bridge (that address is then never
-	// handed out; give such networks their own pool).
+	// Result "host" answers /32 and /128 with gateway 169.254.1.1 (the
+	// default under tabby); "block" answers the block's prefix with the
+	// block's first address as gateway (the default under any other main
+	// plugin, e.g. ptp and bridge; that address is then never handed out:
+	// give such networks their own pool).
 	Result string `json:"result,omitempty"`
 	Etcd
 	Nodename string `json:"nodename,omitempty"`
@@ -105,36 +86,56 @@ const DefaultStateDir = "/var/run/tabby"
 func Parse(b []byte) (*NetConf, error) {
 	var c NetConf
 	if err := json.Unmarshal(b, &c); err != nil {
-		return nil, bad(CodeBadConfig, "network configuration is not valid JSON: %v", err)
+		return nil, cnierr.New(cnierr.BadConfig, "network configuration is not valid JSON: %v", err)
 	}
 	if c.Name == "" {
-		return nil, bad(CodeBadConfig, "network configuration has no \"name\"")
+		return nil, cnierr.New(cnierr.BadConfig, "network configuration has no \"name\"")
 	}
 	if err := model.ValidName(c.Name); err != nil {
-		return nil, bad(CodeBadConfig, "network name: %v", err)
+		return nil, cnierr.New(cnierr.BadConfig, "network name: %v", err)
 	}
 	if c.MTU < 0 || (c.MTU > 0 && c.MTU < 576) || c.MTU > 65535 {
-		return nil, bad(CodeBadConfig, "mtu %d is out of range; use 0 (derive from the uplink) or 576..65535", c.MTU)
+		return nil, cnierr.New(cnierr.BadConfig, "mtu %d is out of range; use 0 (derive from the uplink) or 576..65535", c.MTU)
 	}
 	for _, p := range c.Profiles {
 		if err := model.ValidName(p); err != nil {
-			return nil, bad(CodeBadConfig, "profile in \"profiles\": %v", err)
+			return nil, cnierr.New(cnierr.BadConfig, "profile in \"profiles\": %v", err)
 		}
 	}
 	switch c.IPAM.Result {
 	case "", "host", "block":
 	default:
-		return nil, bad(CodeBadConfig, "ipam result %q: use \"host\" or \"block\"", c.IPAM.Result)
+		return nil, cnierr.New(cnierr.BadConfig, "ipam result %q: use \"host\" or \"block\"", c.IPAM.Result)
 	}
 	for _, p := range append(append([]string{}, c.IPAM.IPv4Pools...), c.IPAM.IPv6Pools...) {
 		if _, err := model.CanonicalCIDR(p); err != nil {
-			return nil, bad(CodeBadConfig, "ipam pool: %v", err)
+			return nil, cnierr.New(cnierr.BadConfig, "ipam pool: %v", err)
 		}
 	}
+	if c.LogFile != "" && !filepath.IsAbs(c.LogFile) {
+		// Relative to what? The runtime's working directory, which is no
+		// place for a log (and a mutated netconf could aim it anywhere).
+		return nil, cnierr.New(cnierr.BadConfig, "log_file %q is a relative path; give an absolute path such as /var/log/tabby/cni.log", c.LogFile)
+	}
 	if c.PolicyTimeout < 0 {
-		return nil, bad(CodeBadConfig, "policy_setup_timeout_seconds must not be negative")
+		return nil, cnierr.New(cnierr.BadConfig, "policy_setup_timeout_seconds must not be negative")
 	}
 	return &c, nil
+}
+
+// BlockResult reports whether the IPAM answers in block shape (the block's
+// prefix, its first address as the gateway), which is what ptp and bridge
+// need to route, rather than /32 and /128 behind tabby's link-local gateway.
+// It is the default under any main plugin but tabby, so a conflist written
+// the way host-local users write it works; "result" overrides.
+func (c *NetConf) BlockResult() bool {
+	switch c.IPAM.Result {
+	case "block":
+		return true
+	case "host":
+		return false
+	}
+	return c.Type != "tabby"
 }
 
 // AssignV4 reports whether an IPv4 address is wanted (default yes).
@@ -227,7 +228,7 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 			}
 			k, v, ok := strings.Cut(kv, "=")
 			if !ok {
-				return nil, bad(CodeBadArgs, "CNI_ARGS item %q is not KEY=VALUE", kv)
+				return nil, cnierr.New(cnierr.BadArgs, "CNI_ARGS item %q is not KEY=VALUE", kv)
 			}
 			switch k {
 			case "IgnoreUnknown":
@@ -255,7 +256,7 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 		}
 	}
 	if len(unknown) > 0 && !ignoreUnknown {
-		return nil, bad(CodeBadArgs, "CNI_ARGS has unknown keys %v; tabby knows IP, TABBY_PROFILES, TABBY_WORKLOAD, TABBY_ORCHESTRATOR, K8S_POD_NAMESPACE, K8S_POD_NAME (add IgnoreUnknown=1 to ignore others)", unknown)
+		return nil, cnierr.New(cnierr.BadArgs, "CNI_ARGS has unknown keys %v; tabby knows IP, TABBY_PROFILES, TABBY_WORKLOAD, TABBY_ORCHESTRATOR, K8S_POD_NAMESPACE, K8S_POD_NAME (add IgnoreUnknown=1 to ignore others)", unknown)
 	}
 	if c != nil {
 		ipStrs = append(ipStrs, c.RuntimeConfig.IPs...)
@@ -276,7 +277,7 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 		}
 		ip := net.ParseIP(addr)
 		if ip == nil {
-			return nil, bad(CodeBadArgs, "IP %q is not an IP address", s)
+			return nil, cnierr.New(cnierr.BadArgs, "IP %q is not an IP address", s)
 		}
 		if v4 := ip.To4(); v4 != nil {
 			ip = v4
@@ -287,12 +288,12 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 		seen[ip.String()] = true
 		if ip.To4() != nil {
 			if has4 {
-				return nil, bad(CodeBadArgs, "more than one IPv4 address requested (%s); a workload gets one per family", s)
+				return nil, cnierr.New(cnierr.BadArgs, "more than one IPv4 address requested (%s); a workload gets one per family", s)
 			}
 			has4 = true
 		} else {
 			if has6 {
-				return nil, bad(CodeBadArgs, "more than one IPv6 address requested (%s); a workload gets one per family", s)
+				return nil, cnierr.New(cnierr.BadArgs, "more than one IPv6 address requested (%s); a workload gets one per family", s)
 			}
 			has6 = true
 		}
@@ -300,7 +301,7 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 	}
 	if a.K8sNamespace != "" || a.K8sPod != "" {
 		if a.K8sNamespace == "" || a.K8sPod == "" {
-			return nil, bad(CodeBadArgs, "K8S_POD_NAMESPACE and K8S_POD_NAME must come together")
+			return nil, cnierr.New(cnierr.BadArgs, "K8S_POD_NAMESPACE and K8S_POD_NAME must come together")
 		}
 		a.Orchestrator = model.OrchestratorK8s
 		if a.Workload == "" {
@@ -311,16 +312,16 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 	switch a.Orchestrator {
 	case model.OrchestratorCNI, model.OrchestratorK8s, model.OrchestratorDock:
 	default:
-		return nil, bad(CodeBadArgs, "TABBY_ORCHESTRATOR %q: use cni, k8s or docker", a.Orchestrator)
+		return nil, cnierr.New(cnierr.BadArgs, "TABBY_ORCHESTRATOR %q: use cni, k8s or docker", a.Orchestrator)
 	}
 	if a.Workload != "" {
 		if err := model.ValidName(a.Workload); err != nil {
-			return nil, bad(CodeBadArgs, "workload name: %v", err)
+			return nil, cnierr.New(cnierr.BadArgs, "workload name: %v", err)
 		}
 	}
 	for _, p := range a.Profiles {
 		if err := model.ValidName(p); err != nil {
-			return nil, bad(CodeBadArgs, "profile: %v", err)
+			return nil, cnierr.New(cnierr.BadArgs, "profile: %v", err)
 		}
 	}
 	return a, nil

@@ -1,17 +1,12 @@
 package netconf
 
 import (
-	"errors"
 	"testing"
+
+	"github.com/tabby-net/tabby/pkg/cnierr"
 )
 
-func code(err error) int {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code
-	}
-	return 0
-}
+func code(err error) cnierr.Code { return cnierr.CodeOf(err) }
 
 func TestParseGood(t *testing.T) {
 	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"tabby","etcd_endpoints":"http://a:1, http://b:2",
@@ -39,15 +34,17 @@ func TestParseGood(t *testing.T) {
 func TestParseBad(t *testing.T) {
 	for _, tc := range []struct {
 		conf string
-		code int
+		code cnierr.Code
 	}{
-		{`{`, CodeBadConfig},
-		{`{"cniVersion":"1.0.0","type":"tabby"}`, CodeBadConfig},
-		{`{"name":"a/b"}`, CodeBadConfig},
-		{`{"name":"n","mtu":70000}`, CodeBadConfig},
-		{`{"name":"n","profiles":["a b"]}`, CodeBadConfig},
-		{`{"name":"n","ipam":{"ipv4_pools":["10.0.0.1/8"]}}`, CodeBadConfig},
-		{`{"name":"n","ipam":{"result":"weird"}}`, CodeBadConfig},
+		{`{`, cnierr.BadConfig},
+		{`{"cniVersion":"1.0.0","type":"tabby"}`, cnierr.BadConfig},
+		{`{"name":"a/b"}`, cnierr.BadConfig},
+		{`{"name":"n","mtu":70000}`, cnierr.BadConfig},
+		{`{"name":"n","profiles":["a b"]}`, cnierr.BadConfig},
+		{`{"name":"n","ipam":{"ipv4_pools":["10.0.0.1/8"]}}`, cnierr.BadConfig},
+		{`{"name":"n","ipam":{"result":"weird"}}`, cnierr.BadConfig},
+		{`{"name":"n","log_file":"tabby.log"}`, cnierr.BadConfig},
+		{`{"name":"n","log_file":"../var/log/x"}`, cnierr.BadConfig},
 	} {
 		if _, err := Parse([]byte(tc.conf)); code(err) != tc.code {
 			t.Errorf("%s: got %v, want code %d", tc.conf, err, tc.code)
@@ -55,8 +52,8 @@ func TestParseBad(t *testing.T) {
 	}
 	for _, args := range []string{"IP", "IP=300.1.1.1", "FOO=1", "IP=10.0.0.1,10.0.0.2", "TABBY_WORKLOAD=a/b",
 		"TABBY_ORCHESTRATOR=mesos", "K8S_POD_NAME=x", "TABBY_PROFILES=a/b"} {
-		if _, err := ParseArgs(args, nil); code(err) != CodeBadArgs {
-			t.Errorf("CNI_ARGS %q: got %v, want code %d", args, err, CodeBadArgs)
+		if _, err := ParseArgs(args, nil); code(err) != cnierr.BadArgs {
+			t.Errorf("CNI_ARGS %q: got %v, want code %d", args, err, cnierr.BadArgs)
 		}
 	}
 }

@@ -7,12 +7,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -20,13 +19,12 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
+	"github.com/tabby-net/tabby/pkg/ifaddr"
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/store"
 )
-
-// CodeInternal is tabby's code for an unexpected failure.
-const CodeInternal = 100
 
 // Deadline bounds one plugin call's datastore work, so an unreachable etcd
 // gives code 11 within seconds instead of hanging the runtime.
@@ -41,20 +39,19 @@ func ToCNI(err error) *types.Error {
 	if errors.As(err, &te) {
 		return te
 	}
-	var ne *netconf.Error
-	if errors.As(err, &ne) {
-		return types.NewError(uint(ne.Code), ne.Msg, "")
-	}
-	if c := ipam.CodeOf(err); c != 0 {
+	if c := cnierr.CodeOf(err); c != 0 {
 		return types.NewError(uint(c), err.Error(), "")
 	}
 	if store.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
-		return types.NewError(netconf.CodeTryAgain, err.Error(), "try again when etcd is reachable")
+		return types.NewError(uint(cnierr.TryAgain), err.Error(), "try again when etcd is reachable")
 	}
 	if errors.Is(err, store.ErrConflict) {
-		return types.NewError(netconf.CodeTryAgain, err.Error(), "")
+		return types.NewError(uint(cnierr.TryAgain), err.Error(), "")
 	}
-	return types.NewError(CodeInternal, err.Error(), "")
+	if errors.Is(err, store.ErrFormat) {
+		return types.NewError(uint(cnierr.DatastoreFormat), err.Error(), "")
+	}
+	return types.NewError(uint(cnierr.Internal), err.Error(), "")
 }
 
 // OpenKV connects to etcd as the netconf says.
@@ -62,55 +59,91 @@ func OpenKV(c *netconf.NetConf) (store.KV, error) {
 	e := c.EtcdConfig()
 	kv, err := store.NewHTTP(store.Config{Endpoints: e.EndpointList(), CAFile: e.CACertFile, CertFile: e.CertFile, KeyFile: e.KeyFile})
 	if err != nil {
-		return nil, &netconf.Error{Code: netconf.CodeBadConfig, Msg: "etcd settings: " + err.Error()}
+		return nil, cnierr.New(cnierr.BadConfig, "etcd settings: %v", err)
 	}
 	return kv, nil
 }
 
-// Logger appends to the netconf's log_file; plugins must never write logs to
-// stdout, which carries the result.
-type Logger struct {
-	f     *os.File
-	debug bool
-	pre   string
+// Env is what every verb of either plugin starts from: the parsed network
+// configuration, this host's name, the datastore and the log.
+type Env struct {
+	Args *skel.CmdArgs
+	Conf *netconf.NetConf
+	Host string
+	KV   store.KV
+	Log  *slog.Logger
+	logf *os.File
 }
 
-// NewLogger opens path; a log that cannot be opened is dropped, never fatal.
-func NewLogger(path, level, prefix string) *Logger {
-	l := &Logger{debug: strings.EqualFold(level, "debug"), pre: prefix}
+// Open parses stdin and connects to etcd.
+func Open(args *skel.CmdArgs, plugin string) (*Env, error) {
+	c, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	host, err := c.Node()
+	if err != nil {
+		return nil, cnierr.New(cnierr.BadConfig, "%v", err)
+	}
+	kv, err := OpenKV(c)
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Args: args, Conf: c, Host: host, KV: kv}
+	e.Log, e.logf = NewLogger(c.LogFile, c.LogLevel)
+	e.Log = e.Log.With("plugin", plugin, "container", args.ContainerID)
+	return e, nil
+}
+
+// Close releases the connection and the log file.
+func (e *Env) Close() {
+	e.KV.Close()
+	if e.logf != nil {
+		e.logf.Close()
+	}
+}
+
+// Verb wraps one CNI verb for a plugin whose per-call state C is made from
+// the Env by open: parse and connect, bound the datastore work by a
+// deadline, log a failure, and answer with the CNI error object.
+func Verb[C any](plugin, name string, d time.Duration, open func(*Env) (C, error), fn func(context.Context, C) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		e, err := Open(args, plugin)
+		if err != nil {
+			return ToCNI(err)
+		}
+		defer e.Close()
+		c, err := open(e)
+		if err != nil {
+			return ToCNI(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		if err := fn(ctx, c); err != nil {
+			e.Log.Error(name+" failed", "err", err)
+			return ToCNI(err)
+		}
+		return nil
+	}
+}
+
+// NewLogger writes to the netconf's log_file (netconf.Parse has made sure
+// the path is absolute); plugins must never log to stdout, which carries
+// the result. A log that cannot be opened is dropped, never fatal.
+func NewLogger(path, level string) (*slog.Logger, *os.File) {
+	var lv slog.Level
+	if lv.UnmarshalText([]byte(level)) != nil {
+		lv = slog.LevelInfo
+	}
 	if path == "" {
-		return l
+		return slog.New(slog.DiscardHandler), nil
 	}
 	_ = os.MkdirAll(filepath.Dir(path), 0o755)
-	l.f, _ = os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	return l
-}
-
-func (l *Logger) write(level, format string, a ...any) {
-	if l == nil || l.f == nil {
-		return
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return slog.New(slog.DiscardHandler), nil
 	}
-	fmt.Fprintf(l.f, "%s %s %s %s\n", time.Now().Format(time.RFC3339Nano), level, l.pre, fmt.Sprintf(format, a...))
-}
-
-// Infof logs at info level.
-func (l *Logger) Infof(format string, a ...any) { l.write("info", format, a...) }
-
-// Errorf logs at error level.
-func (l *Logger) Errorf(format string, a ...any) { l.write("error", format, a...) }
-
-// Debugf logs only at debug level.
-func (l *Logger) Debugf(format string, a ...any) {
-	if l != nil && l.debug {
-		l.write("debug", format, a...)
-	}
-}
-
-// Close closes the log file.
-func (l *Logger) Close() {
-	if l != nil && l.f != nil {
-		l.f.Close()
-	}
+	return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: lv})), f
 }
 
 // Main runs a plugin's verbs through skel. It first makes sure stdin is a JSON
@@ -124,7 +157,7 @@ func Main(funcs skel.CNIFuncs, about string) {
 			err = json.Unmarshal(data, &obj)
 		}
 		if err != nil {
-			e := types.NewError(netconf.CodeBadConfig, "network configuration on stdin is not a JSON object: "+err.Error(), "")
+			e := types.NewError(uint(cnierr.BadConfig), "network configuration on stdin is not a JSON object: "+err.Error(), "")
 			_ = e.Print()
 			os.Exit(1)
 		}
@@ -148,16 +181,9 @@ func IPAMRequest(c *netconf.NetConf, a *netconf.Args, containerID, ifName string
 	return ipam.Request{
 		Network: c.Name, ContainerID: containerID, IfName: ifName, Workload: wl, Plugin: c.Type,
 		IPv4: c.AssignV4(), IPv6: c.IPAM.AssignIPv6, Pools4: c.IPAM.IPv4Pools, Pools6: c.IPAM.IPv6Pools,
-		Static: a.IPs, StrictAffinity: c.IPAM.StrictAffinity, GatewayFirst: c.IPAM.Result == "block",
+		Static: a.IPs, StrictAffinity: c.IPAM.StrictAffinity, GatewayFirst: c.BlockResult(),
 	}
 }
-
-// Gateways of "host" results: the link-local next hop tabby's dataplane
-// answers for (and ptp would put on each host veth).
-var (
-	gw4 = net.ParseIP("169.254.1.1")
-	gw6 = net.ParseIP("fe80::ecee:eeff:feee:eeee")
-)
 
 // IPAMResult builds the CNI result of an allocation: /32 and /128 with the
 // link-local gateway, or (block) the block prefix with the block's first
@@ -165,19 +191,16 @@ var (
 func IPAMResult(out []ipam.Assigned, block bool) *current.Result {
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	for _, as := range out {
-		bits := 32
-		gw, def := gw4, "0.0.0.0/0"
-		if as.IP.To4() == nil {
-			bits, gw, def = 128, gw6, "::/0"
-		}
-		mask := net.CIDRMask(bits, bits)
+		addr, gw := ifaddr.Host(as.IP), ifaddr.Gateway(as.IP)
 		if block {
-			mask = as.Block.Mask
-			gw = as.Block.IP
+			addr, gw = net.IPNet{IP: as.IP, Mask: as.Block.Mask}, as.Block.IP
 		}
-		_, d, _ := net.ParseCIDR(def)
-		res.Routes = append(res.Routes, &types.Route{Dst: *d})
-		res.IPs = append(res.IPs, &current.IPConfig{Address: net.IPNet{IP: as.IP, Mask: mask}, Gateway: gw})
+		def := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+		if as.IP.To4() == nil {
+			def = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		res.Routes = append(res.Routes, &types.Route{Dst: def})
+		res.IPs = append(res.IPs, &current.IPConfig{Address: addr, Gateway: gw})
 	}
 	return res
 }

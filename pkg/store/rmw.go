@@ -96,8 +96,8 @@ func (r *ReadSet) Decode(key string, v any) (bool, error) {
 	if err != nil || kv == nil {
 		return false, err
 	}
-	if err := json.Unmarshal(kv.Value, v); err != nil {
-		return true, fmt.Errorf("decode %s: %w", key, err)
+	if err := DecodeRecord(key, kv.Value, v); err != nil {
+		return true, err
 	}
 	return true, nil
 }
@@ -245,8 +245,8 @@ func GetJSON(ctx context.Context, kv KV, key string, v any) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := json.Unmarshal(r.Value, v); err != nil {
-		return 0, fmt.Errorf("decode %s: %w", key, err)
+	if err := DecodeRecord(key, r.Value, v); err != nil {
+		return 0, err
 	}
 	return r.ModRev, nil
 }
@@ -279,13 +279,26 @@ func ListJSON[T any](ctx context.Context, kv KV, prefix string) ([]T, error) {
 	out := make([]T, 0, len(kvs))
 	for _, r := range kvs {
 		var v T
-		if err := json.Unmarshal(r.Value, &v); err != nil {
-			return nil, fmt.Errorf("decode %s: %w", r.Key, err)
+		if err := DecodeRecord(r.Key, r.Value, &v); err != nil {
+			return nil, err
 		}
 		out = append(out, v)
 	}
 	return out, nil
 }
 
+// ErrFormat marks a stored record this version cannot read (a corrupt value,
+// or one written by something else): plugins answer it with code 120.
+var ErrFormat = errors.New("unreadable record")
+
 // DecodeJSON unmarshals one stored value.
 func DecodeJSON(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// DecodeRecord unmarshals the value stored at key; a failure names the key
+// and wraps ErrFormat.
+func DecodeRecord(key string, b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: etcd record %s cannot be decoded (%v); repair or delete it", ErrFormat, key, err)
+	}
+	return nil
+}
