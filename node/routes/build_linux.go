@@ -1,11 +1,12 @@
 package routes
 
 import (
-	"crypto/sha256"
 	"net"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/pkg/ifaddr"
 )
 
 // The Build functions make the netlink objects Sync installs. They touch no
@@ -131,12 +132,7 @@ func BuildTunnelAddr(ip net.IP) *netlink.Addr {
 // locally administered and unicast, so it never clashes with a NIC's. A
 // stable MAC lets the VXLAN device be re-created without other hosts'
 // neighbour entries going stale.
-func DeriveVTEPMAC(seed string) net.HardwareAddr {
-	sum := sha256.Sum256([]byte("tabby-vtep:" + seed))
-	mac := net.HardwareAddr(sum[:6])
-	mac[0] = (mac[0] | 0x02) &^ 0x01
-	return mac
-}
+func DeriveVTEPMAC(seed string) net.HardwareAddr { return ifaddr.DeriveMAC("tabby-vtep:" + seed) }
 
 func family(ip net.IP) int {
 	if ip.To4() != nil {
