@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -15,6 +14,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/tabby-net/tabby/pkg/testutil"
 )
 
 // Every kernel change these tests make happens in namespaces they create
@@ -36,12 +37,8 @@ func randomHex(n int) string {
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to make network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2")
-	}
+	testutil.NeedRoot(t)
+	testutil.Tool(t, "ip") // iproute2
 }
 
 // run runs a command and fails the test on error.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/vishvananda/netlink"
 )
 
@@ -27,9 +29,7 @@ var (
 
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root to create network namespaces")
-	}
+	testutil.NeedRoot(tb)
 }
 
 // newNS makes a named namespace (under /var/run/netns) removed at cleanup,
