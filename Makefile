@@ -42,7 +42,7 @@ tools:
 	@[ -x $(BIN)/tools/crictl ] || GOBIN=$(BIN)/tools CGO_ENABLED=0 GOFLAGS=-buildvcs=false $(GO) install \
 	  -ldflags '-X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)' sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
 
-test: deps build tools
+test: deps build tools tidy-check
 	$(GO) vet ./...
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -p 1 -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/runtime$$)
 	@echo "--- containerd CRI and Docker (test/runtime, run times per phase)"
@@ -56,6 +56,11 @@ RUNTIME_TEST = TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO)
 
 test-runtime: deps build tools
 	$(RUNTIME_TEST)
+
+# go.mod and go.sum must be what `go mod tidy` makes of the code.
+.PHONY: tidy-check
+tidy-check:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run 'go mod tidy'"; exit 1; }
 
 test-unit: build
 	TABBY_BIN=$(BIN) $(GO) test -count=1 -short ./pkg/...
@@ -86,6 +91,7 @@ clean:
 	rm -rf $(BIN) bench/out
 
 docs:
+	@TABBY_UPDATE_DOCS=1 $(GO) test -count=1 -run TestREADMECodesAreCurrent ./pkg/cnierr >/dev/null
 	@$(GO) run ./tabbyctl help --markdown > /tmp/tabbyctl-ref.md
 	@awk 'BEGIN{skip=0} /<!-- tabbyctl-reference:begin -->/{print; while((getline l < "/tmp/tabbyctl-ref.md")>0) print l; skip=1; next} /<!-- tabbyctl-reference:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md
 

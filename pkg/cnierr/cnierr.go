@@ -6,6 +6,7 @@ package cnierr
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Code is a CNI error code.
@@ -66,4 +67,14 @@ func CodeOf(err error) Code {
 		return e.Code
 	}
 	return 0
+}
+
+// Markdown is the README's table of codes.
+func Markdown() string {
+	var b strings.Builder
+	b.WriteString("| code | meaning |\n|---|---|\n")
+	for _, c := range Codes {
+		fmt.Fprintf(&b, "| %d | %s |\n", c.Code, c.Meaning)
+	}
+	return b.String()
 }
