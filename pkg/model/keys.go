@@ -1,6 +1,6 @@
 // Package model holds tabby's datastore records and the etcd keys they live
 // under. Every record is JSON; every key is under Prefix. The layout is built
-// so that a node reads only what its own host needs (see SPEC "Scale").
+// so that a node reads only what its own host needs (docs/scale-and-speed.md).
 package model
 
 import (

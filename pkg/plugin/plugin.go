@@ -148,7 +148,7 @@ func NewLogger(path, level string) (*slog.Logger, *os.File) {
 
 // Main runs a plugin's verbs through skel. It first makes sure stdin is a JSON
 // object, because skel would answer malformed JSON with the CNI spec's code 6,
-// and tabby's contract (SPEC.md) promises code 4 for a bad configuration.
+// and tabby answers a bad configuration with code 4 (pkg/cnierr).
 func Main(funcs skel.CNIFuncs, about string) {
 	if cmd := os.Getenv("CNI_COMMAND"); cmd != "" && cmd != "VERSION" {
 		data, err := io.ReadAll(os.Stdin)

@@ -1,6 +1,6 @@
 // Command bench measures tabby's CNI plugins against Debian's ptp and
 // host-local in the netns lab, all in one run, and writes DIR/report.md
-// and DIR/report.json (SPEC.md "Speed of the plugins"):
+// and DIR/report.json (docs/scale-and-speed.md, "Speed rules"):
 //
 //	go run ./test/bench -out bench/out       # make bench
 //	go run ./test/bench -quick -out /tmp/b   # smoke run
