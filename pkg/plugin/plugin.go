@@ -57,7 +57,7 @@ func ToCNI(err error) *types.Error {
 // OpenKV connects to etcd as the netconf says.
 func OpenKV(c *netconf.NetConf) (store.KV, error) {
 	e := c.EtcdConfig()
-	kv, err := store.NewHTTP(store.Config{Endpoints: e.EndpointList(), CAFile: e.CACertFile, CertFile: e.CertFile, KeyFile: e.KeyFile})
+	kv, err := store.NewGRPC(store.Config{Endpoints: e.EndpointList(), CAFile: e.CACertFile, CertFile: e.CertFile, KeyFile: e.KeyFile})
 	if err != nil {
 		return nil, cnierr.New(cnierr.BadConfig, "etcd settings: %v", err)
 	}

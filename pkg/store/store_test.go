@@ -16,7 +16,7 @@ import (
 type counter struct{ N int }
 
 // Both clients must behave the same: the plugins use one, the daemon the other.
-func clients(t *testing.T, eps []string) map[string]store.KV {
+func clients(t testing.TB, eps []string) map[string]store.KV {
 	h, err := store.NewHTTP(store.Config{Endpoints: eps})
 	if err != nil {
 		t.Fatal(err)
@@ -25,8 +25,12 @@ func clients(t *testing.T, eps []string) map[string]store.KV {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.Close(); g.Close() })
-	return map[string]store.KV{"http": h, "grpc": g}
+	l, err := store.NewGRPC(store.Config{Endpoints: eps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(); g.Close(); l.Close() })
+	return map[string]store.KV{"http": h, "grpc": g, "lean": l}
 }
 
 func TestKVConformance(t *testing.T) {
@@ -193,9 +197,14 @@ func TestTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	l, err := store.NewGRPC(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer h.Close()
 	defer g.Close()
-	for name, kv := range map[string]store.KV{"http": h, "grpc": g} {
+	defer l.Close()
+	for name, kv := range map[string]store.KV{"http": h, "grpc": g, "lean": l} {
 		if err := store.PutJSON(context.Background(), kv, "/tabby/v1/test/tls-"+name, counter{N: 1}); err != nil {
 			t.Fatalf("%s over TLS: %v", name, err)
 		}
@@ -204,6 +213,10 @@ func TestTLS(t *testing.T) {
 	noCert, _ := store.NewHTTP(store.Config{Endpoints: e.Endpoints(), CAFile: f.CA, Timeout: 2 * time.Second})
 	if _, err := noCert.Get(context.Background(), "/tabby/v1/test/tls-http"); err == nil {
 		t.Fatal("etcd answered a client without a certificate")
+	}
+	noCertG, _ := store.NewGRPC(store.Config{Endpoints: e.Endpoints(), CAFile: f.CA, Timeout: 2 * time.Second})
+	if _, err := noCertG.Get(context.Background(), "/tabby/v1/test/tls-lean"); err == nil {
+		t.Fatal("etcd answered a gRPC client without a certificate")
 	}
 	if _, err := store.NewHTTP(store.Config{Endpoints: e.Endpoints(), CAFile: "/nonexistent"}); err == nil {
 		t.Fatal("a missing CA file was accepted")
