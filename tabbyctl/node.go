@@ -76,6 +76,12 @@ func nodeStatus(c *ctx) error {
 	if !st.IPIPSupported {
 		fmt.Fprintln(c.out, "IPIP: not supported by this kernel; IPIP pools cannot be served on this host")
 	}
+	if st.IPv6PolicyError != "" {
+		fmt.Fprintf(c.out, "IPv6 policy: NOT ENFORCED: %s; endpoints with IPv6 addresses are not made ready (their ADD fails)\n", st.IPv6PolicyError)
+	}
+	if st.IPv6NATError != "" {
+		fmt.Fprintf(c.out, "IPv6 nat-outgoing: not in force: %s\n", st.IPv6NATError)
+	}
 	if len(st.Unserved) > 0 {
 		fmt.Fprintf(c.out, "unserved prefixes: %s\n", strings.Join(st.Unserved, ", "))
 	}

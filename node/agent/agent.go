@@ -56,10 +56,13 @@ type Agent struct {
 	speaker *bgp.Speaker
 	rt      *routes.Manager
 	ipt4    *iptables.Backend
-	ipt6    *iptables.Backend
-	metrics *metrics
-	ipipOK  bool
-	ready   *readiness
+	ipt6    *iptables.Backend // nil when ip6tables cannot be used here
+	// ip6tablesErr is why ipt6 is nil: IPv6 endpoints are then never ready.
+	ip6tablesErr error
+	sets         *iptables.Sets
+	metrics      *metrics
+	ipipOK       bool
+	ready        *readiness
 
 	mu        sync.Mutex
 	learned   []bgp.Route
@@ -110,16 +113,9 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), regKick: make(chan struct{}, 1), ready: newReadiness()}
-	a.metrics = newMetrics(func() float64 {
-		n := 0
-		for _, p := range a.Status().Peers {
-			if p.State == "Established" {
-				n++
-			}
-		}
-		return float64(n)
-	})
+	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), regKick: make(chan struct{}, 1), ready: newReadiness(),
+		sets: new(iptables.Sets)}
+	a.metrics = newMetrics(a.peersEstablished)
 	a.status.Name, a.status.IPv4, a.status.Version = cfg.Name, cfg.IPv4, cfg.Version
 	return a, nil
 }
@@ -152,12 +148,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.ipipOK {
 		a.log.Warn("this kernel has no IPIP support: IPIP pools cannot be served on this host; direct and VXLAN pools are served")
 	}
-	var err error
-	if a.ipt4, err = iptables.Detect(iptables.V4); err != nil {
+	if err := a.detectIPTables(); err != nil {
 		return err
 	}
-	a.ipt6, _ = iptables.Detect(iptables.V6)
-	a.log.Info("iptables backend", "mode", a.ipt4.Mode)
 
 	ip4, _, _ := net.ParseCIDR(a.cfg.IPv4)
 	if err := a.routeManager(tunnelAddrs{}); err != nil {
@@ -242,7 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Coalesce bursts (a profile change touches many keys).
 		drain(a.cache.Changed(), a.kick)
 		if a.cache.Synced() {
-			a.reconcile(ctx, full)
+			a.reconcile(ctx, a.pass(full))
 		}
 	}
 }
@@ -301,13 +294,39 @@ func (a *Agent) snapshot() *view {
 	return v
 }
 
+// detectIPTables picks the iptables backends. IPv4 is required; without a
+// usable ip6tables the daemon runs, but fails closed for IPv6: endpoints
+// with an IPv6 address are never reported ready.
+func (a *Agent) detectIPTables() error {
+	var err error
+	if a.ipt4, err = iptables.Detect(iptables.V4); err != nil {
+		return err
+	}
+	a.log.Info("iptables backend", "mode", a.ipt4.Mode)
+	a.detectIP6Tables()
+	return nil
+}
+
+func (a *Agent) detectIP6Tables() {
+	b, err := iptables.Detect(iptables.V6)
+	if err != nil {
+		a.ipt6, a.ip6tablesErr = nil, fmt.Errorf("ip6tables unusable on this host: %w", err)
+		return
+	}
+	a.ipt6, a.ip6tablesErr = b, nil
+	a.log.Info("ip6tables backend", "mode", b.Mode)
+}
+
 // reconcile drives BGP, routes and NAT to the desired state.
-func (a *Agent) reconcile(ctx context.Context, full bool) {
+func (a *Agent) reconcile(ctx context.Context, p pass) {
 	start := time.Now()
 	v := a.snapshot()
 	var errs []error
+	if p.full && a.ipt6 == nil {
+		a.detectIP6Tables() // ip6tables may have been installed since
+	}
 	// The packet filter first: a CNI ADD is waiting for it.
-	if err := a.syncPolicy(v, full); err != nil {
+	if err := a.syncPolicy(v, p); err != nil {
 		errs = append(errs, fmt.Errorf("policy: %w", err))
 	}
 	// Prefixes first, so a new session starts with the full set.
@@ -348,7 +367,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) {
 			errs = append(errs, fmt.Errorf("routes: %w", err))
 		}
 	}
-	if err := a.syncNAT(v); err != nil {
+	if err := a.syncNAT(v, p); err != nil {
 		errs = append(errs, fmt.Errorf("nat-outgoing: %w", err))
 	}
 	if len(unserved) > 0 {
@@ -381,31 +400,79 @@ func (a *Agent) reconcile(ctx context.Context, full bool) {
 	}
 }
 
-func (a *Agent) syncNAT(v *view) error {
+// pass is how one reconcile writes iptables and ipsets. The event path
+// diffs against what tabby last applied (a CNI ADD may be waiting); the
+// periodic pass (full) reads the kernel back and so repairs what anyone
+// else changed.
+type pass struct {
+	full bool
+	sets *iptables.Sets
+}
+
+func (a *Agent) pass(full bool) pass { return pass{full: full, sets: a.sets} }
+
+func (p pass) syncSets(sets ...iptables.Set) error {
+	sync := p.sets.SyncKnown
+	if p.full {
+		sync = p.sets.Sync
+	}
+	_, err := sync(sets...)
+	return err
+}
+
+func (p pass) apply(b *iptables.Backend, tables ...iptables.Table) error {
+	if p.full {
+		return b.Apply(tables...)
+	}
+	return b.ApplyKnown(tables...)
+}
+
+func (p pass) listSets() ([]string, error) {
+	if p.full {
+		return p.sets.List()
+	}
+	return p.sets.Known()
+}
+
+// Pool sets that nat-outgoing matches on.
+const (
+	setPools4    = "tabby-pools"
+	setNATPools4 = "tabby-nat-pools"
+	setPools6    = "tabby-pools6"
+	setNATPools6 = "tabby-nat-pools6"
+)
+
+// natTable masquerades what leaves a nat-outgoing pool for anywhere outside
+// every pool.
+func natTable(natPools, allPools string) iptables.Table {
+	rule := fmt.Sprintf("-m set --match-set %s src -m set ! --match-set %s dst -j MASQUERADE", natPools, allPools)
+	return iptables.Table{Name: "nat", Chains: []iptables.Chain{{Name: "TABBY-POSTROUTING", Rules: []string{rule}}},
+		Hooks: []iptables.Hook{{Chain: "POSTROUTING", Target: "TABBY-POSTROUTING"}}}
+}
+
+// syncNAT programs nat-outgoing. IPv6 nat-outgoing that cannot be put in
+// force is not an error of the pass (IPv4 is served); the status says why.
+func (a *Agent) syncNAT(v *view, p pass) error {
 	all4, nat4, all6, nat6 := v.natSets()
-	if _, err := iptables.SyncSets(
-		iptables.Set{Name: "tabby-pools", Type: "hash:net", Family: iptables.V4, Members: all4},
-		iptables.Set{Name: "tabby-nat-pools", Type: "hash:net", Family: iptables.V4, Members: nat4},
-		iptables.Set{Name: "tabby-pools6", Type: "hash:net", Family: iptables.V6, Members: all6},
-		iptables.Set{Name: "tabby-nat-pools6", Type: "hash:net", Family: iptables.V6, Members: nat6},
+	if err := p.syncSets(
+		iptables.Set{Name: setPools4, Type: "hash:net", Family: iptables.V4, Members: all4},
+		iptables.Set{Name: setNATPools4, Type: "hash:net", Family: iptables.V4, Members: nat4},
+		iptables.Set{Name: setPools6, Type: "hash:net", Family: iptables.V6, Members: all6},
+		iptables.Set{Name: setNATPools6, Type: "hash:net", Family: iptables.V6, Members: nat6},
 	); err != nil {
 		return err
 	}
-	rule := func(nat, all string) string {
-		return fmt.Sprintf("-m set --match-set %s src -m set ! --match-set %s dst -j MASQUERADE", nat, all)
-	}
-	t4 := iptables.Table{Name: "nat", Chains: []iptables.Chain{{Name: "TABBY-POSTROUTING", Rules: []string{rule("tabby-nat-pools", "tabby-pools")}}},
-		Hooks: []iptables.Hook{{Chain: "POSTROUTING", Target: "TABBY-POSTROUTING"}}}
-	if err := a.ipt4.Apply(t4); err != nil {
+	if err := p.apply(a.ipt4, natTable(setNATPools4, setPools4)); err != nil {
 		return err
 	}
-	if a.ipt6 != nil {
-		t6 := iptables.Table{Name: "nat", Chains: []iptables.Chain{{Name: "TABBY-POSTROUTING", Rules: []string{rule("tabby-nat-pools6", "tabby-pools6")}}},
-			Hooks: []iptables.Hook{{Chain: "POSTROUTING", Target: "TABBY-POSTROUTING"}}}
-		if err := a.ipt6.Apply(t6); err != nil {
-			a.log.Warn("IPv6 nat-outgoing unavailable", "err", err)
-		}
+	var err6 error
+	switch {
+	case a.ipt6 != nil:
+		err6 = p.apply(a.ipt6, natTable(setNATPools6, setPools6))
+	case len(nat6) > 0:
+		err6 = a.ip6tablesErr
 	}
+	a.noteV6("IPv6 nat-outgoing", &a.status.IPv6NATError, err6)
 	return nil
 }
 

@@ -22,34 +22,54 @@ func (a *Agent) basePrefixes() []string {
 }
 
 // readiness tracks which endpoints' rules are in force, for the CNI
-// plugin's wait.
+// plugin's wait, and which endpoints' rules cannot be and why, so that
+// their wait ends at once with the cause instead of a timeout.
 type readiness struct {
 	mu      sync.Mutex
-	applied map[string]string // host interface -> container ID
-	changed chan struct{}     // closed and replaced on every change
+	applied map[string]string   // host interface -> container ID
+	refused map[string]*refusal // host interface -> why its rules are not in force
+	changed chan struct{}       // closed and replaced on every change
 }
+
+// refusal says that tabby-node cannot put an endpoint's rules in force on
+// this host as it is: waiting longer would not help.
+type refusal struct {
+	iface, container string
+	cause            error
+}
+
+func (r *refusal) Error() string {
+	return fmt.Sprintf("rules for %s (container %s) cannot be put in force: %v", r.iface, r.container, r.cause)
+}
+
+func (r *refusal) Unwrap() error { return r.cause }
 
 func newReadiness() *readiness {
 	return &readiness{applied: map[string]string{}, changed: make(chan struct{})}
 }
 
-func (r *readiness) set(m map[string]string) {
+func (r *readiness) set(applied map[string]string, refused map[string]*refusal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.applied = m
+	r.applied, r.refused = applied, refused
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
 
-// wait blocks until iface carries container's rules, or ctx ends.
+// wait blocks until iface carries container's rules, or ctx ends, or the
+// rules are known not to be enforceable (a *refusal).
 func (r *readiness) wait(ctx context.Context, iface, container string) error {
 	for {
 		r.mu.Lock()
 		ok := r.applied[iface] == container
+		no := r.refused[iface]
 		ch := r.changed
 		r.mu.Unlock()
 		if ok {
 			return nil
+		}
+		if no != nil && no.container == container {
+			return no
 		}
 		select {
 		case <-ctx.Done():
@@ -62,7 +82,7 @@ func (r *readiness) wait(ctx context.Context, iface, container string) error {
 // syncPolicy renders and applies the packet filter for this host's
 // endpoints. It first makes the cache follow exactly the tags the rules
 // name; rules are marked ready only once those tags are loaded.
-func (a *Agent) syncPolicy(v *view, full bool) error {
+func (a *Agent) syncPolicy(v *view, p pass) error {
 	profiles := map[string]model.Profile{}
 	for _, p := range watch.Decode[model.Profile](a.cache, model.ProfilePrefix, nil) {
 		profiles[p.Name] = p
@@ -85,46 +105,94 @@ func (a *Agent) syncPolicy(v *view, full bool) error {
 		sort.Strings(members[t])
 	}
 	out := policy.Render(policy.Input{Endpoints: v.endpoints, Profiles: profiles, Tags: members, HostPorts: a.cfg.HostPorts})
-	// Sets before the rules that name them; stale sets after.
-	// On the event path tabby diffs against what it last applied (a CNI ADD
-	// is waiting); the periodic pass (full) reads the kernel and repairs
-	// what anyone else changed.
-	syncSets, apply4, apply6, listSets := iptables.SyncSetsKnown, a.ipt4.ApplyKnown, func(...iptables.Table) error { return nil }, iptables.KnownSets
-	if a.ipt6 != nil {
-		apply6 = a.ipt6.ApplyKnown
+	applied, refused, err := a.applyPolicy(out, v.endpoints, p)
+	if err != nil {
+		return err
 	}
-	if full {
-		syncSets, apply4, listSets = iptables.SyncSets, a.ipt4.Apply, iptables.ListSets
-		if a.ipt6 != nil {
-			apply6 = a.ipt6.Apply
+	if a.cache.Synced() {
+		a.ready.set(applied, refused)
+	}
+	return nil
+}
+
+// applyPolicy programs rendered rules and says whose rules are in force.
+// IPv6 fails closed: when the IPv6 table cannot be programmed, endpoints
+// with an IPv6 address are refused with the cause while IPv4-only ones are
+// still ready, and the status says why. An error means nothing could be
+// relied on (sets or the IPv4 table).
+func (a *Agent) applyPolicy(out policy.Output, eps []model.Endpoint, p pass) (applied map[string]string, refused map[string]*refusal, err error) {
+	// Sets before the rules that name them; stale sets after.
+	if err := p.syncSets(out.Sets...); err != nil {
+		return nil, nil, err
+	}
+	if err := p.apply(a.ipt4, out.Filter4); err != nil {
+		return nil, nil, err
+	}
+	v6 := a.ip6tablesErr
+	if a.ipt6 != nil {
+		if err := p.apply(a.ipt6, out.Filter6); err != nil {
+			v6 = fmt.Errorf("IPv6 rules not applied: %w", err)
 		}
 	}
-	if _, err := syncSets(out.Sets...); err != nil {
-		return err
+	if v6 != nil {
+		v6 = fmt.Errorf("%w; IPv6 endpoint rules cannot be enforced", v6)
 	}
-	if err := apply4(out.Filter4); err != nil {
-		return err
-	}
-	if err := apply6(out.Filter6); err != nil {
-		return err
-	}
-	keep := map[string]bool{}
-	for _, s := range out.Sets {
-		keep[s.Name] = true
-	}
-	if existing, err := listSets(); err == nil {
-		for _, s := range existing {
-			if (strings.HasPrefix(s, "tabby-t4-") || strings.HasPrefix(s, "tabby-t6-")) && !keep[s] {
-				if err := iptables.DestroySet(s); err != nil {
-					a.log.Warn("stale ipset", "set", s, "err", err)
-				}
+	a.noteV6("IPv6 packet filter", &a.status.IPv6PolicyError, v6)
+	a.destroyStaleSets(out.Sets, p)
+	applied, refused = out.Ready, map[string]*refusal{}
+	if v6 != nil {
+		applied = map[string]string{}
+		for iface, c := range out.Ready {
+			applied[iface] = c
+		}
+		for _, e := range eps {
+			if len(e.IPv6Nets) > 0 {
+				delete(applied, e.HostInterface)
+				refused[e.HostInterface] = &refusal{iface: e.HostInterface, container: e.ContainerID, cause: v6}
 			}
 		}
 	}
-	if a.cache.Synced() {
-		a.ready.set(out.Ready)
+	return applied, refused, nil
+}
+
+// destroyStaleSets removes tag sets no rule names any more (the rules that
+// named them are gone by now).
+func (a *Agent) destroyStaleSets(keep []iptables.Set, p pass) {
+	wanted := map[string]bool{}
+	for _, s := range keep {
+		wanted[s.Name] = true
 	}
-	return nil
+	existing, err := p.listSets()
+	if err != nil {
+		a.log.Warn("cannot list ipsets; stale ones stay until the next pass", "err", err)
+		return
+	}
+	for _, s := range existing {
+		if (strings.HasPrefix(s, policy.TagSetPrefix4) || strings.HasPrefix(s, policy.TagSetPrefix6)) && !wanted[s] {
+			if err := a.sets.Destroy(s); err != nil {
+				a.log.Warn("stale ipset", "set", s, "err", err)
+			}
+		}
+	}
+}
+
+// noteV6 records in the status whether an IPv6 part works (err nil) or
+// why not, and logs only when that changes: a broken ip6tables would
+// otherwise log at every reconcile.
+func (a *Agent) noteV6(what string, field *string, err error) {
+	a.mu.Lock()
+	was := *field
+	*field = ""
+	if err != nil {
+		*field = err.Error()
+	}
+	a.mu.Unlock()
+	switch {
+	case err != nil && was == "":
+		a.log.Error(what+" not in force", "err", err)
+	case err == nil && was != "":
+		a.log.Info(what + " in force again")
+	}
 }
 
 // parseHostPorts reads "udp:53,tcp:8080" (the --workload-host-ports flag).

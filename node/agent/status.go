@@ -40,7 +40,13 @@ func (a *Agent) serveStatus() (func(), error) {
 		// No poke: the endpoint's own watch event brings the reconcile, and
 		// an extra one started before that event lands would only delay it.
 		if err := a.ready.wait(ctx, q.Get("iface"), q.Get("container")); err != nil {
-			http.Error(w, err.Error(), http.StatusGatewayTimeout)
+			code := http.StatusGatewayTimeout
+			var no *refusal
+			if errors.As(err, &no) {
+				code = http.StatusServiceUnavailable
+			}
+			// The body is the plugin's error message: it carries the cause.
+			http.Error(w, err.Error(), code)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -66,6 +72,23 @@ func (a *Agent) Status() nodestatus.Status {
 		s.Peers = peerStatus(sp.Peers())
 	}
 	return s
+}
+
+// peersEstablished counts BGP sessions that are up, for the metrics.
+func (a *Agent) peersEstablished() float64 {
+	a.mu.Lock()
+	sp := a.speaker
+	a.mu.Unlock()
+	if sp == nil {
+		return 0
+	}
+	n := 0
+	for _, p := range sp.Peers() {
+		if p.Established() {
+			n++
+		}
+	}
+	return float64(n)
 }
 
 func peerStatus(ps []bgp.PeerStatus) []nodestatus.Peer {

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
 )
 
 // DefaultASN is the private AS tabby nodes share for their iBGP full mesh.
@@ -194,7 +196,10 @@ type Route struct {
 type PeerStatus struct {
 	Address string
 	Kind    string
-	// State is Idle, Connect, Active, OpenSent, OpenConfirm or Established.
+	// Session is the session state as GoBGP has it.
+	Session api.PeerState_SessionState
+	// State names Session for people: Idle, Connect, Active, OpenSent,
+	// OpenConfirm or Established.
 	State string
 	// Since is when the session entered or left Established (zero if it
 	// never did).
@@ -203,3 +208,6 @@ type PeerStatus struct {
 	// families together.
 	Received int
 }
+
+// Established reports whether the session is up.
+func (p PeerStatus) Established() bool { return p.Session == api.PeerState_ESTABLISHED }

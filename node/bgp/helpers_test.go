@@ -216,7 +216,7 @@ func waitEstablished(t *testing.T, s *Speaker, addr string, within time.Duration
 	t.Helper()
 	eventually(t, within, "session to "+addr, func() (bool, string) {
 		p, ok := peerState(s, addr)
-		return ok && p.State == "Established", fmt.Sprintf("%+v", p)
+		return ok && p.Established(), fmt.Sprintf("%+v", p)
 	})
 }
 

@@ -195,12 +195,12 @@ var stateNames = map[api.PeerState_SessionState]string{
 }
 
 func fillStatus(ps *PeerStatus, p *api.Peer) {
-	established := p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
-	if name, ok := stateNames[p.GetState().GetSessionState()]; ok {
+	ps.Session = p.GetState().GetSessionState()
+	if name, ok := stateNames[ps.Session]; ok {
 		ps.State = name
 	}
 	ts := p.GetTimers().GetState().GetDowntime()
-	if established {
+	if ps.Established() {
 		ts = p.GetTimers().GetState().GetUptime()
 	}
 	if ts != nil {

@@ -28,7 +28,7 @@ func TestGracefulRestart(t *testing.T) {
 	waitRoutes(t, b, 3*time.Second, stale)
 	eventually(t, 3*time.Second, "B sees A down", func() (bool, string) {
 		p, _ := peerState(b.Speaker, a.addr)
-		return p.State != "Established", p.State
+		return !p.Established(), p.State
 	})
 	time.Sleep(time.Second) // the routes must survive a while, not just the first moment
 

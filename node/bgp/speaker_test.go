@@ -73,7 +73,7 @@ func TestAdvertiseWithdraw(t *testing.T) {
 	waitRoutes(t, a, 5*time.Second, "")
 
 	ps, ok := peerState(b.Speaker, "127.0.0.1")
-	if !ok || ps.State != "Established" || ps.Received != 2 || ps.Kind != "mesh" || ps.Since.IsZero() {
+	if !ok || !ps.Established() || ps.State != "Established" || ps.Received != 2 || ps.Kind != "mesh" || ps.Since.IsZero() {
 		t.Errorf("B's view of A: %+v", ps)
 	}
 
@@ -133,7 +133,7 @@ func TestSetPeersRemovesPeer(t *testing.T) {
 	mustSetPeers(t, b, a.peer("node"))
 	waitRoutes(t, b, 5*time.Second, want("10.0.1.0/26 via 127.0.0.1 from 127.0.0.1"))
 	ps := b.Peers()
-	if len(ps) != 1 || ps[0].Kind != "node" || ps[0].State != "Established" || !ps[0].Since.Equal(before.Since) {
+	if len(ps) != 1 || ps[0].Kind != "node" || !ps[0].Established() || !ps[0].Since.Equal(before.Since) {
 		t.Errorf("after SetPeers([A as node]): %+v (before %+v)", ps, before)
 	}
 

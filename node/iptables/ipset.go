@@ -50,55 +50,52 @@ func currentSets() (map[string][]string, error) {
 	return sets, nil
 }
 
-// currentMembers lists a set's members, or nil and false if it does not exist.
-func currentMembers(name string) ([]string, bool) {
-	sets, err := currentSets()
-	if err != nil {
-		return nil, false
-	}
-	m, ok := sets[name]
-	return m, ok
+// SyncSets is Sets.Sync for a one-shot caller that keeps no state between
+// syncs (a benchmark, a tool): it always reads the kernel.
+func SyncSets(sets ...Set) (int, error) { return new(Sets).Sync(sets...) }
+
+// Sets is tabby's view of its ipsets: what the last sync left, so that the
+// event path can diff against it instead of running `ipset save`. The
+// kernel holds one namespace of sets, so a daemon holds one Sets.
+type Sets struct {
+	mu    sync.Mutex
+	known map[string][]string // nil: not synced yet, or the last sync failed
 }
 
-// SyncSets makes each set hold exactly its members. A changed set is filled
+// Sync makes each set hold exactly its members. A changed set is filled
 // under a temporary name and swapped in, so a packet never sees it half
 // built. It reports how many sets it rewrote.
-func SyncSets(sets ...Set) (int, error) { return syncSets(false, sets) }
+func (k *Sets) Sync(sets ...Set) (int, error) { return k.sync(false, sets) }
 
-// SyncSetsKnown is SyncSets that compares with what the last sync left
-// instead of running `ipset save` (the event path; the periodic resync
-// uses SyncSets and so repairs changes made by others).
-func SyncSetsKnown(sets ...Set) (int, error) { return syncSets(true, sets) }
+// SyncKnown is Sync that compares with what the last sync left instead of
+// running `ipset save` (the event path; the periodic resync uses Sync and
+// so repairs changes made by others).
+func (k *Sets) SyncKnown(sets ...Set) (int, error) { return k.sync(true, sets) }
 
-var (
-	knownMu   sync.Mutex
-	knownSets map[string][]string // tabby's sets as the last sync left them
-)
-
-func syncSets(useKnown bool, sets []Set) (changed int, err error) {
-	knownMu.Lock()
-	defer knownMu.Unlock()
-	cur := knownSets
+func (k *Sets) sync(useKnown bool, sets []Set) (changed int, err error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	cur := k.known
 	if !useKnown || cur == nil {
 		if cur, err = currentSets(); err != nil {
 			return 0, err
 		}
 	}
 	next := map[string][]string{}
-	for k, v := range cur {
-		next[k] = v
+	for name, m := range cur {
+		next[name] = m
 	}
 	defer func() {
 		if err != nil {
-			knownSets = nil
+			k.known = nil
 		} else {
-			knownSets = next
+			k.known = next
 		}
 	}()
 	var in bytes.Buffer
 	for _, s := range sets {
 		if !strings.HasPrefix(s.Name, SetPrefix) || len(s.Name) > 31 {
-			return changed, fmt.Errorf("ipset %q: name must start with %s and be at most 31 characters", s.Name, SetPrefix)
+			return 0, fmt.Errorf("ipset %q: name must start with %s and be at most 31 characters", s.Name, SetPrefix)
 		}
 		want := make([]string, 0, len(s.Members))
 		for _, m := range s.Members {
@@ -111,20 +108,7 @@ func syncSets(useKnown bool, sets []Set) (changed int, err error) {
 		if exists && equal(have, want) {
 			continue
 		}
-		fam := "inet"
-		if s.Family == V6 {
-			fam = "inet6"
-		}
-		tmp := s.Name + "-t"
-		if len(tmp) > 31 {
-			tmp = tmp[:31]
-		}
-		fmt.Fprintf(&in, "create %s %s family %s maxelem 1048576 -exist\n", s.Name, s.Type, fam)
-		fmt.Fprintf(&in, "create %s %s family %s maxelem 1048576 -exist\nflush %s\n", tmp, s.Type, fam, tmp)
-		for _, m := range want {
-			fmt.Fprintf(&in, "add %s %s\n", tmp, m)
-		}
-		fmt.Fprintf(&in, "swap %s %s\ndestroy %s\n", tmp, s.Name, tmp)
+		writeSwap(&in, s, want)
 		changed++
 	}
 	if changed == 0 {
@@ -139,35 +123,73 @@ func syncSets(useKnown bool, sets []Set) (changed int, err error) {
 	return changed, nil
 }
 
-// DestroySet removes a set tabby no longer needs (it must not be referenced).
-func DestroySet(name string) error {
+// writeSwap writes the `ipset restore` lines that fill a temporary set and
+// swap it in for s.
+func writeSwap(in *bytes.Buffer, s Set, members []string) {
+	fam := "inet"
+	if s.Family == V6 {
+		fam = "inet6"
+	}
+	tmp := s.Name + "-t"
+	if len(tmp) > 31 {
+		tmp = tmp[:31]
+	}
+	fmt.Fprintf(in, "create %s %s family %s maxelem 1048576 -exist\n", s.Name, s.Type, fam)
+	fmt.Fprintf(in, "create %s %s family %s maxelem 1048576 -exist\nflush %s\n", tmp, s.Type, fam, tmp)
+	for _, m := range members {
+		fmt.Fprintf(in, "add %s %s\n", tmp, m)
+	}
+	fmt.Fprintf(in, "swap %s %s\ndestroy %s\n", tmp, s.Name, tmp)
+}
+
+// Destroy removes a set tabby no longer needs (it must not be referenced).
+func (k *Sets) Destroy(name string) error {
 	if !strings.HasPrefix(name, SetPrefix) {
 		return fmt.Errorf("ipset %s is not tabby's", name)
 	}
-	if _, ok := currentMembers(name); !ok {
-		return nil
+	sets, err := currentSets()
+	if err != nil {
+		return err
 	}
-	if out, err := exec.Command("ipset", "destroy", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("ipset destroy %s: %v: %s", name, err, out)
+	if _, ok := sets[name]; ok {
+		if out, err := exec.Command("ipset", "destroy", name).CombinedOutput(); err != nil {
+			return fmt.Errorf("ipset destroy %s: %v: %s", name, err, out)
+		}
 	}
-	knownMu.Lock()
-	delete(knownSets, name)
-	knownMu.Unlock()
+	k.mu.Lock()
+	delete(k.known, name)
+	k.mu.Unlock()
 	return nil
 }
 
-// ListSets returns the names of tabby's sets that exist.
-func ListSets() ([]string, error) {
+// List returns the names of tabby's sets that exist in the kernel.
+func (k *Sets) List() ([]string, error) {
 	sets, err := currentSets()
 	if err != nil {
 		return nil, err
 	}
+	return sortedNames(sets), nil
+}
+
+// Known lists tabby's sets as the last sync left them, reading the kernel
+// only when no sync has succeeded yet.
+func (k *Sets) Known() ([]string, error) {
+	k.mu.Lock()
+	if k.known != nil {
+		defer k.mu.Unlock()
+		return sortedNames(k.known), nil
+	}
+	k.mu.Unlock()
+	return k.List()
+}
+
+func sortedNames(sets map[string][]string) []string {
 	names := make([]string, 0, len(sets))
 	for n := range sets {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	return names, nil
+	return names
 }
 
 func dedup(s []string) []string {
@@ -190,21 +212,4 @@ func hostForm(m string) string {
 		return strings.TrimSuffix(m, "/128")
 	}
 	return m
-}
-
-// KnownSets lists tabby's sets as the last sync left them, reading them only
-// when no sync has run yet.
-func KnownSets() ([]string, error) {
-	knownMu.Lock()
-	k := knownSets
-	knownMu.Unlock()
-	if k == nil {
-		return ListSets()
-	}
-	names := make([]string, 0, len(k))
-	for n := range k {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names, nil
 }

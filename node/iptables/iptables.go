@@ -220,116 +220,168 @@ func (b *Backend) applyFrom(t Table, cur state) (err error) {
 			delete(b.known, t.Name)
 		}
 	}()
+	p := newPlan(cur)
+	want, err := p.writeChains(t.Chains)
+	if err != nil {
+		return err
+	}
+	p.fixHooks(t.Hooks)
+	p.dropStale(want)
+	if !p.changes() {
+		b.known[t.Name] = p.next
+		return nil
+	}
+	if err := b.restoreNoflush(p.script(t.Name)); err != nil {
+		return err
+	}
+	b.Changes++
+	b.known[t.Name] = p.next
+	return nil
+}
+
+// plan is the iptables-restore input that takes one table from cur to what
+// tabby wants, and next, the table as it will be once that input ran.
+type plan struct {
+	cur, next state
+	// heads are chain lines: under --noflush each flushes (or creates) that
+	// one chain.
+	heads []string
+	body  []string
+}
+
+func newPlan(cur state) *plan {
 	next := state{}
 	for k, v := range cur {
 		next[k] = v
 	}
+	return &plan{cur: cur, next: next}
+}
+
+func (p *plan) changes() bool { return len(p.heads) > 0 || len(p.body) > 0 }
+
+// writeChains rewrites each wanted chain whose rules differ from the
+// kernel's, and returns the set of wanted chains.
+func (p *plan) writeChains(chains []Chain) (map[string]bool, error) {
 	want := map[string]bool{}
-	var buf bytes.Buffer
-	var body []string
-	for _, c := range t.Chains {
+	for _, c := range chains {
 		if !strings.HasPrefix(c.Name, Prefix) {
-			return fmt.Errorf("chain %s is not tabby's (prefix %s)", c.Name, Prefix)
+			return nil, fmt.Errorf("chain %s is not tabby's (prefix %s)", c.Name, Prefix)
 		}
 		want[c.Name] = true
-		next[c.Name] = c.Rules
-		have, exists := cur[c.Name]
-		if exists && equal(have, c.Rules) {
+		p.next[c.Name] = c.Rules
+		if have, exists := p.cur[c.Name]; exists && equal(have, c.Rules) {
 			continue
 		}
-		// A chain line flushes (or creates) that one chain under --noflush.
-		fmt.Fprintf(&buf, ":%s - [0:0]\n", c.Name)
+		p.heads = append(p.heads, fmt.Sprintf(":%s - [0:0]", c.Name))
 		for _, r := range c.Rules {
-			body = append(body, fmt.Sprintf("-A %s %s", c.Name, r))
+			p.body = append(p.body, fmt.Sprintf("-A %s %s", c.Name, r))
 		}
 	}
-	// Hooks: one jump each, first in its built-in chain. A misplaced or
-	// duplicated jump (after a crash, or someone's edit) is repaired.
-	for _, h := range t.Hooks {
-		rules := cur[h.Chain]
+	return want, nil
+}
+
+// fixHooks makes each hook one jump, first in its built-in chain. A
+// misplaced or duplicated jump (after a crash, or someone's edit) is
+// repaired.
+func (p *plan) fixHooks(hooks []Hook) {
+	for _, h := range hooks {
+		hook := h.rule()
+		rules := p.cur[h.Chain]
 		n := 0
 		for _, r := range rules {
-			if r == h.rule() {
+			if r == hook {
 				n++
 			}
 		}
-		if n == 1 && len(rules) > 0 && rules[0] == h.rule() {
+		if n == 1 && rules[0] == hook {
 			continue
 		}
-		fixed := []string{h.rule()}
+		fixed := []string{hook}
 		for _, r := range rules {
-			if r != h.rule() {
+			if r != hook {
 				fixed = append(fixed, r)
 			}
 		}
-		next[h.Chain] = fixed
+		p.next[h.Chain] = fixed
 		for i := 0; i < n; i++ {
-			body = append(body, fmt.Sprintf("-D %s %s", h.Chain, h.rule()))
+			p.body = append(p.body, fmt.Sprintf("-D %s %s", h.Chain, hook))
 		}
-		body = append(body, fmt.Sprintf("-I %s 1 %s", h.Chain, h.rule()))
+		p.body = append(p.body, fmt.Sprintf("-I %s 1 %s", h.Chain, hook))
 	}
-	// Stale tabby chains: drop jumps into them from tabby chains being kept
-	// (rewritten above) and from built-ins, then flush and delete them.
-	var stale []string
-	for name := range cur {
+}
+
+// dropStale removes tabby chains that are no longer wanted: first the jumps
+// into them from chains that are not tabby's (tabby's own chains that stay
+// were rewritten by writeChains), then their rules, then the chains.
+func (p *plan) dropStale(want map[string]bool) {
+	stale := map[string]bool{}
+	var names []string
+	for name := range p.cur {
 		if strings.HasPrefix(name, Prefix) && !want[name] {
-			stale = append(stale, name)
+			stale[name] = true
+			names = append(names, name)
 		}
 	}
-	sort.Strings(stale)
-	for _, name := range stale {
-		for chain, rules := range cur {
-			if strings.HasPrefix(chain, Prefix) {
+	if len(names) == 0 {
+		return
+	}
+	sort.Strings(names)
+	var others []string
+	for chain := range p.next {
+		if !strings.HasPrefix(chain, Prefix) {
+			others = append(others, chain)
+		}
+	}
+	sort.Strings(others)
+	for _, chain := range others {
+		var keep []string
+		for _, r := range p.next[chain] {
+			if stale[jumpTarget(r)] {
+				p.body = append(p.body, fmt.Sprintf("-D %s %s", chain, r))
 				continue
 			}
-			for _, r := range rules {
-				if strings.HasSuffix(r, "-j "+name) || strings.Contains(r, "-j "+name+" ") || strings.Contains(r, "-g "+name) {
-					body = append(body, fmt.Sprintf("-D %s %s", chain, r))
-				}
-			}
+			keep = append(keep, r)
 		}
-		fmt.Fprintf(&buf, ":%s - [0:0]\n", name)
+		p.next[chain] = keep
 	}
-	for _, name := range stale {
-		body = append(body, "-X "+name)
-		delete(next, name)
+	for _, name := range names {
+		p.heads = append(p.heads, fmt.Sprintf(":%s - [0:0]", name))
+		p.body = append(p.body, "-X "+name)
+		delete(p.next, name)
 	}
-	for chain, rules := range next {
-		if strings.HasPrefix(chain, Prefix) {
-			continue
+}
+
+// jumpTarget is the chain a rule jumps (-j) or goes (-g) to, "" if none.
+func jumpTarget(rule string) string {
+	f := strings.Fields(rule)
+	target := ""
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-j" || f[i] == "-g" {
+			target = f[i+1]
 		}
-		var keep []string
-		for _, r := range rules {
-			gone := false
-			for _, name := range stale {
-				if strings.HasSuffix(r, "-j "+name) || strings.Contains(r, "-j "+name+" ") || strings.Contains(r, "-g "+name) {
-					gone = true
-				}
-			}
-			if !gone {
-				keep = append(keep, r)
-			}
-		}
-		next[chain] = keep
 	}
-	if buf.Len() == 0 && len(body) == 0 {
-		b.known[t.Name] = next
-		return nil
-	}
+	return target
+}
+
+func (p *plan) script(table string) []byte {
 	var in bytes.Buffer
-	fmt.Fprintf(&in, "*%s\n", t.Name)
-	in.Write(buf.Bytes())
-	for _, l := range body {
+	fmt.Fprintf(&in, "*%s\n", table)
+	for _, l := range p.heads {
+		in.WriteString(l + "\n")
+	}
+	for _, l := range p.body {
 		in.WriteString(l + "\n")
 	}
 	in.WriteString("COMMIT\n")
+	return in.Bytes()
+}
+
+func (b *Backend) restoreNoflush(in []byte) error {
 	cmd := exec.Command(b.restore, "--noflush", "--wait")
-	cmd.Stdin = &in
+	cmd.Stdin = bytes.NewReader(in)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("%s: %v: %s\ninput:\n%s", b.restore, err, strings.TrimSpace(string(out)), in.String())
+		return fmt.Errorf("%s: %v: %s\ninput:\n%s", b.restore, err, strings.TrimSpace(string(out)), in)
 	}
-	b.Changes++
-	b.known[t.Name] = next
 	return nil
 }
 

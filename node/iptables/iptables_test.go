@@ -28,6 +28,20 @@ func inNS(t *testing.T, f func()) {
 	}
 }
 
+// detect4 is the IPv4 backend and the name of the iptables binary of its
+// flavour, for tampering with the rules behind tabby's back.
+func detect4(t *testing.T) (*Backend, string) {
+	t.Helper()
+	b, err := Detect(V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Mode == "default" {
+		return b, "iptables"
+	}
+	return b, "iptables-" + b.Mode
+}
+
 func sh(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
@@ -39,14 +53,7 @@ func sh(t *testing.T, args ...string) string {
 
 func TestApplyOwnsOnlyItsChains(t *testing.T) {
 	inNS(t, func() {
-		b, err := Detect(V4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ipt := "iptables-" + b.Mode
-		if b.Mode == "default" {
-			ipt = "iptables"
-		}
+		b, ipt := detect4(t)
 		// Someone else's chain and rule.
 		sh(t, ipt, "-N", "OTHER")
 		sh(t, ipt, "-A", "OTHER", "-j", "RETURN")
@@ -101,25 +108,29 @@ func TestApplyOwnsOnlyItsChains(t *testing.T) {
 
 func TestSyncSets(t *testing.T) {
 	inNS(t, func() {
+		var sets Sets
 		s := Set{Name: "tabby-test", Type: "hash:net", Family: V4, Members: []string{"10.0.0.0/16", "10.1.0.0/16", "10.2.0.1/32"}}
-		if n, err := SyncSets(s); err != nil || n != 1 {
+		if n, err := sets.Sync(s); err != nil || n != 1 {
 			t.Fatalf("create: %d %v", n, err)
 		}
-		if n, err := SyncSets(s); err != nil || n != 0 {
+		if n, err := sets.Sync(s); err != nil || n != 0 {
 			t.Fatalf("idempotent: %d %v", n, err)
 		}
 		s.Members = []string{"10.1.0.0/16"}
-		if n, err := SyncSets(s); err != nil || n != 1 {
+		if n, err := sets.Sync(s); err != nil || n != 1 {
 			t.Fatalf("update: %d %v", n, err)
 		}
 		if m, _ := currentMembers("tabby-test"); len(m) != 1 || m[0] != "10.1.0.0/16" {
 			t.Fatalf("members %v", m)
 		}
-		if names, _ := ListSets(); len(names) != 1 {
+		if names, _ := sets.List(); len(names) != 1 {
 			t.Fatalf("sets %v (the temporary set must be gone)", names)
 		}
-		if err := DestroySet("tabby-test"); err != nil {
+		if err := sets.Destroy("tabby-test"); err != nil {
 			t.Fatal(err)
+		}
+		if names, _ := sets.Known(); len(names) != 0 {
+			t.Fatalf("known sets after Destroy: %v", names)
 		}
 	})
 }
@@ -128,14 +139,7 @@ func TestSyncSets(t *testing.T) {
 // kernel and repairs what someone else changed in between.
 func TestApplyKnownAndRepair(t *testing.T) {
 	inNS(t, func() {
-		b, err := Detect(V4)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ipt := "iptables-" + b.Mode
-		if b.Mode == "default" {
-			ipt = "iptables"
-		}
+		b, ipt := detect4(t)
 		tbl := Table{Name: "filter", Chains: []Chain{{Name: "TABBY-X", Rules: []string{"-j DROP"}}},
 			Hooks: []Hook{{Chain: "FORWARD", Target: "TABBY-X"}}}
 		if err := b.Apply(tbl); err != nil {
@@ -165,20 +169,113 @@ func TestApplyKnownAndRepair(t *testing.T) {
 			t.Fatalf("hook not repaired by the full Apply: %q", fwd)
 		}
 		// Sets: the known path skips unchanged sets too.
+		var sets Sets
 		s := Set{Name: "tabby-k", Type: "hash:net", Family: V4, Members: []string{"10.0.0.1/32"}}
-		if c, err := SyncSets(s); err != nil || c != 1 {
+		if c, err := sets.Sync(s); err != nil || c != 1 {
 			t.Fatalf("%d %v", c, err)
 		}
-		if c, err := SyncSetsKnown(s); err != nil || c != 0 {
+		if c, err := sets.SyncKnown(s); err != nil || c != 0 {
 			t.Fatalf("known: %d %v", c, err)
 		}
 		s.Members = append(s.Members, "10.0.0.2/32")
-		if c, err := SyncSetsKnown(s); err != nil || c != 1 {
+		if c, err := sets.SyncKnown(s); err != nil || c != 1 {
 			t.Fatalf("known change: %d %v", c, err)
 		}
 		if m, _ := currentMembers("tabby-k"); len(m) != 2 {
 			t.Fatalf("members %v", m)
 		}
-		DestroySet("tabby-k")
+		// Someone empties the set: the event path trusts what it wrote,
+		// the periodic Sync reads the kernel and refills it.
+		sh(t, "ipset", "flush", "tabby-k")
+		if c, err := sets.SyncKnown(s); err != nil || c != 0 {
+			t.Fatalf("known after tampering: %d %v", c, err)
+		}
+		if c, err := sets.Sync(s); err != nil || c != 1 {
+			t.Fatalf("full after tampering: %d %v", c, err)
+		}
+		if err := sets.Destroy("tabby-k"); err != nil {
+			t.Fatal(err)
+		}
 	})
+}
+
+// currentMembers lists a set's members as the kernel has them.
+func currentMembers(name string) ([]string, bool) {
+	sets, err := currentSets()
+	if err != nil {
+		return nil, false
+	}
+	m, ok := sets[name]
+	return m, ok
+}
+
+// Two Sets values keep separate views: one's sync does not make the other
+// believe a set is in place.
+func TestSetsAreIndependentValues(t *testing.T) {
+	inNS(t, func() {
+		var a, b Sets
+		s := Set{Name: "tabby-v", Type: "hash:net", Family: V4, Members: []string{"10.9.0.0/16"}}
+		if c, err := a.Sync(s); err != nil || c != 1 {
+			t.Fatalf("a: %d %v", c, err)
+		}
+		if names, _ := a.Known(); len(names) != 1 {
+			t.Fatalf("a knows %v", names)
+		}
+		sh(t, "ipset", "destroy", "tabby-v")
+		// b has never synced: its Known reads the kernel, and its
+		// SyncKnown recreates the set a still believes in.
+		if names, _ := b.Known(); len(names) != 0 {
+			t.Fatalf("b knows %v", names)
+		}
+		if c, err := b.SyncKnown(s); err != nil || c != 1 {
+			t.Fatalf("b: %d %v", c, err)
+		}
+		if m, ok := currentMembers("tabby-v"); !ok || len(m) != 1 {
+			t.Fatalf("members %v %v", m, ok)
+		}
+	})
+}
+
+// The plan for a table deletes exactly the jumps into stale chains: a jump
+// into a kept chain whose name merely starts like a stale one stays, a
+// duplicated hook is made one, and stale chains are flushed and removed.
+func TestPlanStaleJumpsAndHooks(t *testing.T) {
+	cur := state{
+		"FORWARD":     {"-j TABBY-FWD", "-i tby1+ -g TABBY-A-1", "-j TABBY-A", "-s 192.0.2.1/32 -j ACCEPT", "-j TABBY-FWD"},
+		"INPUT":       {"-i tby+ -j TABBY-A"},
+		"TABBY-FWD":   {"-j TABBY-A"},
+		"TABBY-A":     {"-j DROP"},
+		"TABBY-A-1":   {"-j RETURN"},
+		"OTHER-CHAIN": {"-j RETURN"},
+	}
+	p := newPlan(cur)
+	want, err := p.writeChains([]Chain{{Name: "TABBY-FWD", Rules: []string{"-j TABBY-A-1"}}, {Name: "TABBY-A-1", Rules: []string{"-j RETURN"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.fixHooks([]Hook{{Chain: "FORWARD", Target: "TABBY-FWD"}})
+	p.dropStale(want)
+	got := string(p.script("filter"))
+	wantScript := strings.Join([]string{
+		"*filter",
+		":TABBY-FWD - [0:0]",
+		":TABBY-A - [0:0]",
+		"-A TABBY-FWD -j TABBY-A-1",
+		"-D FORWARD -j TABBY-FWD",
+		"-D FORWARD -j TABBY-FWD",
+		"-I FORWARD 1 -j TABBY-FWD",
+		"-D FORWARD -j TABBY-A",
+		"-D INPUT -i tby+ -j TABBY-A",
+		"-X TABBY-A",
+		"COMMIT",
+	}, "\n") + "\n"
+	if got != wantScript {
+		t.Fatalf("script:\n%s\nwant:\n%s", got, wantScript)
+	}
+	if f := strings.Join(p.next["FORWARD"], "|"); f != "-j TABBY-FWD|-i tby1+ -g TABBY-A-1|-s 192.0.2.1/32 -j ACCEPT" {
+		t.Fatalf("next FORWARD = %s", f)
+	}
+	if _, ok := p.next["TABBY-A"]; ok || len(p.next["INPUT"]) != 0 || len(p.next["OTHER-CHAIN"]) != 1 {
+		t.Fatalf("next = %v", p.next)
+	}
 }

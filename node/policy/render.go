@@ -80,22 +80,38 @@ func hash(s string, n int) string {
 }
 
 // SetName is the ipset of a tag's members for one family.
-func SetName(tag string, v6 bool) string {
-	if v6 {
-		return "tabby-t6-" + hash(tag, 16)
+func SetName(tag string, f iptables.Family) string {
+	if f == iptables.V6 {
+		return TagSetPrefix6 + hash(tag, 16)
 	}
-	return "tabby-t4-" + hash(tag, 16)
+	return TagSetPrefix4 + hash(tag, 16)
 }
 
-func profileChain(name string, inbound bool) string {
-	if inbound {
+// Set name prefixes of tags' member sets, one per family: the sets tabby
+// may destroy once no rule names them.
+const (
+	TagSetPrefix4 = "tabby-t4-"
+	TagSetPrefix6 = "tabby-t6-"
+)
+
+// direction is which way a packet crosses a workload's interface, from the
+// workload's point of view.
+type direction int
+
+const (
+	inbound  direction = iota // to the workload
+	outbound                  // from the workload
+)
+
+func profileChain(name string, d direction) string {
+	if d == inbound {
 		return "TABBY-PI-" + hash(name, 16)
 	}
 	return "TABBY-PO-" + hash(name, 16)
 }
 
-func endpointChain(veth string, from bool) string {
-	if from {
+func endpointChain(veth string, d direction) string {
+	if d == outbound {
 		return "TABBY-FW-" + strings.TrimPrefix(veth, "tby")
 	}
 	return "TABBY-TW-" + strings.TrimPrefix(veth, "tby")
@@ -151,14 +167,8 @@ func Render(in Input) Output {
 	}
 	sort.Strings(usedNames)
 	out.Tags = Referenced(in.Profiles, usedNames)
-	for _, v6 := range []bool{false, true} {
-		t := renderFamily(in, eps, usedNames, v6)
-		if v6 {
-			out.Filter6 = t
-		} else {
-			out.Filter4 = t
-		}
-	}
+	out.Filter4 = renderFamily(in, eps, usedNames, iptables.V4)
+	out.Filter6 = renderFamily(in, eps, usedNames, iptables.V6)
 	for _, tag := range out.Tags {
 		var m4, m6 []string
 		for _, c := range in.Tags[tag] {
@@ -169,8 +179,8 @@ func Render(in Input) Output {
 			}
 		}
 		out.Sets = append(out.Sets,
-			iptables.Set{Name: SetName(tag, false), Type: "hash:net", Family: iptables.V4, Members: m4},
-			iptables.Set{Name: SetName(tag, true), Type: "hash:net", Family: iptables.V6, Members: m6})
+			iptables.Set{Name: SetName(tag, iptables.V4), Type: "hash:net", Family: iptables.V4, Members: m4},
+			iptables.Set{Name: SetName(tag, iptables.V6), Type: "hash:net", Family: iptables.V6, Members: m6})
 	}
 	for _, e := range eps {
 		out.Ready[e.HostInterface] = e.ContainerID
@@ -178,7 +188,7 @@ func Render(in Input) Output {
 	return out
 }
 
-func renderFamily(in Input, eps []model.Endpoint, profiles []string, v6 bool) iptables.Table {
+func renderFamily(in Input, eps []model.Endpoint, profiles []string, fam iptables.Family) iptables.Table {
 	ct := "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
 	inv := "-m conntrack --ctstate INVALID -j DROP"
 	chains := []iptables.Chain{
@@ -187,7 +197,7 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, v6 bool) ip
 		{Name: ChainInput, Rules: []string{"-i tby+ -j " + ChainWLToHost}},
 	}
 	toHost := []string{ct, inv}
-	if v6 {
+	if fam == iptables.V6 {
 		// Router solicitation, neighbour solicitation and advertisement,
 		// numbered as iptables-save prints them.
 		for _, t := range []string{"133", "135", "136"} {
@@ -213,15 +223,15 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, v6 bool) ip
 	sort.Strings(bnames)
 	for _, dir := range []struct {
 		chain, flag string
-		from        bool
-	}{{ChainFromWL, "-i", true}, {ChainToWL, "-o", false}} {
+		d           direction
+	}{{ChainFromWL, "-i", outbound}, {ChainToWL, "-o", inbound}} {
 		var top []string
 		for _, b := range bnames {
 			sub := dir.chain + "-" + b
 			top = append(top, fmt.Sprintf("%s tby%s+ -g %s", dir.flag, b, sub))
 			var rules []string
 			for _, e := range buckets[b] {
-				rules = append(rules, fmt.Sprintf("%s %s -g %s", dir.flag, e.HostInterface, endpointChain(e.HostInterface, dir.from)))
+				rules = append(rules, fmt.Sprintf("%s %s -g %s", dir.flag, e.HostInterface, endpointChain(e.HostInterface, dir.d)))
 			}
 			rules = append(rules, "-j DROP")
 			chains = append(chains, iptables.Chain{Name: sub, Rules: rules})
@@ -230,7 +240,7 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, v6 bool) ip
 		chains = append(chains, iptables.Chain{Name: dir.chain, Rules: top})
 	}
 	for _, e := range eps {
-		chains = append(chains, endpointChains(e, in.Profiles, v6)...)
+		chains = append(chains, endpointChains(e, in.Profiles, fam)...)
 	}
 	for _, name := range profiles {
 		p, ok := in.Profiles[name]
@@ -238,8 +248,8 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, v6 bool) ip
 			continue // a profile named on an endpoint but not defined: matches nothing
 		}
 		chains = append(chains,
-			iptables.Chain{Name: profileChain(name, true), Rules: ruleLines(p.Inbound, true, v6)},
-			iptables.Chain{Name: profileChain(name, false), Rules: ruleLines(p.Outbound, false, v6)})
+			iptables.Chain{Name: profileChain(name, inbound), Rules: ruleLines(p.Inbound, fam)},
+			iptables.Chain{Name: profileChain(name, outbound), Rules: ruleLines(p.Outbound, fam)})
 	}
 	return iptables.Table{Name: "filter", Chains: chains, Hooks: []iptables.Hook{
 		{Chain: "FORWARD", Target: ChainForward},
@@ -249,9 +259,9 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, v6 bool) ip
 
 // endpointChains are the endpoint's outbound chain (anti-spoofing, then its
 // profiles' chain), that profiles chain, and its inbound chain.
-func endpointChains(e model.Endpoint, profiles map[string]model.Profile, v6 bool) []iptables.Chain {
+func endpointChains(e model.Endpoint, profiles map[string]model.Profile, fam iptables.Family) []iptables.Chain {
 	nets := e.IPv4Nets
-	if v6 {
+	if fam == iptables.V6 {
 		nets = e.IPv6Nets
 	}
 	id := strings.TrimPrefix(e.HostInterface, "tby")
@@ -273,24 +283,24 @@ func endpointChains(e model.Endpoint, profiles map[string]model.Profile, v6 bool
 		if _, ok := profiles[p]; !ok {
 			continue
 		}
-		fp = append(fp, "-j "+profileChain(p, false), "-m mark --mark "+Mark+" -j RETURN")
-		to = append(to, "-j "+profileChain(p, true), "-m mark --mark "+Mark+" -j RETURN")
+		fp = append(fp, "-j "+profileChain(p, outbound), "-m mark --mark "+Mark+" -j RETURN")
+		to = append(to, "-j "+profileChain(p, inbound), "-m mark --mark "+Mark+" -j RETURN")
 	}
 	fp = append(fp, "-j DROP")
 	to = append(to, "-j DROP")
 	return []iptables.Chain{
-		{Name: endpointChain(e.HostInterface, true), Rules: from},
+		{Name: endpointChain(e.HostInterface, outbound), Rules: from},
 		{Name: fromProfiles, Rules: fp},
-		{Name: endpointChain(e.HostInterface, false), Rules: to},
+		{Name: endpointChain(e.HostInterface, inbound), Rules: to},
 	}
 }
 
-// ruleLines renders a profile's rules for one direction and family. A rule
-// whose CIDR is of the other family does not apply in this table.
-func ruleLines(rules []model.Rule, inbound, v6 bool) []string {
+// ruleLines renders a profile's rules (of one direction) for one family. A
+// rule whose CIDR is of the other family does not apply in this table.
+func ruleLines(rules []model.Rule, fam iptables.Family) []string {
 	var out []string
 	for _, r := range rules {
-		m, ok := match(r, inbound, v6)
+		m, ok := match(r, fam)
 		if !ok {
 			continue
 		}
@@ -303,12 +313,17 @@ func ruleLines(rules []model.Rule, inbound, v6 bool) []string {
 	return out
 }
 
-func isV6CIDR(c string) bool { return strings.Contains(c, ":") }
+func familyOf(cidr string) iptables.Family {
+	if strings.Contains(cidr, ":") {
+		return iptables.V6
+	}
+	return iptables.V4
+}
 
 // match renders a rule's match in the order iptables-save prints it
 // (addresses, protocol, then matches as given), so that rules read back from
 // the kernel compare equal and an unchanged profile is never rewritten.
-func match(r model.Rule, inbound, v6 bool) (string, bool) {
+func match(r model.Rule, fam iptables.Family) (string, bool) {
 	var parts []string
 	for _, c := range []struct {
 		net, flag string
@@ -316,7 +331,7 @@ func match(r model.Rule, inbound, v6 bool) (string, bool) {
 		if c.net == "" {
 			continue
 		}
-		if isV6CIDR(c.net) != v6 {
+		if familyOf(c.net) != fam {
 			return "", false
 		}
 		if _, _, err := net.ParseCIDR(c.net); err != nil {
@@ -327,7 +342,7 @@ func match(r model.Rule, inbound, v6 bool) (string, bool) {
 	switch r.Protocol {
 	case "":
 	case "icmp", "icmpv6":
-		if v6 {
+		if fam == iptables.V6 {
 			parts = append(parts, "-p ipv6-icmp")
 		} else {
 			parts = append(parts, "-p icmp")
@@ -336,10 +351,10 @@ func match(r model.Rule, inbound, v6 bool) (string, bool) {
 		parts = append(parts, "-p "+r.Protocol)
 	}
 	if r.SrcTag != "" {
-		parts = append(parts, "-m set --match-set "+SetName(r.SrcTag, v6)+" src")
+		parts = append(parts, "-m set --match-set "+SetName(r.SrcTag, fam)+" src")
 	}
 	if r.DstTag != "" {
-		parts = append(parts, "-m set --match-set "+SetName(r.DstTag, v6)+" dst")
+		parts = append(parts, "-m set --match-set "+SetName(r.DstTag, fam)+" dst")
 	}
 	if r.DstPorts != "" && (r.Protocol == "tcp" || r.Protocol == "udp") {
 		parts = append(parts, "-m "+r.Protocol+" --dport "+r.DstPorts)

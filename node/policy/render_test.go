@@ -40,10 +40,10 @@ func TestRenderShape(t *testing.T) {
 	for _, c := range out.Filter4.Chains {
 		chains[c.Name] = c.Rules
 	}
-	if _, ok := chains[profileChain("UNUSED", true)]; ok {
+	if _, ok := chains[profileChain("UNUSED", inbound)]; ok {
 		t.Fatal("a profile no local endpoint uses got chains")
 	}
-	fw := chains[endpointChain("tby0123456789a", true)]
+	fw := chains[endpointChain("tby0123456789a", outbound)]
 	if len(fw) != 4 || !strings.Contains(fw[1], "--mac-source") || fw[2] != "-s 10.0.0.1/32 -g TABBY-FP-0123456789a" || fw[3] != "-j DROP" {
 		t.Fatalf("from chain %q", fw)
 	}
@@ -58,7 +58,7 @@ func TestRenderShape(t *testing.T) {
 	// The v6 table skips the v4-only CIDR rule and keeps the v6 one.
 	po6 := strings.Join(func() []string {
 		for _, c := range out.Filter6.Chains {
-			if c.Name == profileChain("PROF_A", false) {
+			if c.Name == profileChain("PROF_A", outbound) {
 				return c.Rules
 			}
 		}
@@ -80,10 +80,11 @@ func TestRenderedRulesApplyAndAreCanonical(t *testing.T) {
 	err = n.Do(func(ns.NetNS) error {
 		runtime.LockOSThread()
 		out := Render(sample())
-		if _, err := iptables.SyncSets(out.Sets...); err != nil {
+		var sets iptables.Sets
+		if _, err := sets.Sync(out.Sets...); err != nil {
 			return err
 		}
-		if n, err := iptables.SyncSets(out.Sets...); err != nil || n != 0 {
+		if n, err := sets.Sync(out.Sets...); err != nil || n != 0 {
 			t.Fatalf("re-syncing unchanged sets rewrote %d (%v)", n, err)
 		}
 		for _, fam := range []struct {
@@ -115,5 +116,16 @@ func TestRenderedRulesApplyAndAreCanonical(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Set names are kernel state that outlives a restart: the same tag must
+// name the same set after an upgrade, or every set is rebuilt.
+func TestSetNamesAreStable(t *testing.T) {
+	if n := SetName("PROF_A", iptables.V4); n != "tabby-t4-2C6AB79952441D66" {
+		t.Fatalf("v4 set %s", n)
+	}
+	if n := SetName("PROF_A", iptables.V6); n != "tabby-t6-2C6AB79952441D66" {
+		t.Fatalf("v6 set %s", n)
 	}
 }

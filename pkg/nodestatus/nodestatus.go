@@ -45,6 +45,14 @@ type Status struct {
 	LastReconcile   time.Time `json:"lastReconcile"`
 	ReconcileMillis float64   `json:"reconcileMillis"`
 	Errors          []string  `json:"errors,omitempty"`
+	// IPv6PolicyError is why IPv6 endpoint rules cannot be enforced on this
+	// host (e.g. ip6tables unusable); empty while they can. While it is
+	// set, endpoints with an IPv6 address are never reported ready, so
+	// their ADD fails (fail closed).
+	IPv6PolicyError string `json:"ipv6PolicyError,omitempty"`
+	// IPv6NATError is why IPv6 nat-outgoing is not in force; empty while it
+	// is (or no IPv6 pool asks for it).
+	IPv6NATError string `json:"ipv6NatError,omitempty"`
 }
 
 // Client talks to a daemon's status socket.
