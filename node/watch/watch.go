@@ -21,7 +21,7 @@ type Cache struct {
 	log *slog.Logger
 
 	mu      sync.RWMutex
-	data    map[string]map[string][]byte // prefix -> key -> value
+	data    map[string]map[string]entry // prefix -> key -> value
 	synced  map[string]bool
 	cancels map[string]context.CancelFunc
 	ctx     context.Context
@@ -30,9 +30,17 @@ type Cache struct {
 	Resyncs func(prefix string) // optional: called on every (re)sync, for metrics
 }
 
+// entry is a value and the revision that wrote it. A deleted key that was
+// injected ahead of the watch stays as a tombstone (nil value) until the
+// watch passes it, so an older event cannot bring the key back.
+type entry struct {
+	value []byte
+	rev   int64
+}
+
 // New makes a cache; Run starts it.
 func New(cli *clientv3.Client, log *slog.Logger) *Cache {
-	return &Cache{cli: cli, log: log, data: map[string]map[string][]byte{}, synced: map[string]bool{},
+	return &Cache{cli: cli, log: log, data: map[string]map[string]entry{}, synced: map[string]bool{},
 		cancels: map[string]context.CancelFunc{}, notify: make(chan struct{}, 1)}
 }
 
@@ -67,7 +75,7 @@ func (c *Cache) SetPrefixes(prefixes ...string) {
 		}
 		ctx, cancel := context.WithCancel(c.ctx)
 		c.cancels[p] = cancel
-		c.data[p] = map[string][]byte{}
+		c.data[p] = map[string]entry{}
 		go c.follow(ctx, p)
 	}
 	for p, cancel := range c.cancels {
@@ -108,8 +116,8 @@ func (c *Cache) Synced() bool {
 func (c *Cache) Get(prefix, key string) ([]byte, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	v, ok := c.data[prefix][key]
-	return v, ok
+	e, ok := c.data[prefix][key]
+	return e.value, ok && e.value != nil
 }
 
 // Snapshot copies one prefix: key -> value.
@@ -117,10 +125,52 @@ func (c *Cache) Snapshot(prefix string) map[string][]byte {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	out := make(map[string][]byte, len(c.data[prefix]))
-	for k, v := range c.data[prefix] {
-		out[k] = v
+	for k, e := range c.data[prefix] {
+		if e.value != nil {
+			out[k] = e.value
+		}
 	}
 	return out
+}
+
+// Refresh reads keys now, ahead of the watch, into the followed prefix that
+// holds them: the CNI plugin has just written them and is waiting for their
+// rules. What it reads is etcd's, at etcd's revision; the watch, when it
+// delivers the same writes, changes nothing, and an older event it may still
+// deliver for these keys is ignored. It reports whether anything changed.
+func (c *Cache) Refresh(ctx context.Context, prefix string, keys ...string) (bool, error) {
+	ops := make([]clientv3.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = clientv3.OpGet(k)
+	}
+	r, err := c.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return false, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.data[prefix]
+	if !ok {
+		return false, nil
+	}
+	changed := false
+	for i, k := range keys {
+		kvs := r.Responses[i].GetResponseRange().GetKvs()
+		cur, had := m[k]
+		switch {
+		case len(kvs) == 1 && kvs[0].ModRevision > cur.rev:
+			m[k] = entry{value: kvs[0].Value, rev: kvs[0].ModRevision}
+			changed = true
+		case len(kvs) == 0 && had && cur.value != nil:
+			// Deleted since: the delete's revision is at most the read's.
+			m[k] = entry{rev: r.Header.Revision}
+			changed = true
+		}
+	}
+	if changed {
+		c.poke()
+	}
+	return changed, nil
 }
 
 // Decode unmarshals every value of a prefix that decodes as T, keyed by key.
@@ -168,12 +218,18 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	m := make(map[string][]byte, len(r.Kvs))
+	m := make(map[string]entry, len(r.Kvs))
 	for _, kv := range r.Kvs {
-		m[string(kv.Key)] = kv.Value
+		m[string(kv.Key)] = entry{value: kv.Value, rev: kv.ModRevision}
 	}
 	c.mu.Lock()
 	if _, still := c.cancels[prefix]; still {
+		// What Refresh read after this Get stays: it is newer.
+		for k, e := range c.data[prefix] {
+			if e.rev > r.Header.Revision {
+				m[k] = e
+			}
+		}
 		c.data[prefix] = m
 		c.synced[prefix] = true
 	}
@@ -194,18 +250,34 @@ func (c *Cache) watch(ctx context.Context, prefix string, rev int64) {
 			c.log.Info("watch lost; resyncing the prefix", "prefix", prefix, "err", err)
 			return
 		}
-		c.mu.Lock()
-		m, still := c.data[prefix]
-		if still {
-			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					delete(m, string(ev.Kv.Key))
-				} else {
-					m[string(ev.Kv.Key)] = ev.Kv.Value
-				}
-			}
-		}
-		c.mu.Unlock()
+		c.apply(prefix, resp.Events, resp.Header.Revision)
 		c.poke()
+	}
+}
+
+// apply folds one watch response into the prefix's copy.
+func (c *Cache) apply(prefix string, events []*clientv3.Event, rev int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, still := c.data[prefix]
+	if !still {
+		return
+	}
+	for _, ev := range events {
+		k := string(ev.Kv.Key)
+		if cur, ok := m[k]; ok && cur.rev >= ev.Kv.ModRevision {
+			continue // Refresh was here first
+		}
+		if ev.Type == clientv3.EventTypeDelete {
+			delete(m, k)
+		} else {
+			m[k] = entry{value: ev.Kv.Value, rev: ev.Kv.ModRevision}
+		}
+	}
+	// Tombstones the watch has passed are no longer needed.
+	for k, e := range m {
+		if e.value == nil && e.rev <= rev {
+			delete(m, k)
+		}
 	}
 }

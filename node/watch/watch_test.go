@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -72,4 +73,57 @@ func TestFollowResyncAndDynamicPrefixes(t *testing.T) {
 		t.Fatalf("dropped prefix still held: %v", c.Prefixes())
 	}
 	t.Logf("resyncs: %d", resyncs)
+}
+
+// Refresh reads keys ahead of the watch; the watch's later (or older)
+// events for them change nothing, and a delete wins once it is newer.
+func TestRefreshAheadOfTheWatch(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := client(t, e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// A cache whose watch lags forever: the prefix is followed by hand.
+	c := New(cli, slog.Default())
+	c.data["/h/"] = map[string]entry{}
+	old, err := cli.Put(ctx, "/h/ep", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := cli.Put(ctx, "/h/ep", "v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := c.Refresh(ctx, "/h/", "/h/ep"); err != nil || !changed {
+		t.Fatalf("Refresh: changed %v, %v", changed, err)
+	}
+	if v, ok := c.Get("/h/", "/h/ep"); !ok || string(v) != "v2" {
+		t.Fatalf("after Refresh: %q %v", v, ok)
+	}
+	// An event older than what Refresh read (as a lagging watch would
+	// deliver it) must not bring v1 back.
+	stale := &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: []byte("/h/ep"), Value: []byte("v1"), ModRevision: old.Header.Revision}}
+	c.apply("/h/", []*clientv3.Event{stale}, old.Header.Revision)
+	if v, _ := c.Get("/h/", "/h/ep"); string(v) != "v2" {
+		t.Fatalf("a stale event replaced the refreshed value: %q", v)
+	}
+	// Deleted in etcd: Refresh sees it at once, and the stale put that a
+	// lagging watch still holds cannot resurrect it.
+	if _, err := cli.Delete(ctx, "/h/ep"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Refresh(ctx, "/h/", "/h/ep"); err != nil {
+		t.Fatal(err)
+	}
+	stale.Kv.ModRevision, stale.Kv.Value = cur.Header.Revision, []byte("v2")
+	c.apply("/h/", []*clientv3.Event{stale}, cur.Header.Revision)
+	if v, ok := c.Get("/h/", "/h/ep"); ok {
+		t.Fatalf("deleted key came back as %q", v)
+	}
+	// A real watch converges on etcd: a new write shows, the tombstone goes.
+	delete(c.data, "/h/")
+	c.Start(ctx, "/h/")
+	if _, err := cli.Put(ctx, "/h/ep", "v3"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "watch after refresh", func() bool { v, ok := c.Get("/h/", "/h/ep"); return ok && string(v) == "v3" })
 }
