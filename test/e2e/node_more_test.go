@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -24,7 +23,6 @@ import (
 
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/tabby-net/tabby/test/lab"
 )
@@ -43,19 +41,10 @@ const nmSessionWait = 45 * time.Second
 // nmNewEnv is newEnv that also returns the lab's etcd process (to stop and
 // restart it) and creates nmProfile.
 func nmNewEnv(t *testing.T, opts lab.Options) (*env, *lab.Proc) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	l := lab.New(t, opts)
-	etcd := l.StartEtcd()
-	e := &env{t: t, l: l, dir: t.TempDir()}
-	e.kv = etcdv3.FromClient(l.EtcdClient(), []string{l.EtcdURL})
-	e.bin = filepath.Dir(testutil.Bin(t, "tabby"))
-	if ipam := testutil.Bin(t, "tabby-ipam"); filepath.Dir(ipam) != e.bin {
-		t.Fatalf("tabby and tabby-ipam built into different dirs")
-	}
-	e.ctl(l.Hosts[0], "profile", "add", nmProfile)
-	return e, etcd
+	t.Helper()
+	e := newEnv(t, opts)
+	e.ctl(e.l.Hosts[0], "profile", "add", nmProfile)
+	return e, e.Etcd
 }
 
 // nmCtr adds a container on h (with nmProfile; pool restricts the IPAM pool
@@ -359,10 +348,7 @@ template bgp tabby {
 // has exactly one route. In between, host2's tabby-node is SIGKILLed and
 // restarted under traffic behind the reflector: no echo lost.
 func TestNodeMoreBIRDReflector(t *testing.T) {
-	bird, err := exec.LookPath("bird")
-	if err != nil {
-		t.Skip("bird (Debian package bird2) not installed")
-	}
+	bird := testutil.Tool(t, "bird") // Debian package bird2
 	e, _ := nmNewEnv(t, lab.Options{Hosts: 3})
 	h1, h2, h3 := e.l.Hosts[0], e.l.Hosts[1], e.l.Hosts[2]
 	tabbyHosts := []*lab.Host{h1, h2}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -10,47 +9,8 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/model"
-
-	"github.com/tabby-net/tabby/pkg/nodestatus"
-	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/tabby-net/tabby/test/lab"
 )
-
-// startNode runs tabby-node in host h's namespace.
-func (e *env) startNode(h *lab.Host, extra ...string) *lab.Proc {
-	e.t.Helper()
-	args := []string{testutil.Bin(e.t, "tabby-node"), "--name", h.Name, "--ip", h.CIDR, "--etcd-endpoints", e.l.EtcdURL,
-		"--state-dir", e.stateDir(h), "--metrics-addr", "", "--log-level", "debug"}
-	return e.l.Start(h.NS, filepath.Join(e.l.Dir, "tabby-node-"+h.Name+".log"), append(args, extra...)...)
-}
-
-// status reads a node's status socket (a unix socket: no network involved).
-func (e *env) status(h *lab.Host) (*nodestatus.Status, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return nodestatus.Get(ctx, e.stateDir(h))
-}
-
-// waitEstablished waits until host h has n Established BGP peers.
-func (e *env) waitEstablished(h *lab.Host, n int, d time.Duration) {
-	e.t.Helper()
-	eventually(e.t, d, func() error {
-		st, err := e.status(h)
-		if err != nil {
-			return err
-		}
-		up := 0
-		for _, p := range st.Peers {
-			if p.State == "Established" {
-				up++
-			}
-		}
-		if up < n || !st.Settled {
-			return fmt.Errorf("%s: %d of %d peers established (settled %v): %+v", h.Name, up, n, st.Settled, st.Peers)
-		}
-		return nil
-	})
-}
 
 // container adds a container on h through the CNI plugin and returns its
 // namespace name and address.

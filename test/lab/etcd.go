@@ -46,6 +46,9 @@ func (l *Lab) StartEtcdIn(ns, clientURL string) *Proc {
 }
 
 func (l *Lab) startEtcd(ns, url string) (*Proc, error) {
+	if ns == "" {
+		return nil, fmt.Errorf("start etcd: empty namespace")
+	}
 	l.mu.Lock()
 	prev := l.etcd
 	l.mu.Unlock()
@@ -96,10 +99,10 @@ func (l *Lab) startEtcd(ns, url string) (*Proc, error) {
 	select {
 	case <-ready:
 	case <-p.done:
-		return nil, fmt.Errorf("etcd-lab exited before READY: %v\n%s", p.err, tail(logfile, 20))
+		return nil, fmt.Errorf("etcd-lab exited before READY: %v\n%s", p.err, Tail(logfile, 20))
 	case <-time.After(60 * time.Second):
 		_ = p.Stop(5 * time.Second)
-		return nil, fmt.Errorf("etcd-lab not READY after 60s\n%s", tail(logfile, 20))
+		return nil, fmt.Errorf("etcd-lab not READY after 60s\n%s", Tail(logfile, 20))
 	}
 	l.mu.Lock()
 	l.etcd, l.etcdNS = p, ns

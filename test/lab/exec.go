@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -92,9 +93,9 @@ type Proc struct {
 	PID  int
 	NS   string
 	Args []string
-	Log  string // file with the process's stdout and stderr
+	Log  string    // file with the process's stdout and stderr
+	Cmd  *exec.Cmd // the started command (read only)
 
-	cmd  *exec.Cmd
 	done chan struct{} // closed once the process has exited and been reaped
 	err  error         // exit status, valid after done
 }
@@ -106,6 +107,10 @@ type Proc struct {
 // then SIGKILL after 5 s) along with anything it spawned.
 func (l *Lab) Start(ns, logfile string, argv ...string) *Proc {
 	l.tb.Helper()
+	if ns == "" {
+		// Never fall through to the root namespace by accident.
+		l.tb.Fatalf("lab: Start %q with empty namespace", argv)
+	}
 	p, err := l.start(ns, logfile, nil, argv...)
 	if err != nil {
 		l.tb.Fatalf("lab: %v", err)
@@ -113,11 +118,32 @@ func (l *Lab) Start(ns, logfile string, argv ...string) *Proc {
 	return p
 }
 
+// StartEntering is Start for an argv that enters a lab namespace itself:
+// nsenter with --net=<a lab namespace's path>, or -t PID --net of a process
+// in one (a runtime daemon that needs its own mount namespace too). It runs
+// as is, not under `ip netns exec`, which remounts /sys and hides the cgroup
+// hierarchy that runc needs. Close stops it like any other process.
+func (l *Lab) StartEntering(logfile string, argv ...string) *Proc {
+	l.tb.Helper()
+	if len(argv) == 0 || argv[0] != "nsenter" || !slices.ContainsFunc(argv, func(a string) bool {
+		return a == "--net" || strings.HasPrefix(a, "--net="+nsRoot+"/"+l.ID+"-")
+	}) {
+		// Never start something in the root namespace by accident.
+		l.tb.Fatalf("lab: StartEntering %q: argv must be nsenter into a lab namespace", argv)
+	}
+	p, err := l.start("", logfile, nil, argv...)
+	if err != nil {
+		l.tb.Fatalf("lab: %v", err)
+	}
+	return p
+}
+
 // start is Start that returns errors; stdout, if not nil, receives the
-// process's stdout instead of the log file.
+// process's stdout instead of the log file. ns "" runs argv as is (for
+// StartEntering).
 func (l *Lab) start(ns, logfile string, stdout io.Writer, argv ...string) (*Proc, error) {
-	if ns == "" || len(argv) == 0 {
-		return nil, fmt.Errorf("start %q in namespace %q: need both", argv, ns)
+	if len(argv) == 0 {
+		return nil, fmt.Errorf("start %q in namespace %q: nothing to run", argv, ns)
 	}
 	var log *os.File
 	var err error
@@ -131,7 +157,10 @@ func (l *Lab) start(ns, logfile string, stdout io.Writer, argv ...string) (*Proc
 	}
 	logfile = log.Name()
 	defer log.Close() // the child has its own copy
-	cmd := l.Command(ns, argv...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if ns != "" {
+		cmd = l.Command(ns, argv...)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	if stdout != nil {
 		cmd.Stdout = stdout
@@ -148,7 +177,7 @@ func (l *Lab) start(ns, logfile string, stdout io.Writer, argv ...string) (*Proc
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", argv[0], ns, err)
 	}
-	p := &Proc{PID: cmd.Process.Pid, NS: ns, Args: argv, Log: logfile, cmd: cmd, done: make(chan struct{})}
+	p := &Proc{PID: cmd.Process.Pid, NS: ns, Args: argv, Log: logfile, Cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -173,7 +202,7 @@ func (l *Lab) newLog(base string) (*os.File, error) {
 
 // Kill sends sig to the process (not to its children).
 func (p *Proc) Kill(sig os.Signal) error {
-	if err := p.cmd.Process.Signal(sig); err != nil {
+	if err := p.Cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("signal %v to %s (pid %d): %w", sig, p.Args[0], p.PID, err)
 	}
 	return nil
@@ -239,8 +268,9 @@ func (p *Proc) stopGroup(timeout time.Duration) {
 	<-p.done
 }
 
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
+// Tail returns the last n lines of a file (or why it cannot be read): for
+// the end of a daemon's log in a failure message.
+func Tail(path string, n int) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return err.Error()

@@ -500,7 +500,7 @@ func (l *Lab) close(dumpLogs bool, logf func(string, ...any)) error {
 func (l *Lab) dumpLogs(procs []*Proc, logf func(string, ...any)) {
 	for _, p := range procs {
 		logf("lab: --- last lines of %s (%s in %s) ---\n%s", filepath.Base(p.Log),
-			strings.Join(p.Args, " "), p.NS, tail(p.Log, 40))
+			strings.Join(p.Args, " "), p.NS, Tail(p.Log, 40))
 	}
 }
 

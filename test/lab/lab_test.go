@@ -19,18 +19,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tabby-net/tabby/pkg/testutil"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("lab tests need root")
-	}
-	for _, tool := range []string{"ip", "ping"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("lab tests need %s", tool)
-		}
-	}
+	testutil.NeedRoot(t)
+	testutil.Tool(t, "ip")   // iproute2
+	testutil.Tool(t, "ping") // iputils-ping
 }
 
 // nsList returns the names `ip netns list` shows.
@@ -136,7 +133,7 @@ func TestThreeHosts(t *testing.T) {
 		t.Fatalf("etcd get: %v %v", g, err)
 	}
 	// A tool inside a host ns reaches etcd too (nc from netcat-openbsd).
-	if _, err := exec.LookPath("nc"); err == nil {
+	if testutil.HasTool(t, "nc") {
 		if _, err := l.Exec(l.Hosts[2].NS, "nc", "-z", "-w2", "198.19.0.254", "2379"); err != nil {
 			t.Errorf("nc to etcd from %s: %v", l.Hosts[2].Name, err)
 		}
@@ -293,7 +290,7 @@ func TestTCPBothWays(t *testing.T) {
 		}
 	}
 	// The server echoes, and a separate program (nc) reaches it too.
-	if _, err := exec.LookPath("nc"); err == nil {
+	if testutil.HasTool(t, "nc") {
 		cmd := l.Command(a.NS, "nc", "-N", "-w2", b.IP, "7000")
 		cmd.Stdin = strings.NewReader("ping\n")
 		out, err := cmd.Output()

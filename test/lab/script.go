@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -73,7 +74,8 @@ func (s *Script) Close() {
 
 // Eventually calls f every 100 ms until it returns nil or timeout passes,
 // and then returns f's last error. Use it for what converges (routes
-// learnt over BGP, rules programmed by a daemon).
+// learnt over BGP, rules programmed by a daemon). An error made with
+// GiveUp ends it at once.
 func Eventually(timeout time.Duration, f func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -81,9 +83,19 @@ func Eventually(timeout time.Duration, f func() error) error {
 		if err == nil {
 			return nil
 		}
+		var g giveUp
+		if errors.As(err, &g) {
+			return g.error
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("after %v: %w", timeout, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+type giveUp struct{ error }
+
+// GiveUp wraps err so that Eventually returns it at once instead of trying
+// again (a daemon it waits for has exited).
+func GiveUp(err error) error { return giveUp{err} }

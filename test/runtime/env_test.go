@@ -40,36 +40,34 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tabby-net/tabby/pkg/model"
-	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/tabby-net/tabby/test/lab"
 )
 
+// env is lab.Env (the lab, etcd, tabby's binaries and the shared helpers)
+// with the run time of every phase, and this package's shorthands.
 type env struct {
+	*lab.Env
+	begin, last time.Time
+	phases      []string
+	// The runtimes' directories: short, unix socket paths must stay under
+	// 108 bytes.
+	dir string
+
+	// Shorthands of the test files: the test, the lab, its etcd client and
+	// the directory holding tabby and tabby-ipam.
 	t   *testing.T
 	l   *lab.Lab
 	kv  store.KV
-	dir string // short work dir: unix socket paths must stay under 108 bytes
-	bin string // directory holding tabby and tabby-ipam
-
-	begin, last time.Time
-	phases      []string
+	bin string
 }
 
 func newEnv(t *testing.T, hosts int) *env {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network and mount namespaces")
-	}
-	e := &env{t: t, begin: time.Now()}
-	e.last = e.begin
-	e.bin = filepath.Dir(testutil.Bin(t, "tabby"))
-	if filepath.Dir(testutil.Bin(t, "tabby-ipam")) != e.bin {
-		t.Fatal("tabby and tabby-ipam built into different dirs")
-	}
-	e.l = lab.New(t, lab.Options{Hosts: hosts})
+	t.Helper()
+	begin := time.Now()
+	le := lab.NewEnv(t, lab.Options{Hosts: hosts})
+	e := &env{Env: le, t: t, l: le.Lab, kv: le.KV, bin: le.Bin, begin: begin, last: begin}
 	// Inside the lab's own directory (short, for unix socket paths): the lab
 	// removes it after stopping every process, and the next run's stale-lab
 	// cleanup removes it after a crash.
@@ -77,8 +75,6 @@ func newEnv(t *testing.T, hosts int) *env {
 	if err := os.MkdirAll(e.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e.l.StartEtcd()
-	e.kv = etcdv3.FromClient(e.l.EtcdClient(), []string{e.l.EtcdURL})
 	e.phase(fmt.Sprintf("lab (%d hosts) and etcd", hosts))
 	return e
 }
@@ -97,96 +93,36 @@ func (e *env) summary() {
 	e.t.Logf("run times of %s:\n  %s\n  %-58s %7.2fs", e.t.Name(), strings.Join(e.phases, "\n  "), "total", time.Since(e.begin).Seconds())
 }
 
-func (e *env) stateDir(h *lab.Host) string { return filepath.Join(e.dir, h.Name, "tabby") }
-
-func (e *env) ctl(h *lab.Host, args ...string) string {
-	e.t.Helper()
-	out, err := e.l.Exec(h.NS, append([]string{testutil.Bin(e.t, "tabbyctl"), "--etcd-endpoints", e.l.EtcdURL}, args...)...)
-	if err != nil {
-		e.t.Fatalf("tabbyctl %v: %v", args, err)
-	}
-	return out
-}
-
 // startNodes runs tabby-node on every host and waits for the BGP mesh.
 func (e *env) startNodes() {
 	e.t.Helper()
-	for _, h := range e.l.Hosts {
-		if err := os.MkdirAll(e.stateDir(h), 0o755); err != nil {
-			e.t.Fatal(err)
-		}
-		e.l.Start(h.NS, filepath.Join(e.l.Dir, "tabby-node-"+h.Name+".log"), testutil.Bin(e.t, "tabby-node"),
-			"--name", h.Name, "--ip", h.CIDR, "--etcd-endpoints", e.l.EtcdURL, "--state-dir", e.stateDir(h),
-			"--metrics-addr", "", "--log-level", "debug")
-	}
-	for _, h := range e.l.Hosts {
-		e.eventually(30*time.Second, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			st, err := nodestatus.Get(ctx, e.stateDir(h))
-			if err != nil {
-				return err
-			}
-			up := 0
-			for _, p := range st.Peers {
-				if p.State == "Established" {
-					up++
-				}
-			}
-			if up < len(e.l.Hosts)-1 || !st.Ready {
-				return fmt.Errorf("%s: %d of %d peers established, ready %v", h.Name, up, len(e.l.Hosts)-1, st.Ready)
-			}
-			return nil
-		})
-	}
+	e.StartNodes()
 	e.phase("tabby-node on every host, BGP established")
+}
+
+// assertNothingLeft checks that no host has a tby veth or workload route
+// and that etcd holds no endpoint, tag member, IPAM handle, block or
+// affinity.
+func (e *env) assertNothingLeft() {
+	e.t.Helper()
+	e.Eventually(10*time.Second, func() error { return e.Leftovers(e.l.Hosts...) })
+}
+
+func (e *env) stateDir(h *lab.Host) string { return e.StateDir(h) }
+
+func (e *env) ctl(h *lab.Host, args ...string) string {
+	e.t.Helper()
+	return e.MustCtl(h, args...)
 }
 
 func (e *env) eventually(d time.Duration, f func() error) {
 	e.t.Helper()
-	if err := lab.Eventually(d, f); err != nil {
-		e.t.Fatal(err)
-	}
+	e.Eventually(d, f)
 }
 
 func (e *env) keys(prefix string) []string {
 	e.t.Helper()
-	kvs, _, err := e.kv.List(context.Background(), prefix, true)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	var out []string
-	for _, kv := range kvs {
-		out = append(out, kv.Key)
-	}
-	return out
-}
-
-// assertNothingLeft checks that no host has a tby veth and that etcd holds
-// no endpoint, tag member, IPAM handle, block or affinity.
-func (e *env) assertNothingLeft() {
-	e.t.Helper()
-	e.eventually(10*time.Second, func() error {
-		for _, h := range e.l.Hosts {
-			links := e.l.MustExec(h.NS, "ip", "-o", "link", "show")
-			if strings.Contains(links, "tby") {
-				return fmt.Errorf("veths left on %s:\n%s", h.Name, links)
-			}
-			if r := e.l.MustExec(h.NS, "ip", "-4", "route", "show", "proto", "80", "scope", "link"); strings.TrimSpace(r) != "" {
-				return fmt.Errorf("workload routes left on %s:\n%s", h.Name, r)
-			}
-		}
-		prefixes := []string{model.TagPrefix, model.HandlePrefix, model.BlockPrefix, model.AffinityPrefix}
-		for _, h := range e.l.Hosts {
-			prefixes = append(prefixes, model.HostWorkloadPrefix(h.Name))
-		}
-		for _, p := range prefixes {
-			if k := e.keys(p); len(k) != 0 {
-				return fmt.Errorf("keys left under %s: %v", p, k)
-			}
-		}
-		return nil
-	})
+	return e.Keys(prefix)
 }
 
 // requireTool finds a runtime's program or skips: only when the machine
@@ -197,69 +133,31 @@ func requireTool(t *testing.T, name string, candidates ...string) string {
 	return testutil.Tool(t, name, candidates...)
 }
 
-// daemon is a runtime process the test started (containerd, dockerd).
+// daemon is a runtime process the test started (containerd, dockerd) in a
+// lab host's namespaces: a lab.Proc with a name. nsenter and unshare exec
+// in place, so cmd.Process.Pid is the daemon's.
 type daemon struct {
+	*lab.Proc
 	name string
 	cmd  *exec.Cmd
 	log  string
-	done chan struct{}
 }
 
-// startDaemon runs argv with its output in logPath, in its own process
-// group (a Ctrl-C reaches only the test, which stops daemons in order).
+// startDaemon runs argv (nsenter into a lab host, see inHost and
+// joinMounts) with its output in logPath, in its own process group (a
+// Ctrl-C reaches only the test, which stops daemons in order).
 func (e *env) startDaemon(name, logPath string, argv ...string) *daemon {
 	e.t.Helper()
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatalf("start %s: %v", name, err)
-	}
-	d := &daemon{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(d.done) }()
-	return d
+	p := e.l.StartEntering(logPath, argv...)
+	return &daemon{Proc: p, name: name, cmd: p.Cmd, log: p.Log}
 }
 
-func (d *daemon) exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
-}
+func (d *daemon) exited() bool { return d.Exited() }
 
-// stop sends SIGTERM to the daemon (by its PID: nsenter and unshare exec
-// in place, so it is the daemon's), then SIGKILL after timeout.
-func (d *daemon) stop(timeout time.Duration) {
-	if d.exited() {
-		return
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(timeout):
-		_ = d.cmd.Process.Kill()
-		<-d.done
-	}
-}
+// stop sends SIGTERM to the daemon, then SIGKILL after timeout.
+func (d *daemon) stop(timeout time.Duration) { _ = d.Stop(timeout) }
 
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func tail(path string, n int) string { return lab.Tail(path, n) }
 
 // privateMounts makes the mount points the runtimes' private namespaces
 // bind over. Those that did not exist are removed again at the end of the

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,7 +17,6 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/tabby-net/tabby/test/lab"
 )
@@ -26,11 +24,12 @@ import (
 // InVMEnv must be "1" for these tests to run (test/ipipvm sets it in the VM).
 const InVMEnv = "TABBY_IN_IPIP_VM"
 
+// env is lab.Env (the lab, etcd, tabby's binaries and the shared helpers);
+// l is its lab.
 type env struct {
-	t   *testing.T
-	l   *lab.Lab
-	dir string // state dirs and plugin logs (under /tmp: the VM's tmpfs)
-	bin string // tabby, tabby-ipam
+	*lab.Env
+	t *testing.T
+	l *lab.Lab
 }
 
 // ctr is a container (a namespace with a tabby endpoint).
@@ -40,115 +39,34 @@ type ctr struct {
 }
 
 func newEnv(t *testing.T, opts lab.Options) *env {
+	t.Helper()
 	if os.Getenv(InVMEnv) != "1" {
+		// Not a missing prerequisite: these tests belong in the VM, which
+		// test/ipipvm boots (the kernel here has no ipip by design).
 		t.Skipf("runs only inside the IPIP VM (go test ./test/ipipvm starts it there; %s=1 forces it)", InVMEnv)
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
 	}
 	if _, err := os.Stat("/sys/module/ipip"); err != nil {
 		t.Fatalf("%s=1 but this kernel has no ipip module loaded: %v", InVMEnv, err)
 	}
 	start := time.Now()
-	l := lab.New(t, opts)
-	l.StartEtcd()
-	e := &env{t: t, l: l, dir: t.TempDir()}
-	e.bin = filepath.Dir(testutil.Bin(t, "tabby"))
-	if filepath.Dir(testutil.Bin(t, "tabby-ipam")) != e.bin {
-		t.Fatalf("tabby and tabby-ipam are in different directories")
-	}
+	le := lab.NewEnv(t, opts)
 	mtu := opts.MTU
 	if mtu == 0 {
 		mtu = 1500
 	}
-	t.Logf("lab %s (%d hosts, %d subnet(s), MTU %d) and etcd up in %v", l.ID, len(l.Hosts), max(opts.Subnets, 1),
+	t.Logf("lab %s (%d hosts, %d subnet(s), MTU %d) and etcd up in %v", le.Lab.ID, len(le.Lab.Hosts), max(opts.Subnets, 1),
 		mtu, time.Since(start).Round(time.Millisecond))
-	return e
+	return &env{Env: le, t: t, l: le.Lab}
 }
 
-func (e *env) stateDir(h *lab.Host) string { return filepath.Join(e.dir, h.Name) }
-
-// ctl runs tabbyctl inside host h's namespace.
-func (e *env) ctl(h *lab.Host, args ...string) (string, error) {
-	return e.l.Exec(h.NS, append([]string{testutil.Bin(e.t, "tabbyctl"), "--etcd-endpoints", e.l.EtcdURL}, args...)...)
-}
-
-func (e *env) mustCtl(h *lab.Host, args ...string) string {
-	e.t.Helper()
-	out, err := e.ctl(h, args...)
-	if err != nil {
-		e.t.Fatalf("tabbyctl %s: %v", strings.Join(args, " "), err)
-	}
-	return out
-}
-
-// startNode runs tabby-node in host h's namespace, as test/e2e does.
-func (e *env) startNode(h *lab.Host) *lab.Proc {
-	e.t.Helper()
-	args := []string{testutil.Bin(e.t, "tabby-node"), "--name", h.Name, "--ip", h.CIDR, "--etcd-endpoints", e.l.EtcdURL,
-		"--state-dir", e.stateDir(h), "--metrics-addr", "", "--log-level", "debug"}
-	return e.l.Start(h.NS, filepath.Join(e.l.Dir, "tabby-node-"+h.Name+".log"), args...)
-}
-
-func (e *env) status(h *lab.Host) (*nodestatus.Status, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return nodestatus.Get(ctx, e.stateDir(h))
-}
-
-// startNodes starts tabby-node everywhere and waits until every host has
-// all its mesh peers Established and has settled.
-func (e *env) startNodes() {
-	e.t.Helper()
-	start := time.Now()
-	procs := map[*lab.Host]*lab.Proc{}
-	for _, h := range e.l.Hosts {
-		procs[h] = e.startNode(h)
-	}
-	for _, h := range e.l.Hosts {
-		err := lab.Eventually(60*time.Second, func() error {
-			if p := procs[h]; p.Exited() {
-				// No use waiting: the lab shows the end of its log.
-				e.t.Fatalf("tabby-node on %s exited: %v", h.Name, p.Wait())
-			}
-			st, err := e.status(h)
-			if err != nil {
-				return err
-			}
-			up := 0
-			for _, p := range st.Peers {
-				if p.State == "Established" {
-					up++
-				}
-			}
-			if up < len(e.l.Hosts)-1 || !st.Settled {
-				return fmt.Errorf("%s: %d of %d peers established (settled %v): %+v", h.Name, up, len(e.l.Hosts)-1, st.Settled, st.Peers)
-			}
-			return nil
-		})
-		if err != nil {
-			e.t.Fatal(err)
-		}
-	}
-	e.t.Logf("tabby-node on %d hosts: BGP mesh established and settled in %v", len(e.l.Hosts), time.Since(start).Round(time.Millisecond))
-}
-
-// conf is the tabby plugin's netconf for host h: addresses from pool,
-// the given profiles.
-func (e *env) conf(h *lab.Host, pool string, profiles ...string) []byte {
-	prof, _ := json.Marshal(append([]string{}, profiles...))
-	return []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"tabby-net","type":"tabby","etcd_endpoints":%q,"nodename":%q,
-	  "state_dir":%q,"log_file":%q,"log_level":"debug","profiles":%s,
-	  "ipam":{"type":"tabby-ipam","ipv4_pools":[%q]}}`, e.l.EtcdURL, h.Name, e.stateDir(h),
-		filepath.Join(e.dir, h.Name+"-cni.log"), prof, pool))
-}
-
-// container makes a container on h with a CNI ADD, as a runtime does.
+// container makes a container on h with a CNI ADD, as a runtime does:
+// addresses from pool, the given profiles.
 func (e *env) container(h *lab.Host, name, pool string, profiles ...string) ctr {
 	e.t.Helper()
 	nsName, nsPath := e.l.AddContainer(h, name)
-	o := testutil.Run(filepath.Join(e.bin, "tabby"), testutil.Call{Command: "ADD", ContainerID: name, Netns: nsPath,
-		IfName: "eth0", Conf: e.conf(h, pool, profiles...), Path: e.bin, Wrap: []string{"ip", "netns", "exec", h.NS}})
+	prof, _ := json.Marshal(append([]string{}, profiles...))
+	conf := e.Conf(h, "1.0.0", `,"profiles":`+string(prof), fmt.Sprintf(`,"ipv4_pools":[%q]`, pool))
+	o := e.Plugin(h, testutil.Call{Command: "ADD", ContainerID: name, Netns: nsPath, IfName: "eth0", Conf: conf})
 	if o.ExitCode != 0 {
 		e.t.Fatalf("CNI ADD %s on %s (exit %d): %s %s", name, h.Name, o.ExitCode, o.Stdout, o.Stderr)
 	}

@@ -32,12 +32,12 @@ func TestIPIPLab(t *testing.T) {
 		t.Fatalf("lab layout: subnets %d %d %d, want 0 1 0", h1.Subnet, h2.Subnet, h3.Subnet)
 	}
 	t.Logf("kernel %s", strings.TrimSpace(e.l.MustExec(h1.NS, "uname", "-r")))
-	e.mustCtl(h1, "pool", "add", ipipPool, "--ipip", "--nat-outgoing")
-	e.mustCtl(h1, "pool", "add", crossPool, "--ipip=cross-subnet")
-	e.mustCtl(h1, "profile", "add", "open")
-	e.mustCtl(h1, "profile", "add", "other")
-	t.Logf("pools:\n%s", e.mustCtl(h1, "pool", "show"))
-	e.startNodes()
+	e.MustCtl(h1, "pool", "add", ipipPool, "--ipip", "--nat-outgoing")
+	e.MustCtl(h1, "pool", "add", crossPool, "--ipip=cross-subnet")
+	e.MustCtl(h1, "profile", "add", "open")
+	e.MustCtl(h1, "profile", "add", "other")
+	t.Logf("pools:\n%s", e.MustCtl(h1, "pool", "show"))
+	e.StartNodes()
 
 	start := time.Now()
 	a1 := e.container(h1, "a1", ipipPool, "open")
@@ -68,20 +68,20 @@ func TestIPIPLab(t *testing.T) {
 	}
 
 	t.Run("node status says IPIP is supported", func(t *testing.T) {
-		out, err := e.ctl(h1, "node", "show")
+		out, err := e.Ctl(h1, "node", "show")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("tabbyctl node show:\n%s", out)
 		for _, h := range e.l.Hosts {
-			txt, err := e.ctl(h, "node", "status", "--state-dir", e.stateDir(h))
+			txt, err := e.Ctl(h, "node", "status", "--state-dir", e.StateDir(h))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if strings.Contains(txt, "IPIP: not supported") || strings.Contains(txt, "unserved prefixes") {
 				t.Errorf("tabbyctl node status on %s:\n%s", h.Name, txt)
 			}
-			js, err := e.ctl(h, "node", "status", "--state-dir", e.stateDir(h), "-o", "json")
+			js, err := e.Ctl(h, "node", "status", "--state-dir", e.StateDir(h), "-o", "json")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -99,7 +99,7 @@ func TestIPIPLab(t *testing.T) {
 			IPIPSupported  bool   `json:"ipipSupported"`
 			IPIPTunnelAddr string `json:"ipipTunnelAddr"`
 		}
-		js, err := e.ctl(h1, "node", "show", "-o", "json")
+		js, err := e.Ctl(h1, "node", "show", "-o", "json")
 		if err == nil {
 			err = json.Unmarshal([]byte(js), &hosts)
 		}
@@ -363,7 +363,7 @@ func TestIPIPLab(t *testing.T) {
 		}
 		t.Logf("p2 (host2, profile other): a1, a3, x1 -> p2 and p2 -> a1, x3 dropped (ping and TCP)")
 		// p2 joins "open": it becomes reachable over the tunnel.
-		e.mustCtl(h1, "container", "p2", "profile", "append", "open")
+		e.MustCtl(h1, "container", "p2", "profile", "append", "open")
 		start := time.Now()
 		if err := e.reach(a1, p2, 10*time.Second); err != nil {
 			t.Fatalf("after profile append open: %v", err)
@@ -372,7 +372,7 @@ func TestIPIPLab(t *testing.T) {
 			t.Fatalf("after profile append open: %v", err)
 		}
 		t.Logf("after `container p2 profile append open`: a1 -> p2 and p2 -> a3 reachable within %v", time.Since(start).Round(time.Millisecond))
-		e.mustCtl(h1, "container", "p2", "profile", "remove", "open")
+		e.MustCtl(h1, "container", "p2", "profile", "remove", "open")
 		if err := lab.Eventually(10*time.Second, func() error { return e.blocked(a1, p2) }); err != nil {
 			t.Fatalf("after profile remove open: %v", err)
 		}
@@ -409,9 +409,9 @@ func iperf(t *testing.T, e *env, a, b ctr) {
 func TestIPIPMTUFollowsUplink(t *testing.T) {
 	e := newEnv(t, lab.Options{Hosts: 2, MTU: 1400})
 	h1, h2 := e.l.Hosts[0], e.l.Hosts[1]
-	e.mustCtl(h1, "pool", "add", ipipPool, "--ipip")
-	e.mustCtl(h1, "profile", "add", "open")
-	e.startNodes()
+	e.MustCtl(h1, "pool", "add", ipipPool, "--ipip")
+	e.MustCtl(h1, "profile", "add", "open")
+	e.StartNodes()
 	c1 := e.container(h1, "m1", ipipPool, "open")
 	c2 := e.container(h2, "m2", ipipPool, "open")
 	e.l.ServeTCP(c2.ns, 8080)
