@@ -14,7 +14,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,12 +21,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+	"github.com/tabby-net/tabby/pkg/cliflags"
 )
 
 // Version is set at build time.
@@ -36,66 +33,36 @@ var Version = "dev"
 // DefaultSocket is where dockerd looks for the plugin named "tabby".
 const DefaultSocket = "/run/docker/plugins/tabby.sock"
 
-func env(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
+// env returns the environment's value for a flag (flags win).
+func env(name, def string) string { return cliflags.Env(name, def) }
 
 func main() {
-	fs := flag.NewFlagSet("tabby-docker", flag.ContinueOnError)
+	prog := cliflags.NewProgram("tabby-docker", Version)
+	fs := prog.Flags
 	socket := fs.String("socket", env("TABBY_DOCKER_SOCKET", DefaultSocket), "plugin socket dockerd discovers (env TABBY_DOCKER_SOCKET)")
-	eps := fs.String("etcd-endpoints", env("ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd URLs, comma separated (env ETCD_ENDPOINTS)")
-	ca := fs.String("etcd-ca-cert-file", env("ETCD_CA_CERT_FILE", ""), "etcd CA file (env ETCD_CA_CERT_FILE)")
-	cert := fs.String("etcd-cert-file", env("ETCD_CERT_FILE", ""), "etcd client certificate (env ETCD_CERT_FILE)")
-	key := fs.String("etcd-key-file", env("ETCD_KEY_FILE", ""), "etcd client key (env ETCD_KEY_FILE)")
 	nodename := fs.String("nodename", env("TABBY_NODENAME", ""), "this host's name; empty: what tabby-node wrote to <state-dir>/nodename, else the hostname (env TABBY_NODENAME)")
 	stateDir := fs.String("state-dir", env("TABBY_STATE_DIR", "/var/run/tabby"), "tabby-node's state dir: node name, MTU, status socket (env TABBY_STATE_DIR)")
 	dockerHost := fs.String("docker-host", env("DOCKER_HOST", "unix:///var/run/docker.sock"), "Docker API, to learn network names (env DOCKER_HOST)")
 	mtu := fs.Int("mtu", 0, "workload MTU; 0: the uplink MTU less the pool's encapsulation")
 	policyTimeout := fs.Duration("policy-timeout", 10*time.Second, "how long Join waits for tabby-node to put the endpoint's rules in force")
-	logLevel := fs.String("log-level", env("TABBY_LOG_LEVEL", "info"), "debug, info, warn or error")
-	version := fs.Bool("version", false, "print the version")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		os.Exit(2)
-	}
-	if *version {
-		fmt.Println("tabby-docker", Version)
-		return
-	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		fmt.Fprintf(os.Stderr, "tabby-docker: --log-level %q: use debug, info, warn or error\n", *logLevel)
-		os.Exit(2)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	log := prog.Parse(os.Args[1:])
 	slog.SetDefault(log)
 
-	var endpoints []string
-	for _, e := range strings.Split(*eps, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			endpoints = append(endpoints, e)
-		}
-	}
-	kv, err := etcdv3.New(store.Config{Endpoints: endpoints, CAFile: *ca, CertFile: *cert, KeyFile: *key})
+	kv, err := prog.Etcd.Open()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "tabby-docker:", err)
-		os.Exit(2)
+		prog.Exit(2, err)
 	}
 	defer kv.Close()
 	api, err := newDockerAPI(*dockerHost)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "tabby-docker: --docker-host:", err)
-		os.Exit(2)
+		prog.Exit(2, fmt.Errorf("--docker-host: %w", err))
 	}
 	d := &Driver{KV: kv, Nodename: *nodename, StateDir: *stateDir, MTU: *mtu, PolicyTimeout: *policyTimeout,
 		Docker: api, Log: log}
 
 	ln, err := listenUnix(*socket)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "tabby-docker:", err)
-		os.Exit(1)
+		prog.Exit(1, err)
 	}
 	srv := &http.Server{Handler: NewHandler(d), ReadHeaderTimeout: 10 * time.Second}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -106,7 +73,7 @@ func main() {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("tabby-docker serving", "version", Version, "socket", *socket, "etcd", endpoints, "stateDir", *stateDir)
+	log.Info("tabby-docker serving", "version", Version, "socket", *socket, "etcd", prog.Etcd.Config().Endpoints, "stateDir", *stateDir)
 	err = srv.Serve(ln)
 	// The socket file goes with the daemon: dockerd must not find a dead one.
 	_ = os.Remove(*socket)

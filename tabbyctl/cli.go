@@ -10,6 +10,8 @@ import (
 	"text/tabwriter"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/tabby-net/tabby/pkg/cliflags"
 )
 
 // A command is one line of the tabbyctl grammar. The table of commands is the
@@ -29,14 +31,28 @@ type flagSpec struct {
 	help     string
 }
 
-var globalFlags = []flagSpec{
-	{name: "etcd-endpoints", value: true, help: "etcd URLs, comma separated (env ETCD_ENDPOINTS)"},
-	{name: "etcd-ca-cert-file", value: true, help: "CA file for etcd TLS (env ETCD_CA_CERT_FILE)"},
-	{name: "etcd-cert-file", value: true, help: "client certificate for etcd (env ETCD_CERT_FILE)"},
-	{name: "etcd-key-file", value: true, help: "client key for etcd (env ETCD_KEY_FILE)"},
-	{name: "o", value: true, help: "output: table, json or yaml"},
-	{name: "output", value: true, help: "same as -o"},
-	{name: "help", help: "this help"},
+var globalFlags = append(etcdFlags(),
+	flagSpec{name: "o", value: true, help: "output: table, json or yaml"},
+	flagSpec{name: "output", value: true, help: "same as -o"},
+	flagSpec{name: "help", help: "this help"},
+)
+
+// etcdFlags are the etcd flags every tabby program takes, with the same
+// names and environment variables.
+func etcdFlags() []flagSpec {
+	var out []flagSpec
+	for _, f := range cliflags.EtcdFlags {
+		out = append(out, flagSpec{name: f.Name, value: true, help: f.Usage()})
+	}
+	return out
+}
+
+// etcd is where the global flags, else the environment, say etcd is.
+func (c *ctx) etcd() cliflags.Etcd {
+	return cliflags.EtcdFrom(func(name string) (string, bool) {
+		v, ok := c.flags[name]
+		return v, ok
+	})
 }
 
 // usageError means the command line is wrong; exit code 2.

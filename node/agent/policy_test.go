@@ -8,38 +8,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
-
+	"github.com/tabby-net/tabby/node/internal/nstest"
 	"github.com/tabby-net/tabby/node/iptables"
 	"github.com/tabby-net/tabby/node/policy"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
+	"github.com/tabby-net/tabby/pkg/testutil"
 )
-
-// inNS runs f in a fresh network namespace: iptables and ipsets are per
-// netns, so nothing here touches the machine's own firewall.
-func inNS(t *testing.T, f func()) {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { n.Close(); testutils.UnmountNS(n) }()
-	if err := n.Do(func(ns.NetNS) error {
-		runtime.LockOSThread()
-		f()
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // syncBuffer is a log sink the status server's goroutines may share.
 type syncBuffer struct {
@@ -94,7 +74,7 @@ func ip6tablesPath(t *testing.T, broken bool) string {
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "iptables-restore")); err != nil {
-		t.Skip("no iptables on this machine")
+		testutil.Missing(t, "iptables not found (make deps installs it)")
 	}
 	if broken {
 		fail := "#!/bin/sh\necho \"ip6tables v1.8.9: can't initialize ip6tables table 'filter': Address family not supported by protocol\" >&2\nexit 3\n"
@@ -133,7 +113,7 @@ func TestIPv6PolicyFailsClosed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("PATH", ip6tablesPath(t, tc.broken))
-			inNS(t, func() {
+			nstest.Run(t, func() {
 				a, logs := testAgent(t)
 				eps, out := policyFixture()
 				for _, full := range []bool{true, false, true} {
@@ -183,10 +163,10 @@ func TestIPv6PolicyFailsClosed(t *testing.T) {
 // The control: with a working ip6tables the same endpoints are all ready,
 // and a status that said IPv6 was broken is cleared.
 func TestIPv6PolicyInForce(t *testing.T) {
-	inNS(t, func() {
+	nstest.Run(t, func() {
 		a, logs := testAgent(t)
 		if a.ipt6 == nil {
-			t.Skipf("no usable ip6tables here: %v", a.ip6tablesErr)
+			testutil.Missing(t, "no usable ip6tables: %v (make deps installs it)", a.ip6tablesErr)
 		}
 		a.status.IPv6PolicyError = "from an earlier pass"
 		eps, out := policyFixture()
@@ -208,7 +188,7 @@ func TestIPv6PolicyInForce(t *testing.T) {
 // see tampering), the periodic pass reads the kernel and repairs it.
 // IPv6 nat-outgoing that cannot be put in force shows in the status.
 func TestSyncNATEventAndPeriodic(t *testing.T) {
-	inNS(t, func() {
+	nstest.Run(t, func() {
 		a, _ := testAgent(t)
 		ipt := "iptables"
 		if a.ipt4.Mode != "default" {

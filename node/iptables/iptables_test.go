@@ -2,31 +2,11 @@ package iptables
 
 import (
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/tabby-net/tabby/node/internal/nstest"
 )
-
-// inNS runs f in a fresh network namespace: iptables and ipset are per netns,
-// so nothing here touches the machine's own firewall.
-func inNS(t *testing.T, f func()) {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { n.Close(); testutils.UnmountNS(n) }()
-	if err := n.Do(func(ns.NetNS) error {
-		runtime.LockOSThread()
-		f()
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // detect4 is the IPv4 backend and the name of the iptables binary of its
 // flavour, for tampering with the rules behind tabby's back.
@@ -52,7 +32,7 @@ func sh(t *testing.T, args ...string) string {
 }
 
 func TestApplyOwnsOnlyItsChains(t *testing.T) {
-	inNS(t, func() {
+	nstest.Run(t, func() {
 		b, ipt := detect4(t)
 		// Someone else's chain and rule.
 		sh(t, ipt, "-N", "OTHER")
@@ -107,7 +87,7 @@ func TestApplyOwnsOnlyItsChains(t *testing.T) {
 }
 
 func TestSyncSets(t *testing.T) {
-	inNS(t, func() {
+	nstest.Run(t, func() {
 		var sets Sets
 		s := Set{Name: "tabby-test", Type: "hash:net", Family: V4, Members: []string{"10.0.0.0/16", "10.1.0.0/16", "10.2.0.1/32"}}
 		if n, err := sets.Sync(s); err != nil || n != 1 {
@@ -138,7 +118,7 @@ func TestSyncSets(t *testing.T) {
 // ApplyKnown trusts what the last Apply left (no read); Apply reads the
 // kernel and repairs what someone else changed in between.
 func TestApplyKnownAndRepair(t *testing.T) {
-	inNS(t, func() {
+	nstest.Run(t, func() {
 		b, ipt := detect4(t)
 		tbl := Table{Name: "filter", Chains: []Chain{{Name: "TABBY-X", Rules: []string{"-j DROP"}}},
 			Hooks: []Hook{{Chain: "FORWARD", Target: "TABBY-X"}}}
@@ -212,7 +192,7 @@ func currentMembers(name string) ([]string, bool) {
 // Two Sets values keep separate views: one's sync does not make the other
 // believe a set is in place.
 func TestSetsAreIndependentValues(t *testing.T) {
-	inNS(t, func() {
+	nstest.Run(t, func() {
 		var a, b Sets
 		s := Set{Name: "tabby-v", Type: "hash:net", Family: V4, Members: []string{"10.9.0.0/16"}}
 		if c, err := a.Sync(s); err != nil || c != 1 {
