@@ -12,6 +12,7 @@ import (
 	"github.com/tabby-net/tabby/node/policy"
 	"github.com/tabby-net/tabby/node/watch"
 	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/store"
 )
 
 // basePrefixes are what every node follows; tag prefixes come on top, for
@@ -54,6 +55,45 @@ func (r *readiness) set(applied map[string]string, refused map[string]*refusal) 
 	r.applied, r.refused = applied, refused
 	close(r.changed)
 	r.changed = make(chan struct{})
+}
+
+// has reports whether iface carries container's rules now.
+func (r *readiness) has(iface, container string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applied[iface] == container
+}
+
+// refreshEndpoint reads one of this host's endpoint records and its tag
+// entries from etcd ahead of the watch (a CNI ADD is waiting for its
+// rules); the reconcile loop wakes on the change. A failure only means
+// the watch brings them, a little later.
+func (a *Agent) refreshEndpoint(ctx context.Context, key string) {
+	if !strings.HasPrefix(key, model.HostWorkloadPrefix(a.cfg.Name)) || !isEndpointKey(key) {
+		a.log.Warn("ready: not an endpoint key of this host; waiting for the watch", "key", key)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := a.cache.Refresh(rctx, key); err != nil {
+		a.log.Warn("ready: read ahead of the watch failed; waiting for it", "key", key, "err", err)
+		return
+	}
+	b, ok := a.cache.Get(model.HostSubtree(a.cfg.Name), key)
+	if !ok {
+		return
+	}
+	var e model.Endpoint
+	if store.DecodeJSON(b, &e) != nil {
+		return
+	}
+	var tagKeys []string
+	for _, p := range e.Profiles {
+		tagKeys = append(tagKeys, model.TagMemberKey(p, e.Host, e.Orchestrator, e.Workload, e.Name))
+	}
+	if _, err := a.cache.Refresh(rctx, tagKeys...); err != nil {
+		a.log.Warn("ready: reading tag entries ahead of the watch failed", "key", key, "err", err)
+	}
 }
 
 // wait blocks until iface carries container's rules, or ctx ends, or the
@@ -155,7 +195,7 @@ func (a *Agent) applyPolicy(out policy.Output, eps []model.Endpoint, p pass) (ap
 	return applied, refused, nil
 }
 
-// destroyStaleSets removes tag sets no rule names any more (the rules that
+// destroyStaleSets removes tag and group sets no rule names any more (the rules that
 // named them are gone by now).
 func (a *Agent) destroyStaleSets(keep []iptables.Set, p pass) {
 	wanted := map[string]bool{}
@@ -168,7 +208,11 @@ func (a *Agent) destroyStaleSets(keep []iptables.Set, p pass) {
 		return
 	}
 	for _, s := range existing {
-		if (strings.HasPrefix(s, policy.TagSetPrefix4) || strings.HasPrefix(s, policy.TagSetPrefix6)) && !wanted[s] {
+		ours := false
+		for _, pre := range []string{policy.TagSetPrefix4, policy.TagSetPrefix6, policy.GroupSetPrefix4, policy.GroupSetPrefix6} {
+			ours = ours || strings.HasPrefix(s, pre)
+		}
+		if ours && !wanted[s] {
 			if err := a.sets.Destroy(s); err != nil {
 				a.log.Warn("stale ipset", "set", s, "err", err)
 			}

@@ -37,8 +37,12 @@ func (a *Agent) serveStatus() (func(), error) {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), d)
 		defer cancel()
-		// No poke: the endpoint's own watch event brings the reconcile, and
-		// an extra one started before that event lands would only delay it.
+		// The plugin names the endpoint record it has just committed: read
+		// it (and its tag entries) now instead of waiting for the watch to
+		// bring it, so its rules go in at once.
+		if key := q.Get("key"); key != "" && !a.ready.has(q.Get("iface"), q.Get("container")) {
+			a.refreshEndpoint(ctx, key)
+		}
 		if err := a.ready.wait(ctx, q.Get("iface"), q.Get("container")); err != nil {
 			code := http.StatusGatewayTimeout
 			var no *refusal

@@ -62,9 +62,12 @@ type Sets struct {
 	known map[string][]string // nil: not synced yet, or the last sync failed
 }
 
-// Sync makes each set hold exactly its members. A changed set is filled
-// under a temporary name and swapped in, so a packet never sees it half
-// built. It reports how many sets it rewrote.
+// Sync makes each set hold exactly its members. A new set is created and
+// filled before anything can name it; an existing one gets only the members
+// it gains and loses, so a change costs the same however big the set is (a
+// host's thousandth endpoint is one add). Each add or delete is atomic, and
+// a member moving between sets is in neither for an instant at worst: a
+// dropped packet, never an open one. It reports how many sets it changed.
 func (k *Sets) Sync(sets ...Set) (int, error) { return k.sync(false, sets) }
 
 // SyncKnown is Sync that compares with what the last sync left instead of
@@ -108,13 +111,16 @@ func (k *Sets) sync(useKnown bool, sets []Set) (changed int, err error) {
 		if exists && equal(have, want) {
 			continue
 		}
-		writeSwap(&in, s, want)
+		if !exists {
+			writeCreate(&in, s)
+		}
+		writeDelta(&in, s.Name, have, want)
 		changed++
 	}
 	if changed == 0 {
 		return 0, nil
 	}
-	// One restore for every changed set: each is still swapped in whole.
+	// One restore for every changed set.
 	cmd := exec.Command("ipset", "restore")
 	cmd.Stdin = &in
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -123,23 +129,31 @@ func (k *Sets) sync(useKnown bool, sets []Set) (changed int, err error) {
 	return changed, nil
 }
 
-// writeSwap writes the `ipset restore` lines that fill a temporary set and
-// swap it in for s.
-func writeSwap(in *bytes.Buffer, s Set, members []string) {
+func writeCreate(in *bytes.Buffer, s Set) {
 	fam := "inet"
 	if s.Family == V6 {
 		fam = "inet6"
 	}
-	tmp := s.Name + "-t"
-	if len(tmp) > 31 {
-		tmp = tmp[:31]
-	}
 	fmt.Fprintf(in, "create %s %s family %s maxelem 1048576 -exist\n", s.Name, s.Type, fam)
-	fmt.Fprintf(in, "create %s %s family %s maxelem 1048576 -exist\nflush %s\n", tmp, s.Type, fam, tmp)
-	for _, m := range members {
-		fmt.Fprintf(in, "add %s %s\n", tmp, m)
+}
+
+// writeDelta writes the `ipset restore` lines that take a set from have to
+// want (both sorted).
+func writeDelta(in *bytes.Buffer, name string, have, want []string) {
+	i, j := 0, 0
+	for i < len(have) || j < len(want) {
+		switch {
+		case j == len(want) || (i < len(have) && have[i] < want[j]):
+			fmt.Fprintf(in, "del %s %s -exist\n", name, have[i])
+			i++
+		case i == len(have) || want[j] < have[i]:
+			fmt.Fprintf(in, "add %s %s -exist\n", name, want[j])
+			j++
+		default:
+			i++
+			j++
+		}
 	}
-	fmt.Fprintf(in, "swap %s %s\ndestroy %s\n", tmp, s.Name, tmp)
 }
 
 // Destroy removes a set tabby no longer needs (it must not be referenced).
@@ -203,8 +217,12 @@ func dedup(s []string) []string {
 }
 
 // hostForm writes a host prefix the way `ipset save` prints it (10.0.0.1, not
-// 10.0.0.1/32), so unchanged sets compare equal.
+// 10.0.0.1/32; also as the first part of a hash:net,iface member), so
+// unchanged sets compare equal.
 func hostForm(m string) string {
+	if addr, rest, ok := strings.Cut(m, ","); ok {
+		return hostForm(addr) + "," + rest
+	}
 	if strings.HasSuffix(m, "/32") && !strings.Contains(m, ":") {
 		return strings.TrimSuffix(m, "/32")
 	}

@@ -7,14 +7,19 @@
 //	FORWARD -> TABBY-FORWARD: traffic in or out of a tby* interface goes to TABBY-WL-FWD
 //	TABBY-WL-FWD: established/related accepted at once (the fast path),
 //	    invalid dropped, then the sender's outbound policy (TABBY-FROM-WL
-//	    dispatch, by interface), then the receiver's inbound policy
-//	    (TABBY-TO-WL dispatch), then accept.
-//	dispatch: two levels (first hex digit of the interface hash, then the
-//	    interface) into the endpoint's chain; an interface without a chain is
-//	    dropped (fail closed).
-//	endpoint chain: anti-spoofing (source address and MAC), then each
-//	    profile's chain in order; a profile's allow sets the accept mark and
-//	    returns, a deny drops; no match in any profile: drop.
+//	    dispatch), then the receiver's inbound policy (TABBY-TO-WL
+//	    dispatch), then accept.
+//	dispatch: endpoints with the same ordered profiles share a policy
+//	    group: one ipset (hash:net,iface) of its members' (address,
+//	    interface) pairs and one chain per direction. The dispatch has a
+//	    rule per group, matching the set by source address and incoming
+//	    interface (from) or destination address and outgoing interface
+//	    (to): that match is also the anti-spoofing check. A packet of an
+//	    interface in no set is dropped (fail closed). A new endpoint is an
+//	    ipset add, so programming it costs the same on a host with a
+//	    thousand endpoints as on an empty one; only a new group adds rules.
+//	group chain: each profile's chain in order; a profile's allow sets the
+//	    accept mark and returns, a deny drops; no match in any profile: drop.
 //	INPUT -> TABBY-INPUT: a workload reaches its own host only for what the
 //	    host needs to serve it (IPv6 neighbour discovery; ARP is not IP) and
 //	    the ports the operator allows; replies to the host's own
@@ -110,19 +115,68 @@ func profileChain(name string, d direction) string {
 	return "TABBY-PO-" + hash(name, 16)
 }
 
-func endpointChain(veth string, d direction) string {
-	if d == outbound {
-		return "TABBY-FW-" + strings.TrimPrefix(veth, "tby")
-	}
-	return "TABBY-TW-" + strings.TrimPrefix(veth, "tby")
+// group is the policy group of endpoints with one ordered profile list.
+type group struct {
+	id       string // hash of the profile list
+	profiles []string
+	members  []model.Endpoint
 }
 
-// bucket is the first hex digit after "tby", the first dispatch level.
-func bucket(veth string) string {
-	if len(veth) > 3 {
-		return veth[3:4]
+func groupID(profiles []string) string { return hash("group:"+strings.Join(profiles, ","), 10) }
+
+func groupChain(id string, d direction) string {
+	if d == outbound {
+		return "TABBY-WF-" + id
 	}
-	return "x"
+	return "TABBY-WT-" + id
+}
+
+// Set name prefixes of the policy groups' member sets, one per family.
+const (
+	GroupSetPrefix4 = "tabby-w4-"
+	GroupSetPrefix6 = "tabby-w6-"
+)
+
+// GroupSetName is a policy group's member set for one family.
+func GroupSetName(id string, f iptables.Family) string {
+	if f == iptables.V6 {
+		return GroupSetPrefix6 + strings.ToLower(id)
+	}
+	return GroupSetPrefix4 + strings.ToLower(id)
+}
+
+// groups sorts endpoints into their policy groups, ordered by id.
+func groups(eps []model.Endpoint) []*group {
+	byID := map[string]*group{}
+	var out []*group
+	for _, e := range eps {
+		id := groupID(e.Profiles)
+		g, ok := byID[id]
+		if !ok {
+			g = &group{id: id, profiles: e.Profiles}
+			byID[id] = g
+			out = append(out, g)
+		}
+		g.members = append(g.members, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// members are a group's (address,interface) pairs for one family, as
+// ipset prints them.
+func (g *group) setMembers(f iptables.Family) []string {
+	var out []string
+	for _, e := range g.members {
+		nets := e.IPv4Nets
+		if f == iptables.V6 {
+			nets = e.IPv6Nets
+		}
+		for _, n := range nets {
+			out = append(out, n+","+e.HostInterface)
+		}
+	}
+	return out
 }
 
 // Referenced returns the tags named by the rules of the given profiles.
@@ -182,6 +236,11 @@ func Render(in Input) Output {
 			iptables.Set{Name: SetName(tag, iptables.V4), Type: "hash:net", Family: iptables.V4, Members: m4},
 			iptables.Set{Name: SetName(tag, iptables.V6), Type: "hash:net", Family: iptables.V6, Members: m6})
 	}
+	for _, g := range groups(eps) {
+		for _, f := range []iptables.Family{iptables.V4, iptables.V6} {
+			out.Sets = append(out.Sets, iptables.Set{Name: GroupSetName(g.id, f), Type: "hash:net,iface", Family: f, Members: g.setMembers(f)})
+		}
+	}
 	for _, e := range eps {
 		out.Ready[e.HostInterface] = e.ContainerID
 	}
@@ -210,37 +269,20 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, fam iptable
 	toHost = append(toHost, "-j DROP")
 	chains = append(chains, iptables.Chain{Name: ChainWLToHost, Rules: toHost})
 
-	// Two-level dispatch by interface name.
-	buckets := map[string][]model.Endpoint{}
-	var bnames []string
-	for _, e := range eps {
-		b := bucket(e.HostInterface)
-		if _, ok := buckets[b]; !ok {
-			bnames = append(bnames, b)
-		}
-		buckets[b] = append(buckets[b], e)
-	}
-	sort.Strings(bnames)
+	gs := groups(eps)
 	for _, dir := range []struct {
-		chain, flag string
-		d           direction
-	}{{ChainFromWL, "-i", outbound}, {ChainToWL, "-o", inbound}} {
-		var top []string
-		for _, b := range bnames {
-			sub := dir.chain + "-" + b
-			top = append(top, fmt.Sprintf("%s tby%s+ -g %s", dir.flag, b, sub))
-			var rules []string
-			for _, e := range buckets[b] {
-				rules = append(rules, fmt.Sprintf("%s %s -g %s", dir.flag, e.HostInterface, endpointChain(e.HostInterface, dir.d)))
-			}
-			rules = append(rules, "-j DROP")
-			chains = append(chains, iptables.Chain{Name: sub, Rules: rules})
+		chain, match string
+		d            direction
+	}{{ChainFromWL, "src,src", outbound}, {ChainToWL, "dst,dst", inbound}} {
+		var rules []string
+		for _, g := range gs {
+			rules = append(rules, fmt.Sprintf("-m set --match-set %s %s -g %s", GroupSetName(g.id, fam), dir.match, groupChain(g.id, dir.d)))
 		}
-		top = append(top, "-j DROP") // a tby interface tabby has no policy for yet
-		chains = append(chains, iptables.Chain{Name: dir.chain, Rules: top})
+		rules = append(rules, "-j DROP") // a tby interface tabby has no policy for (yet)
+		chains = append(chains, iptables.Chain{Name: dir.chain, Rules: rules})
 	}
-	for _, e := range eps {
-		chains = append(chains, endpointChains(e, in.Profiles, fam)...)
+	for _, g := range gs {
+		chains = append(chains, groupChains(g, in.Profiles)...)
 	}
 	for _, name := range profiles {
 		p, ok := in.Profiles[name]
@@ -257,41 +299,23 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, fam iptable
 	}}
 }
 
-// endpointChains are the endpoint's outbound chain (anti-spoofing, then its
-// profiles' chain), that profiles chain, and its inbound chain.
-func endpointChains(e model.Endpoint, profiles map[string]model.Profile, fam iptables.Family) []iptables.Chain {
-	nets := e.IPv4Nets
-	if fam == iptables.V6 {
-		nets = e.IPv6Nets
-	}
-	id := strings.TrimPrefix(e.HostInterface, "tby")
-	fromProfiles := "TABBY-FP-" + id
+// groupChains are a policy group's chains: its profiles in order, each
+// direction, then drop.
+func groupChains(g *group, profiles map[string]model.Profile) []iptables.Chain {
 	clear := "-j MARK --set-xmark 0x0/0x10000"
-	from := []string{clear}
-	if e.MAC != "" {
-		from = append(from, "-m mac ! --mac-source "+e.MAC+" -j DROP")
-	}
-	// Anti-spoofing: only the workload's own addresses go on to its
-	// profiles; everything else falls through to the drop.
-	for _, n := range nets {
-		from = append(from, "-s "+n+" -g "+fromProfiles)
-	}
-	from = append(from, "-j DROP")
-	fp := []string{}
-	to := []string{clear}
-	for _, p := range e.Profiles {
+	from, to := []string{clear}, []string{clear}
+	for _, p := range g.profiles {
 		if _, ok := profiles[p]; !ok {
-			continue
+			continue // named but not defined: matches nothing
 		}
-		fp = append(fp, "-j "+profileChain(p, outbound), "-m mark --mark "+Mark+" -j RETURN")
+		from = append(from, "-j "+profileChain(p, outbound), "-m mark --mark "+Mark+" -j RETURN")
 		to = append(to, "-j "+profileChain(p, inbound), "-m mark --mark "+Mark+" -j RETURN")
 	}
-	fp = append(fp, "-j DROP")
+	from = append(from, "-j DROP")
 	to = append(to, "-j DROP")
 	return []iptables.Chain{
-		{Name: endpointChain(e.HostInterface, outbound), Rules: from},
-		{Name: fromProfiles, Rules: fp},
-		{Name: endpointChain(e.HostInterface, inbound), Rules: to},
+		{Name: groupChain(g.id, outbound), Rules: from},
+		{Name: groupChain(g.id, inbound), Rules: to},
 	}
 }
 

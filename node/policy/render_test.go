@@ -1,13 +1,10 @@
 package policy
 
 import (
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
-
+	"github.com/tabby-net/tabby/node/internal/nstest"
 	"github.com/tabby-net/tabby/node/iptables"
 	"github.com/tabby-net/tabby/pkg/model"
 )
@@ -33,7 +30,8 @@ func TestRenderShape(t *testing.T) {
 	if strings.Join(out.Tags, ",") != "PROF_A,X" {
 		t.Fatalf("tags %v", out.Tags)
 	}
-	if len(out.Sets) != 4 || out.Ready["tbyf123456789a"] != "c2" {
+	// 2 tags and 2 policy groups (PROF_A+MISSING, none), per family.
+	if len(out.Sets) != 8 || out.Ready["tbyf123456789a"] != "c2" {
 		t.Fatalf("sets %d ready %v", len(out.Sets), out.Ready)
 	}
 	chains := map[string][]string{}
@@ -43,17 +41,26 @@ func TestRenderShape(t *testing.T) {
 	if _, ok := chains[profileChain("UNUSED", inbound)]; ok {
 		t.Fatal("a profile no local endpoint uses got chains")
 	}
-	fw := chains[endpointChain("tby0123456789a", outbound)]
-	if len(fw) != 4 || !strings.Contains(fw[1], "--mac-source") || fw[2] != "-s 10.0.0.1/32 -g TABBY-FP-0123456789a" || fw[3] != "-j DROP" {
-		t.Fatalf("from chain %q", fw)
+	// A group's chain: its defined profiles in order (MISSING skipped), drop.
+	a := groupID([]string{"PROF_A", "MISSING"})
+	fw := chains[groupChain(a, outbound)]
+	if len(fw) != 4 || fw[1] != "-j "+profileChain("PROF_A", outbound) || fw[3] != "-j DROP" {
+		t.Fatalf("group from chain %q", fw)
 	}
-	// A workload with no profile: its profiles chain drops everything.
-	if fp := chains["TABBY-FP-0fffffffffa"]; len(fp) != 1 || fp[0] != "-j DROP" {
+	// A workload with no profile: its group's chain drops everything.
+	if fp := chains[groupChain(groupID(nil), outbound)]; len(fp) != 2 || fp[1] != "-j DROP" {
 		t.Fatalf("no-profile chain %q", fp)
 	}
-	// Dispatch: two levels, fail closed.
-	if top := chains[ChainFromWL]; top[len(top)-1] != "-j DROP" || len(top) != 3 {
+	// Dispatch: a rule per group matching (address, interface), fail closed.
+	top := chains[ChainFromWL]
+	if len(top) != 3 || top[len(top)-1] != "-j DROP" || !strings.Contains(strings.Join(top, "\n"), "--match-set "+GroupSetName(a, iptables.V4)+" src,src -g "+groupChain(a, outbound)) {
 		t.Fatalf("dispatch %q", top)
+	}
+	// Anti-spoofing is membership: the member is the address on its interface.
+	for _, s := range out.Sets {
+		if s.Name == GroupSetName(a, iptables.V4) && (len(s.Members) != 1 || s.Members[0] != "10.0.0.1/32,tby0123456789a") {
+			t.Fatalf("group set %+v", s)
+		}
 	}
 	// The v6 table skips the v4-only CIDR rule and keeps the v6 one.
 	po6 := strings.Join(func() []string {
@@ -72,17 +79,11 @@ func TestRenderShape(t *testing.T) {
 // The rendered rules load into both iptables families, and read back equal
 // to what was rendered: a second Apply changes nothing.
 func TestRenderedRulesApplyAndAreCanonical(t *testing.T) {
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { n.Close(); testutils.UnmountNS(n) }()
-	err = n.Do(func(ns.NetNS) error {
-		runtime.LockOSThread()
+	nstest.Run(t, func() {
 		out := Render(sample())
 		var sets iptables.Sets
 		if _, err := sets.Sync(out.Sets...); err != nil {
-			return err
+			t.Fatal(err)
 		}
 		if n, err := sets.Sync(out.Sets...); err != nil || n != 0 {
 			t.Fatalf("re-syncing unchanged sets rewrote %d (%v)", n, err)
@@ -93,14 +94,14 @@ func TestRenderedRulesApplyAndAreCanonical(t *testing.T) {
 		}{{iptables.V4, out.Filter4}, {iptables.V6, out.Filter6}} {
 			b, err := iptables.Detect(fam.f)
 			if err != nil {
-				return err
+				t.Fatal(err)
 			}
 			if err := b.Apply(fam.t); err != nil {
-				return err
+				t.Fatal(err)
 			}
 			before := b.Changes
 			if err := b.Apply(fam.t); err != nil {
-				return err
+				t.Fatal(err)
 			}
 			if b.Changes != before {
 				for _, c := range fam.t.Chains {
@@ -112,11 +113,7 @@ func TestRenderedRulesApplyAndAreCanonical(t *testing.T) {
 				t.Fatalf("IPv%d: re-applying unchanged rules rewrote chains", fam.f)
 			}
 		}
-		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // Set names are kernel state that outlives a restart: the same tag must

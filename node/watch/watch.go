@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,15 +134,31 @@ func (c *Cache) Snapshot(prefix string) map[string][]byte {
 	return out
 }
 
-// Refresh reads keys now, ahead of the watch, into the followed prefix that
-// holds them: the CNI plugin has just written them and is waiting for their
-// rules. What it reads is etcd's, at etcd's revision; the watch, when it
-// delivers the same writes, changes nothing, and an older event it may still
-// deliver for these keys is ignored. It reports whether anything changed.
-func (c *Cache) Refresh(ctx context.Context, prefix string, keys ...string) (bool, error) {
-	ops := make([]clientv3.Op, len(keys))
-	for i, k := range keys {
-		ops[i] = clientv3.OpGet(k)
+// Refresh reads keys now, ahead of the watch, into the followed prefixes
+// that hold them (keys outside every followed prefix are not read): the CNI
+// plugin has just written them and is waiting for their rules. What it
+// reads is etcd's, at etcd's revision; the watch, when it delivers the same
+// writes, changes nothing, and an older event it may still deliver for
+// these keys is ignored. It reports whether anything changed.
+func (c *Cache) Refresh(ctx context.Context, keys ...string) (bool, error) {
+	c.mu.RLock()
+	var ops []clientv3.Op
+	var in []string // the followed prefix of each read key
+	var read []string
+	for _, k := range keys {
+		best := ""
+		for p := range c.data {
+			if strings.HasPrefix(k, p) && len(p) > len(best) {
+				best = p
+			}
+		}
+		if best != "" {
+			ops, in, read = append(ops, clientv3.OpGet(k)), append(in, best), append(read, k)
+		}
+	}
+	c.mu.RUnlock()
+	if len(ops) == 0 {
+		return false, nil
 	}
 	r, err := c.cli.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
@@ -149,12 +166,12 @@ func (c *Cache) Refresh(ctx context.Context, prefix string, keys ...string) (boo
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m, ok := c.data[prefix]
-	if !ok {
-		return false, nil
-	}
 	changed := false
-	for i, k := range keys {
+	for i, k := range read {
+		m, ok := c.data[in[i]]
+		if !ok {
+			continue
+		}
 		kvs := r.Responses[i].GetResponseRange().GetKvs()
 		cur, had := m[k]
 		switch {

@@ -93,7 +93,7 @@ func TestRefreshAheadOfTheWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if changed, err := c.Refresh(ctx, "/h/", "/h/ep"); err != nil || !changed {
+	if changed, err := c.Refresh(ctx, "/h/ep", "/elsewhere/x"); err != nil || !changed {
 		t.Fatalf("Refresh: changed %v, %v", changed, err)
 	}
 	if v, ok := c.Get("/h/", "/h/ep"); !ok || string(v) != "v2" {
@@ -111,7 +111,7 @@ func TestRefreshAheadOfTheWatch(t *testing.T) {
 	if _, err := cli.Delete(ctx, "/h/ep"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Refresh(ctx, "/h/", "/h/ep"); err != nil {
+	if _, err := c.Refresh(ctx, "/h/ep", "/elsewhere/x"); err != nil {
 		t.Fatal(err)
 	}
 	stale.Kv.ModRevision, stale.Kv.Value = cur.Header.Revision, []byte("v2")

@@ -92,9 +92,19 @@ var ErrDaemonDown = errors.New("tabby-node is not running on this host")
 // WaitReady blocks until the daemon has the rules of the endpoint on host
 // interface iface (for container) in force, or timeout passes.
 func WaitReady(ctx context.Context, stateDir, iface, container string, timeout time.Duration) error {
+	return WaitEndpoint(ctx, stateDir, "", iface, container, timeout)
+}
+
+// WaitEndpoint is WaitReady for the endpoint record at key, which the caller
+// has just committed: the daemon reads it at once instead of waiting for
+// its watch to bring it.
+func WaitEndpoint(ctx context.Context, stateDir, key, iface, container string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
 	defer cancel()
 	q := url.Values{"iface": {iface}, "container": {container}, "timeout": {timeout.String()}}
+	if key != "" {
+		q.Set("key", key)
+	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://tabby-node/ready?"+q.Encode(), nil)
 	c := Client(stateDir)
 	c.Timeout = timeout + 2*time.Second
