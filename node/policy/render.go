@@ -119,7 +119,7 @@ func profileChain(name string, d direction) string {
 type group struct {
 	id       string // hash of the profile list
 	profiles []string
-	members  []model.Endpoint
+	members  []*model.Endpoint
 }
 
 func groupID(profiles []string) string { return hash("group:"+strings.Join(profiles, ","), 10) }
@@ -147,14 +147,15 @@ func GroupSetName(id string, f iptables.Family) string {
 
 // groups sorts endpoints into their policy groups, ordered by id.
 func groups(eps []model.Endpoint) []*group {
-	byID := map[string]*group{}
+	byList := map[string]*group{} // most endpoints share a few lists: hash each once
 	var out []*group
-	for _, e := range eps {
-		id := groupID(e.Profiles)
-		g, ok := byID[id]
+	for i := range eps {
+		e := &eps[i]
+		list := strings.Join(e.Profiles, ",")
+		g, ok := byList[list]
 		if !ok {
-			g = &group{id: id, profiles: e.Profiles}
-			byID[id] = g
+			g = &group{id: groupID(e.Profiles), profiles: e.Profiles}
+			byList[list] = g
 			out = append(out, g)
 		}
 		g.members = append(g.members, e)
@@ -166,7 +167,7 @@ func groups(eps []model.Endpoint) []*group {
 // members are a group's (address,interface) pairs for one family, as
 // ipset prints them.
 func (g *group) setMembers(f iptables.Family) []string {
-	var out []string
+	out := make([]string, 0, len(g.members))
 	for _, e := range g.members {
 		nets := e.IPv4Nets
 		if f == iptables.V6 {
@@ -206,7 +207,7 @@ func Referenced(profiles map[string]model.Profile, names []string) []string {
 
 // Render computes the chains and sets.
 func Render(in Input) Output {
-	out := Output{Ready: map[string]string{}}
+	out := Output{Ready: make(map[string]string, len(in.Endpoints))}
 	eps := append([]model.Endpoint{}, in.Endpoints...)
 	sort.Slice(eps, func(i, j int) bool { return eps[i].HostInterface < eps[j].HostInterface })
 	used := map[string]bool{}
@@ -221,8 +222,9 @@ func Render(in Input) Output {
 	}
 	sort.Strings(usedNames)
 	out.Tags = Referenced(in.Profiles, usedNames)
-	out.Filter4 = renderFamily(in, eps, usedNames, iptables.V4)
-	out.Filter6 = renderFamily(in, eps, usedNames, iptables.V6)
+	gs := groups(eps)
+	out.Filter4 = renderFamily(in, gs, usedNames, iptables.V4)
+	out.Filter6 = renderFamily(in, gs, usedNames, iptables.V6)
 	for _, tag := range out.Tags {
 		var m4, m6 []string
 		for _, c := range in.Tags[tag] {
@@ -236,7 +238,7 @@ func Render(in Input) Output {
 			iptables.Set{Name: SetName(tag, iptables.V4), Type: "hash:net", Family: iptables.V4, Members: m4},
 			iptables.Set{Name: SetName(tag, iptables.V6), Type: "hash:net", Family: iptables.V6, Members: m6})
 	}
-	for _, g := range groups(eps) {
+	for _, g := range gs {
 		for _, f := range []iptables.Family{iptables.V4, iptables.V6} {
 			out.Sets = append(out.Sets, iptables.Set{Name: GroupSetName(g.id, f), Type: "hash:net,iface", Family: f, Members: g.setMembers(f)})
 		}
@@ -247,7 +249,7 @@ func Render(in Input) Output {
 	return out
 }
 
-func renderFamily(in Input, eps []model.Endpoint, profiles []string, fam iptables.Family) iptables.Table {
+func renderFamily(in Input, gs []*group, profiles []string, fam iptables.Family) iptables.Table {
 	ct := "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
 	inv := "-m conntrack --ctstate INVALID -j DROP"
 	chains := []iptables.Chain{
@@ -269,7 +271,6 @@ func renderFamily(in Input, eps []model.Endpoint, profiles []string, fam iptable
 	toHost = append(toHost, "-j DROP")
 	chains = append(chains, iptables.Chain{Name: ChainWLToHost, Rules: toHost})
 
-	gs := groups(eps)
 	for _, dir := range []struct {
 		chain, match string
 		d            direction

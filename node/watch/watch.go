@@ -35,8 +35,9 @@ type Cache struct {
 // injected ahead of the watch stays as a tombstone (nil value) until the
 // watch passes it, so an older event cannot bring the key back.
 type entry struct {
-	value []byte
-	rev   int64
+	value   []byte
+	rev     int64
+	decoded any // what Decode made of value, so an unchanged key is decoded once
 }
 
 // New makes a cache; Run starts it.
@@ -191,15 +192,27 @@ func (c *Cache) Refresh(ctx context.Context, keys ...string) (bool, error) {
 }
 
 // Decode unmarshals every value of a prefix that decodes as T, keyed by key.
+// A value is decoded once and kept with it until it changes: a reconcile on
+// a host with a thousand endpoints decodes the one that changed, not all.
+// Callers must treat what they get as read-only (it is shared).
 func Decode[T any](c *Cache, prefix string, match func(key string) bool) map[string]T {
-	out := map[string]T{}
-	for k, v := range c.Snapshot(prefix) {
-		if match != nil && !match(k) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.data[prefix]
+	out := make(map[string]T, len(m))
+	for k, e := range m {
+		if e.value == nil || (match != nil && !match(k)) {
+			continue
+		}
+		if t, ok := e.decoded.(T); ok {
+			out[k] = t
 			continue
 		}
 		var t T
-		if json.Unmarshal(v, &t) == nil {
+		if json.Unmarshal(e.value, &t) == nil {
 			out[k] = t
+			e.decoded = t
+			m[k] = e
 		}
 	}
 	return out
