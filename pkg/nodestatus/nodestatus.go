@@ -86,7 +86,8 @@ func Installed(stateDir string) bool {
 	return err == nil
 }
 
-// ErrDaemonDown means the socket exists but nobody answers.
+// ErrDaemonDown means the socket exists but nobody answers, or the daemon
+// went away (or hung) before it answered: try again later.
 var ErrDaemonDown = errors.New("tabby-node is not running on this host")
 
 // WaitReady blocks until the daemon has the rules of the endpoint on host
@@ -114,7 +115,9 @@ func WaitEndpoint(ctx context.Context, stateDir, key, iface, container string, t
 		if errors.As(err, &op) && op.Op == "dial" {
 			return fmt.Errorf("%w (%v)", ErrDaemonDown, err)
 		}
-		return fmt.Errorf("waiting for tabby-node: %w", err)
+		// It took the request and never answered: killed or hung. A daemon
+		// that is up answers by itself when the wait runs out.
+		return fmt.Errorf("%w: it did not answer while we waited for the endpoint's rules (%v)", ErrDaemonDown, err)
 	}
 	defer res.Body.Close()
 	if res.StatusCode != http.StatusNoContent {
