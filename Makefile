@@ -81,6 +81,15 @@ demo: deps build tools
 bench: deps build tools
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/bench -out bench/out
 
+# The README's performance table is bench/out/readme-table.md of the last
+# make bench (one run, one verdict per goal): this splices it into README.md
+# between its bench-table markers.
+.PHONY: bench-readme
+bench-readme:
+	@[ -f bench/out/readme-table.md ] || { echo "bench/out/readme-table.md is missing: run make bench first" >&2; exit 1; }
+	@grep -q '<!-- bench-table:begin -->' README.md && grep -q '<!-- bench-table:end -->' README.md || { echo "README.md has no bench-table markers" >&2; exit 1; }
+	@awk 'BEGIN{skip=0} /<!-- bench-table:begin -->/{print; while((getline l < "bench/out/readme-table.md")>0) print l; skip=1; next} /<!-- bench-table:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md
+
 install: build
 	install -d /opt/cni/bin /etc/cni/net.d /usr/local/bin
 	install -m 0755 $(BIN)/tabby $(BIN)/tabby-ipam /opt/cni/bin/

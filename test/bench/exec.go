@@ -23,12 +23,14 @@ const callTimeout = 60 * time.Second
 type bench struct {
 	p    paths
 	l    *lab.Lab
-	h    *lab.Host
-	kv   store.KV // the bench's own etcd client (it dials inside the lab)
-	etcd cpuMeter // the lab's etcd server process
-	work string   // netconf dirs, state dirs, host-local data, logs (in the lab's Dir)
-	env  []string // the environment every plugin run starts from
-	nsN  int      // container namespace counter
+	h    *lab.Host  // the host without tabby-node: every case but the deployed one
+	hn   *lab.Host  // the host running tabby-node (the deployed configuration)
+	node *nodeBench // hn's tabby-node
+	kv   store.KV   // the bench's own etcd client (it dials inside the lab)
+	etcd cpuMeter   // the lab's etcd server process
+	work string     // netconf dirs, state dirs, host-local data, logs (in the lab's Dir)
+	env  []string   // the environment every plugin run starts from
+	nsN  int        // container namespace counter
 }
 
 // sample is one call: its wall time, the CPU time (user+system) of the
@@ -64,9 +66,9 @@ func timedRun(nsPath string, cmd *exec.Cmd) (sample, error) {
 	return s, err
 }
 
-// run executes argv in the host namespace with env and stdin and returns the
-// sample and stdout; a non-zero exit is an error that quotes the output.
-func (b *bench) run(argv, env []string, stdin []byte) (sample, []byte, error) {
+// run executes argv in host h's namespace with env and stdin and returns
+// the sample and stdout; a non-zero exit is an error that quotes the output.
+func (b *bench) run(h *lab.Host, argv, env []string, stdin []byte) (sample, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -76,7 +78,7 @@ func (b *bench) run(argv, env []string, stdin []byte) (sample, []byte, error) {
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
-	s, err := timedRun(b.h.NSPath, cmd)
+	s, err := timedRun(h.NSPath, cmd)
 	if err != nil {
 		stderr := errb.Bytes()
 		if i := bytes.Index(stderr, []byte("\nUsage:")); i >= 0 { // cnitool's help after an error
@@ -103,14 +105,14 @@ func cleanEnv() []string {
 	return env
 }
 
-// containers creates n empty container namespaces on the host and returns
+// containers creates n empty container namespaces on host h and returns
 // their paths. One at a time: lab.AddContainer ends the program on error,
 // and a namespace being created while the lab closes could be missed.
-func (b *bench) containers(n int) []string {
+func (b *bench) containers(h *lab.Host, n int) []string {
 	paths := make([]string, n)
 	for i := range paths {
 		b.nsN++
-		_, paths[i] = b.l.AddContainer(b.h, fmt.Sprintf("b%d", b.nsN))
+		_, paths[i] = b.l.AddContainer(h, fmt.Sprintf("b%d", b.nsN))
 	}
 	return paths
 }

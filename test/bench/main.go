@@ -1,9 +1,17 @@
 // Command bench measures tabby's CNI plugins against Debian's ptp and
-// host-local in the netns lab, all in one run, and writes DIR/report.md
-// and DIR/report.json (docs/scale-and-speed.md, "Speed rules"):
+// host-local in the netns lab, all in one run, and writes DIR/report.md,
+// DIR/report.json and DIR/readme-table.md (docs/scale-and-speed.md, "Speed
+// rules"). readme-table.md is the README's performance table: one verdict
+// per goal of the issues, from this run alone; make bench-readme splices it
+// into the README.
 //
 //	go run ./test/bench -out bench/out       # make bench
 //	go run ./test/bench -quick -out /tmp/b   # smoke run
+//	go run ./test/bench -render bench/out    # report.md and readme-table.md again from report.json
+//
+// The deployed configuration (tabby with tabby-node running on the host and
+// a profile on every workload) runs on a host of its own in the same lab,
+// interleaved with every other case.
 //
 // It needs root, tabby, tabby-ipam and tabbyctl from `make build` ($TABBY_BIN
 // or <repo>/bin), cnitool (`make tools`) and Debian's plugins in
@@ -14,6 +22,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -42,7 +51,9 @@ var interrupted = make(chan os.Signal, 1)
 
 type config struct {
 	out                    string
+	render                 string // re-render from DIR/report.json and exit
 	n, callers, per, inits int
+	callersHigh, perHigh   int // the second concurrent level (deployed case and ptp + host-local)
 	quick                  bool
 	node                   string // node rows: on, off or only
 	bin, cnitool, cniDir   string
@@ -62,6 +73,13 @@ func main() {
 		os.Exit(ipamHelper(os.Args[2:]))
 	}
 	c := parseFlags()
+	if c.render != "" {
+		if err := rerender(c.render); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	start := time.Now()
 	s := lab.NewScript()
 	var labID string
@@ -93,7 +111,23 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Print(md)
-	progress("wrote %s and %s", filepath.Join(c.out, "report.md"), filepath.Join(c.out, "report.json"))
+	progress("wrote %s, %s and %s", filepath.Join(c.out, "report.md"), filepath.Join(c.out, "report.json"), filepath.Join(c.out, readmeTableFile))
+}
+
+// rerender writes report.md and readme-table.md again from dir's
+// report.json (after a change of their format; no measurement).
+func rerender(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		return err
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fmt.Errorf("report.json: %w", err)
+	}
+	rep.judge()
+	_, err = rep.write(dir)
+	return err
 }
 
 func parseFlags() config {
@@ -102,6 +136,9 @@ func parseFlags() config {
 	flag.IntVar(&c.n, "n", 200, "sequential iterations of every row")
 	flag.IntVar(&c.callers, "c", 16, "concurrent callers")
 	flag.IntVar(&c.per, "per", 10, "calls per concurrent caller")
+	flag.IntVar(&c.callersHigh, "c-high", 64, "concurrent callers of the second level (deployed case and ptp + host-local)")
+	flag.IntVar(&c.perHigh, "per-high", 2, "calls per caller at -c-high")
+	flag.StringVar(&c.render, "render", "", "write report.md and readme-table.md again from DIR/report.json, measure nothing")
 	flag.IntVar(&c.inits, "init-runs", 20, "process starts traced with GODEBUG=inittrace=1 per binary")
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: -n 10 -per 2 -init-runs 5 unless given")
 	flag.StringVar(&c.bin, "bin", os.Getenv("TABBY_BIN"), "directory with tabby, tabby-ipam, tabbyctl (default $TABBY_BIN, else <repo>/bin)")
@@ -116,7 +153,7 @@ func parseFlags() config {
 			name string
 			v    *int
 			val  int
-		}{{"n", &c.n, 10}, {"per", &c.per, 2}, {"init-runs", &c.inits, 5}} {
+		}{{"n", &c.n, 10}, {"per", &c.per, 2}, {"per-high", &c.perHigh, 1}, {"init-runs", &c.inits, 5}} {
 			if !set[q.name] {
 				*q.v = q.val
 			}
@@ -126,8 +163,8 @@ func parseFlags() config {
 		fmt.Fprintln(os.Stderr, "bench: -node is on, off or only")
 		os.Exit(2)
 	}
-	if c.n < 1 || c.callers < 1 || c.per < 1 || c.inits < 1 || flag.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "bench: -n, -c, -per and -init-runs must be at least 1; no arguments")
+	if c.n < 1 || c.callers < 1 || c.per < 1 || c.callersHigh < 1 || c.perHigh < 1 || c.inits < 1 || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "bench: -n, -c, -per, -c-high, -per-high and -init-runs must be at least 1; no arguments")
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -155,7 +192,7 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 		return &Report{Meta: meta(c, p), Rows: rows, Notes: notes}, err
 	}
 	progress("building the lab")
-	l := lab.New(s, lab.Options{Hosts: 1})
+	l := lab.New(s, lab.Options{Hosts: 2})
 	*labID = l.ID
 	signal.Notify(interrupted, syscall.SIGINT, syscall.SIGTERM)
 	// In the lab's directory, which goes with the lab also on a signal.
@@ -164,14 +201,25 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 		return nil, err
 	}
 	etcd := l.StartEtcd()
-	b := &bench{p: p, l: l, h: l.Hosts[0], env: cleanEnv(), work: filepath.Join(l.Dir, "bench"),
+	b := &bench{p: p, l: l, h: l.Hosts[0], hn: l.Hosts[1], env: cleanEnv(), work: filepath.Join(l.Dir, "bench"),
 		etcd: cpuMeter{pid: etcd.PID}}
 	b.kv = etcdv3.FromClient(l.EtcdClient(), []string{l.EtcdURL})
 	if err := os.MkdirAll(b.work, 0o755); err != nil {
 		return nil, fmt.Errorf("work dir: %w", err)
 	}
-	if _, err := l.Exec(b.h.NS, filepath.Join(p.bin, "tabbyctl"), "--etcd-endpoints", l.EtcdURL, "pool", "add", tabbyPool); err != nil {
-		return nil, fmt.Errorf("create pool: %w", err)
+	// host2 runs tabby-node, as tabby is deployed; host1 has none.
+	b.node = &nodeBench{p: p, l: l, kv: b.kv, work: b.work, env: b.env, quick: c.quick, procs: make([]*lab.Proc, len(l.Hosts))}
+	for _, args := range [][]string{{"pool", "add", tabbyPool}, {"profile", "add", nodeProfile}} {
+		if err := b.node.ctl(args...); err != nil {
+			return nil, err
+		}
+	}
+	if !isExec(filepath.Join(p.bin, "tabby-node")) {
+		return nil, fmt.Errorf("tabby-node not found in %s: run make build", p.bin)
+	}
+	b.node.startNode(1)
+	if err := waitNodeReady(b.node.stateDir(b.hn), 60*time.Second); err != nil {
+		return nil, err
 	}
 	rep := &Report{Meta: meta(c, p), Notes: notes(c)}
 	loadStart := loadavg()
@@ -203,6 +251,19 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 		return nil, err
 	}
 	rep.Rows = append(rep.Rows, rows...)
+	// The second level: only the deployed case and its reference.
+	high := []*cniCase{caseOf(cni, "ptp-host-local"), caseOf(cni, "tabby-node")}
+	if rows, err = b.concurrentRows(high, c.callersHigh, c.perHigh); err != nil {
+		return nil, err
+	}
+	rep.Rows = append(rep.Rows, rows...)
+
+	// The deployed case again with 1,000 more endpoints on its host.
+	rows, note, err := b.manyEndpointRows(high, c.n)
+	if err != nil {
+		return nil, fmt.Errorf("1,000 endpoints: %w", err)
+	}
+	rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, note)
 
 	progress("process start-up: %d VERSION calls per binary, %d init traces", c.n, c.inits)
 	if rows, err = b.startupRows(c.n); err != nil {
@@ -222,6 +283,7 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 		rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, notes...)
 	}
 	rep.ratios()
+	rep.judge()
 	rep.Meta["loadavg"] = "1/5/15 min: " + loadStart + " at start, " + loadavg() + " at end"
 	for _, w := range b.leftovers() {
 		progress("%s", w)
@@ -231,48 +293,66 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 }
 
 // cases are the rows driven ADD then DEL: under cnitool (also run
-// concurrently) and executed directly (to split cnitool's share off).
+// concurrently) and executed directly (to split cnitool's share off). The
+// deployed case runs on host2, with tabby-node; every other on host1.
 func (b *bench) cases() (cni, direct []*cniCase, err error) {
 	nc := b.netconfs()
 	tabbyPath := b.p.bin + ":" + b.p.cniDir
 	for _, c := range []struct {
+		h         *lab.Host
 		key, name string
 		conf      map[string]any
 		path      string
 	}{
-		{"noop", "no-op Go plugin", nc.noop, b.p.noopDir},
-		{"ptp-host-local", "ptp + host-local", nc.ptpHostLocal, b.p.cniDir},
-		{"ptp-tabby-ipam", "ptp + tabby-ipam", nc.ptpTabbyIPAM, tabbyPath},
-		{"tabby", "tabby + tabby-ipam", nc.tabby, tabbyPath},
+		{b.h, "noop", "no-op Go plugin", nc.noop, b.p.noopDir},
+		{b.h, "ptp-host-local", "ptp + host-local", nc.ptpHostLocal, b.p.cniDir},
+		{b.hn, "tabby-node", "tabby + tabby-ipam, tabby-node enforcing policy (deployed)", nc.tabbyNode, tabbyPath},
+		{b.h, "tabby", "tabby + tabby-ipam, no tabby-node on the host", nc.tabby, tabbyPath},
+		{b.h, "ptp-tabby-ipam", "ptp + tabby-ipam", nc.ptpTabbyIPAM, tabbyPath},
 	} {
-		cc, err := b.cnitoolCase(c.key, c.name, c.conf, c.path)
+		cc, err := b.cnitoolCase(c.h, c.key, c.name, c.conf, c.path)
 		if err != nil {
 			return nil, nil, err
 		}
 		cni = append(cni, cc)
 	}
-	td, err := b.directCase("tabby", "tabby (delegating to tabby-ipam)", filepath.Join(b.p.bin, "tabby"), nc.tabby, tabbyPath, true)
-	if err != nil {
-		return nil, nil, err
+	for _, c := range []struct {
+		key, name, bin string
+		conf           map[string]any
+		fresh          bool
+	}{
+		{"tabby", "tabby, IPAM in process (the default: no tabby-ipam process)", "tabby", nc.tabby, true},
+		{"tabby-exec", `tabby delegating to the tabby-ipam binary ("ipam_exec": true)`, "tabby", nc.tabbyExec, true},
+		{"tabby-ipam", "tabby-ipam alone (ptp's netconf)", "tabby-ipam", nc.ptpTabbyIPAM, false},
+	} {
+		dc, err := b.directCase(b.h, c.key, c.name, filepath.Join(b.p.bin, c.bin), c.conf, tabbyPath, c.fresh)
+		if err != nil {
+			return nil, nil, err
+		}
+		direct = append(direct, dc)
 	}
-	id, err := b.directCase("tabby-ipam", "tabby-ipam (ptp's netconf)", filepath.Join(b.p.bin, "tabby-ipam"), nc.ptpTabbyIPAM, tabbyPath, false)
-	if err != nil {
-		return nil, nil, err
+	return cni, direct, nil
+}
+
+func caseOf(cases []*cniCase, key string) *cniCase {
+	for _, c := range cases {
+		if c.key == key {
+			return c
+		}
 	}
-	return cni, []*cniCase{td, id}, nil
+	panic("bench: no case " + key)
 }
 
 // ratios relates every cnitool row to ptp + host-local of the same mode and
-// op, with the goals from the issues on the ADD rows.
+// op (judge holds them against the goals).
 func (rep *Report) ratios() {
-	goals := map[string]float64{"ptp-tabby-ipam/ADD": 1.3, "tabby/ADD": 1.0}
 	for i := range rep.Rows {
 		r := &rep.Rows[i]
 		f := strings.Split(r.Key, "/") // cnitool/<case>/<mode>/<op>
 		if r.Section != "cnitool" || len(f) != 4 || f[1] == "ptp-host-local" || f[1] == "noop" {
 			continue
 		}
-		r.ratio(rep.row(keyCNI("ptp-host-local", f[2], f[3])), goals[f[1]+"/"+f[3]])
+		r.ratio(rep.row(keyCNI("ptp-host-local", f[2], f[3])))
 	}
 }
 
@@ -344,7 +424,7 @@ func meta(c config, p paths) map[string]string {
 	m := map[string]string{
 		"date":     time.Now().Format(time.RFC3339),
 		"machine":  fmt.Sprintf("%d CPUs, Linux %s, %s", runtime.NumCPU(), readTrim("/proc/sys/kernel/osrelease"), runtime.Version()),
-		"settings": fmt.Sprintf("%d sequential iterations; %d callers x %d calls concurrent; %d init traces", c.n, c.callers, c.per, c.inits),
+		"settings": fmt.Sprintf("%d sequential iterations; %d callers x %d calls concurrent; %d callers x %d calls (deployed case and ptp + host-local); %d init traces", c.n, c.callers, c.per, c.callersHigh, c.perHigh, c.inits),
 		"binaries": fmt.Sprintf("%s; cnitool %s; Debian plugins %s", p.bin, p.cnitool, p.cniDir),
 	}
 	if out, err := exec.Command("git", "-C", p.root, "describe", "--always", "--dirty").Output(); err == nil {
@@ -355,12 +435,13 @@ func meta(c config, p paths) map[string]string {
 
 func notes(c config) []string {
 	return []string{
-		"Every plugin process runs in the lab host's network namespace, forked from a thread that joined it (no `ip netns exec` wrapper in the timings). Each ADD gets a container namespace created before the timed part.",
+		"Every plugin process runs in a lab host's network namespace, forked from a thread that joined it (no `ip netns exec` wrapper in the timings). Each ADD gets a container namespace created before the timed part.",
+		"Two hosts: host2 runs tabby-node (log level info) and its tabby case puts profile " + nodeProfile + " on every workload, so its ADD returns once tabby-node has the workload's rules in force: the configuration tabby is deployed in. Every other case runs on host1, which has no tabby-node. The deployed case is interleaved with the others in every sequential and concurrent phase.",
 		"Sequential rows: per iteration every case does ADD then DEL; cases are interleaved and their order rotates each iteration, so load drift hits all alike. One untimed warm-up ADD+DEL per case ran first.",
 		fmt.Sprintf("Concurrent rows: %d goroutines take the ADDs from a queue (each sample is one call's wall time under that load); the DELs follow the same way once every ADD is done. %d calls per case in two rounds, the second in reverse case order.", c.callers, c.callers*c.per),
 		"ptp runs with ipMasq=false (no iptables). host-local's dataDir and tabby's state_dir sit in the lab's work directory; tabby logs at info level to a file there.",
 		"etcd is the lab's single etcd-lab member in the underlay namespace of this machine: its CPU time competes with the plugins'. The tabby-ipam pool is " + tabbyPool + ", host-local's range " + hostLocalSubnet + ".",
-		"Direct rows: tabby exec'd as a runtime would (it still runs tabby-ipam from CNI_PATH); tabby-ipam exec'd with the netconf ptp hands it. The IPAM library rows keep one connection open and reuse it; the plugins open one per process.",
+		"Direct rows: tabby exec'd as a runtime would, once as deployed by default (tabby-ipam's code runs inside the tabby process: no second process) and once with \"ipam_exec\": true (tabby execs the tabby-ipam binary from CNI_PATH, as with any other IPAM plugin); tabby-ipam exec'd alone with the netconf ptp hands it. The IPAM library rows keep one connection open and reuse it; the plugins open one per process.",
 	}
 }
 

@@ -288,7 +288,6 @@ func (nb *nodeBench) joinRows() ([]Row, error) {
 	mem := Row{Key: keyNode("rss"), Name: fmt.Sprintf("tabby-node resident memory (VmRSS), idle, %d-host mesh", len(hosts)),
 		Section: "node", Mode: "idle", Op: "VmRSS", Unit: "MB"}
 	mem.setStats(rss)
-	mem.Goal = fmt.Sprintf("max < %d MB: %s", rssGoalMB, verdict(mem.Max < rssGoalMB))
 	mem.Note = fmt.Sprintf("every daemon (n = %d), read %v after the last join settled", len(rss), idle)
 	return []Row{join, mem}, nil
 }
@@ -305,13 +304,6 @@ func vmRSS(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
-}
-
-func verdict(ok bool) string {
-	if ok {
-		return "met"
-	}
-	return "**MISSED**"
 }
 
 // addPingRows: a container on host1 probes containers added on host2.
@@ -609,7 +601,6 @@ func (nb *nodeBench) throughputRows() ([]Row, error) {
 		if base := byKey[p.compareTo]; base != nil {
 			ratio := round2(med(p) / med(base))
 			r.RatioTo, r.RatioP50 = keyNode("tcp/"+base.key), &ratio
-			r.Goal = fmt.Sprintf(">= %.2f of by hand: %s", throughputMin, verdict(ratio >= throughputMin))
 		}
 		rows = append(rows, r)
 	}
@@ -636,22 +627,4 @@ func iperf(l *lab.Lab, fromNS, ip string, secs int) (float64, error) {
 		return 0, fmt.Errorf("iperf3 output: %v: %.500s", err, out)
 	}
 	return round2(r.End.SumReceived.BitsPerSecond / 1e9), nil
-}
-
-// nodeTable is the report section of the node rows.
-func (rep *Report) nodeTable() string {
-	var b strings.Builder
-	for _, r := range rep.Rows {
-		if r.Section != "node" {
-			continue
-		}
-		if b.Len() == 0 {
-			b.WriteString("\n## tabby-node: reachability, BGP convergence, memory, throughput\n\n")
-			b.WriteString("| what | mode | n | p50 | p99 | max | unit | ratio | goal | note |\n")
-			b.WriteString("|---|---|--:|--:|--:|--:|---|--:|---|---|\n")
-		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %.2f | %.2f | %.2f | %s | %s | %s | %s |\n",
-			r.Name, r.Mode, r.N, r.P50, r.P99, r.Max, r.Unit, fmtRatio(r.RatioP50), r.Goal, r.Note)
-	}
-	return b.String()
 }

@@ -35,15 +35,14 @@ type Row struct {
 	RatioTo  string   `json:"ratio_to,omitempty"` // that row's key
 	RatioP50 *float64 `json:"ratio_p50,omitempty"`
 	RatioP99 *float64 `json:"ratio_p99,omitempty"`
-	GoalP50  *float64 `json:"goal_ratio_p50_max,omitempty"` // from the issues
-	GoalMet  *bool    `json:"goal_met,omitempty"`
 
 	SizeBytes    int64   `json:"size_bytes,omitempty"`
 	InitPackages int     `json:"init_packages,omitempty"` // packages with an init
 	InitDoneMs   float64 `json:"init_done_ms,omitempty"`  // p50 of when the last init ended, since process start
 	Note         string  `json:"note,omitempty"`
-	// Node rows (node_rows.go): the unit of the values, and a goal's verdict.
+	// Node rows (node_rows.go): the unit of the values.
 	Unit string `json:"unit,omitempty"`
+	// Goal is the verdict of the goals judged on this row (judge).
 	Goal string `json:"goal,omitempty"`
 }
 
@@ -90,24 +89,21 @@ func percentile(sorted []float64, p float64) float64 {
 
 func round2(v float64) float64 { return math.Round(v*100) / 100 }
 
-// ratio sets r's ratios to base; goal > 0 is the largest acceptable p50 ratio.
-func (r *Row) ratio(base *Row, goal float64) {
+// ratio sets r's ratios to base.
+func (r *Row) ratio(base *Row) {
 	if base == nil || base.P50 == 0 || base.P99 == 0 {
 		return
 	}
 	p50, p99 := round2(r.P50/base.P50), round2(r.P99/base.P99)
 	r.RatioTo, r.RatioP50, r.RatioP99 = base.Key, &p50, &p99
-	if goal > 0 {
-		met := p50 <= goal
-		r.GoalP50, r.GoalMet = &goal, &met
-	}
 }
 
 // Report is everything one run produced.
 type Report struct {
-	Meta  map[string]string `json:"meta"`
-	Rows  []Row             `json:"rows"`
-	Notes []string          `json:"notes"` // setup facts and warnings
+	Meta     map[string]string `json:"meta"`
+	Rows     []Row             `json:"rows"`
+	Verdicts []Verdict         `json:"verdicts"` // the goals, judged on this run (judge)
+	Notes    []string          `json:"notes"`    // setup facts and warnings
 }
 
 func (rep *Report) row(key string) *Row {
@@ -126,7 +122,8 @@ func (rep *Report) p50(key string) (float64, bool) {
 	return 0, false
 }
 
-// write stores report.md and report.json in dir and returns the markdown.
+// write stores report.md, report.json and readme-table.md in dir and
+// returns the markdown report.
 func (rep *Report) write(dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create output dir: %w", err)
@@ -141,6 +138,9 @@ func (rep *Report) write(dir string) (string, error) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "report.json"), append(js, '\n'), 0o644); err != nil {
 		return "", fmt.Errorf("write report.json: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, readmeTableFile), []byte(rep.readmeTable()), 0o644); err != nil {
+		return "", fmt.Errorf("write %s: %w", readmeTableFile, err)
 	}
 	return md, nil
 }
@@ -159,23 +159,14 @@ func (rep *Report) markdown() string {
 		fmt.Fprintf(&b, "- %s: %s\n", k, rep.Meta[k])
 	}
 	for _, s := range sectionTitles {
-		var rows []Row
-		for _, r := range rep.Rows {
-			if r.Section == s.id {
-				rows = append(rows, r)
-			}
-		}
-		if len(rows) == 0 {
-			continue
-		}
-		fmt.Fprintf(&b, "\n## %s\n\n", s.title)
-		b.WriteString("| what | mode | op | n | p50 ms | p99 ms | CPU p50 ms | etcd CPU ms/call | ratio p50 | ratio p99 | goal (p50) | note |\n")
-		b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|\n")
-		for _, r := range rows {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %.2f | %.2f | %s | %s | %s | %s | %s | %s |\n",
-				r.Name, r.Mode, r.Op, r.N, r.P50, r.P99, fmtMs(r.CPUP50), fmtMs(r.EtcdCPU),
-				fmtRatio(r.RatioP50), fmtRatio(r.RatioP99), fmtGoal(&r), r.Note)
-		}
+		b.WriteString(rep.table(s.id, s.title,
+			"| what | mode | op | n | p50 ms | p99 ms | CPU p50 ms | etcd CPU ms/call | ratio p50 | ratio p99 | goal | note |\n"+
+				"|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
+			func(r Row) string {
+				return fmt.Sprintf("| %s | %s | %s | %d | %.2f | %.2f | %s | %s | %s | %s | %s | %s |",
+					r.Name, r.Mode, r.Op, r.N, r.P50, r.P99, fmtMs(r.CPUP50), fmtMs(r.EtcdCPU),
+					fmtRatio(r.RatioP50), fmtRatio(r.RatioP99), r.Goal, r.Note)
+			}))
 	}
 	b.WriteString(rep.binaryTable())
 	b.WriteString(rep.nodeTable())
@@ -190,72 +181,120 @@ func (rep *Report) markdown() string {
 	return b.String()
 }
 
-func (rep *Report) binaryTable() string {
+// table is the report section of the rows of one section: a title, the
+// table's header and alignment lines, and one line per row; "" when the
+// run has none.
+func (rep *Report) table(section, title, header string, line func(r Row) string) string {
 	var b strings.Builder
 	for _, r := range rep.Rows {
-		if r.Section != "binary" {
+		if r.Section != section {
 			continue
 		}
 		if b.Len() == 0 {
-			b.WriteString("\n## Binaries (size; Go package init per process start, GODEBUG=inittrace=1)\n\n")
-			b.WriteString("| binary | size MB | packages with init | init sum p50 ms | init sum p99 ms | last init ends at p50 ms | runs |\n")
-			b.WriteString("|---|--:|--:|--:|--:|--:|--:|\n")
+			fmt.Fprintf(&b, "\n## %s\n\n%s\n", title, header)
 		}
-		fmt.Fprintf(&b, "| %s | %.1f | %d | %.2f | %.2f | %.2f | %d |\n",
-			r.Name, float64(r.SizeBytes)/1e6, r.InitPackages, r.P50, r.P99, r.InitDoneMs, r.N)
+		b.WriteString(line(r) + "\n")
 	}
 	return b.String()
 }
 
+func (rep *Report) binaryTable() string {
+	return rep.table("binary", "Binaries (size; Go package init per process start, GODEBUG=inittrace=1)",
+		"| binary | size MB | packages with init | init sum p50 ms | init sum p99 ms | last init ends at p50 ms | runs |\n"+
+			"|---|--:|--:|--:|--:|--:|--:|",
+		func(r Row) string {
+			return fmt.Sprintf("| %s | %.1f | %d | %.2f | %.2f | %.2f | %d |",
+				r.Name, float64(r.SizeBytes)/1e6, r.InitPackages, r.P50, r.P99, r.InitDoneMs, r.N)
+		})
+}
+
+// nodeTable is the report section of the node rows.
+func (rep *Report) nodeTable() string {
+	return rep.table("node", "tabby-node: reachability, BGP convergence, memory, throughput",
+		"| what | mode | n | p50 | p99 | max | unit | ratio | goal | note |\n"+
+			"|---|---|--:|--:|--:|--:|---|--:|---|---|",
+		func(r Row) string {
+			return fmt.Sprintf("| %s | %s | %d | %.2f | %.2f | %.2f | %s | %s | %s | %s |",
+				r.Name, r.Mode, r.N, r.P50, r.P99, r.Max, r.Unit, fmtRatio(r.RatioP50), r.Goal, r.Note)
+		})
+}
+
 func (rep *Report) goals() string {
 	var b strings.Builder
-	for _, r := range rep.Rows {
-		if r.GoalMet == nil {
-			continue
-		}
-		if b.Len() == 0 {
-			b.WriteString("\n## Goals (from the issues; p50 ratios to ptp + host-local)\n\n")
-		}
-		verdict := "MISSED"
-		if *r.GoalMet {
-			verdict = "met"
-		}
-		fmt.Fprintf(&b, "- %s %s, %s: %.2f (goal <= %.2f): %s\n", r.Name, r.Op, r.Mode, *r.RatioP50, *r.GoalP50, verdict)
+	b.WriteString("\n## Goals (from the issues; one verdict each, from this run alone)\n\n")
+	for _, v := range rep.Verdicts {
+		fmt.Fprintf(&b, "- %s: %s: %s: %s\n", v.Config, v.Goal, v.Figure, v.Status)
 	}
 	return b.String()
 }
 
 // breakdown estimates where tabby's ADD goes from differences of medians.
-// Medians do not subtract exactly; these are estimates, not measurements.
 func (rep *Report) breakdown() string {
-	get := func(key string) float64 { v, _ := rep.p50(key); return v }
-	need := []string{keyCNI("tabby", "seq", "ADD"), keyDirect("tabby", "ADD"), keyDirect("tabby-ipam", "ADD"),
-		keyStartup("tabby"), keyStartup("tabby-ipam"), keyCNI("noop", "seq", "ADD"), keyStartup("noop"), keyIPAM("http", "assign")}
-	for _, k := range need {
-		if _, ok := rep.p50(k); !ok {
-			return ""
-		}
+	lines := rep.breakdownLines()
+	if len(lines) == 0 {
+		return ""
 	}
-	viaCNI, direct, ipamProc := get(need[0]), get(need[1]), get(need[2])
-	tabbyStart, ipamStart, noopCNI, noopStart, lib := get(need[3]), get(need[4]), get(need[5]), get(need[6]), get(need[7])
 	var b strings.Builder
 	b.WriteString("\n## Where tabby's ADD goes (sequential p50s and their differences: estimates)\n\n")
-	fmt.Fprintf(&b, "- tabby + tabby-ipam ADD under cnitool: %.2f ms\n", viaCNI)
-	fmt.Fprintf(&b, "- cnitool itself (no-op plugin under cnitool %.2f ms minus no-op exec %.2f ms): ~%.2f ms; tabby ADD exec'd directly: %.2f ms\n",
-		noopCNI, noopStart, noopCNI-noopStart, direct)
-	fmt.Fprintf(&b, "- tabby-ipam ADD process (exec'd directly): %.2f ms, of which process start (VERSION exec) %.2f ms and IPAM library work on an open connection %.2f ms; the rest (~%.2f ms) is config parsing, the host lock, TCP connect and request overhead\n",
-		ipamProc, ipamStart, lib, ipamProc-ipamStart-lib)
-	fmt.Fprintf(&b, "- tabby's own process minus its IPAM delegate: ~%.2f ms, of which process start %.2f ms; leaves ~%.2f ms for its etcd reads and endpoint write, the uplink MTU lookup and the veth/route netlink work\n",
-		direct-ipamProc, tabbyStart, direct-ipamProc-tabbyStart)
+	for _, l := range lines {
+		fmt.Fprintf(&b, "- %s\n", l)
+	}
+	return b.String()
+}
+
+// breakdownLines splits tabby's ADD by differences of this run's sequential
+// medians. Medians do not subtract exactly: these are estimates. Each line
+// subtracts only rows of what ran in the call it splits (tabby runs
+// tabby-ipam's code in process unless "ipam_exec" is set), and is left out
+// when a row it needs is missing.
+func (rep *Report) breakdownLines() []string {
+	get := func(keys ...string) ([]float64, bool) {
+		var out []float64
+		for _, k := range keys {
+			v, ok := rep.p50(k)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, v)
+		}
+		return out, true
+	}
+	var lines []string
+	if v, ok := get(keyCNI("tabby-node", "seq", "ADD"), keyCNI("tabby", "seq", "ADD")); ok {
+		lines = append(lines, fmt.Sprintf("deployed ADD under cnitool %.2f ms, the same ADD on a host without tabby-node %.2f ms: ~%.2f ms is the wait until tabby-node has the workload's rules in force",
+			v[0], v[1], v[0]-v[1]))
+	}
+	if v, ok := get(keyCNI("noop", "seq", "ADD"), keyStartup("noop"), keyCNI("tabby", "seq", "ADD"), keyDirect("tabby", "ADD")); ok {
+		lines = append(lines, fmt.Sprintf("cnitool itself (no-op plugin under cnitool %.2f ms minus no-op exec'd %.2f ms): ~%.2f ms of tabby's %.2f ms under cnitool; tabby exec'd directly: %.2f ms",
+			v[0], v[1], v[0]-v[1], v[2], v[3]))
+	}
+	if v, ok := get(keyDirect("tabby", "ADD"), keyStartup("tabby"), keyIPAM("http", "assign")); ok {
+		lines = append(lines, fmt.Sprintf("tabby exec'd directly, IPAM in process (one process): %.2f ms = process start (VERSION exec) %.2f ms + pkg/ipam Assign over the HTTP store on an open connection %.2f ms + %s for the rest (netconf, host lock, etcd connection, endpoint record in the allocation's transaction, uplink MTU, veth and route netlink work)",
+			v[0], v[1], v[2], rest(v[0]-v[1]-v[2])))
+	}
+	if v, ok := get(keyDirect("tabby-exec", "ADD"), keyDirect("tabby", "ADD"), keyDirect("tabby-ipam", "ADD"), keyStartup("tabby-ipam"), keyIPAM("http", "assign")); ok {
+		lines = append(lines, fmt.Sprintf("tabby delegating to the tabby-ipam binary (\"ipam_exec\": true): %.2f ms, %+.2f ms against IPAM in process; tabby-ipam exec'd alone: %.2f ms = process start %.2f ms + library work %.2f ms + %s netconf, host lock and etcd connection",
+			v[0], v[0]-v[1], v[2], v[3], v[4], rest(v[2]-v[3]-v[4])))
+	}
 	var cpu []string
-	for _, c := range []string{"ptp-host-local", "ptp-tabby-ipam", "tabby"} {
+	for _, c := range []string{"ptp-host-local", "ptp-tabby-ipam", "tabby", "tabby-node"} {
 		if r := rep.row(keyCNI(c, "seq", "ADD")); r != nil {
 			cpu = append(cpu, fmt.Sprintf("%s %.2f + %.2f ms", r.Name, r.CPUP50, r.EtcdCPU))
 		}
 	}
-	fmt.Fprintf(&b, "- CPU per sequential ADD (all processes of the call, p50, + the etcd server's, mean), which bounds throughput once callers outnumber CPUs: %s\n",
-		strings.Join(cpu, "; "))
-	return b.String()
+	if len(cpu) > 0 {
+		lines = append(lines, fmt.Sprintf("CPU per sequential ADD (the call's processes, p50, + the etcd server's, mean; tabby-node's own CPU not included), which bounds throughput once callers outnumber CPUs: %s",
+			strings.Join(cpu, "; ")))
+	}
+	return lines
+}
+
+// rest formats what is left of a median after subtracting others.
+func rest(v float64) string {
+	if v < 0 {
+		return fmt.Sprintf("~0 ms (%.2f: medians do not subtract exactly)", v)
+	}
+	return fmt.Sprintf("~%.2f ms", v)
 }
 
 func fmtMs(v float64) string {
@@ -270,14 +309,4 @@ func fmtRatio(p *float64) string {
 		return ""
 	}
 	return fmt.Sprintf("%.2f", *p)
-}
-
-func fmtGoal(r *Row) string {
-	if r.GoalMet == nil {
-		return ""
-	}
-	if *r.GoalMet {
-		return fmt.Sprintf("<= %.1f met", *r.GoalP50)
-	}
-	return fmt.Sprintf("<= %.1f **MISSED**", *r.GoalP50)
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/test/lab"
 )
 
 // Row keys; the breakdown and the ratios find rows by them.
@@ -32,8 +34,9 @@ func keyBinary(bin string) string      { return "binary/" + bin }
 // A cniCase is one way of setting up a container, driven ADD then DEL.
 type cniCase struct {
 	key, name string
-	section   string // "cnitool" or "direct"
-	wantIP    bool   // ADD must return an address
+	section   string    // "cnitool" or "direct"
+	h         *lab.Host // where it runs: its host namespace
+	wantIP    bool      // ADD must return an address
 	// fresh: a new container namespace per sequential iteration. Cases that
 	// never touch the namespace share one (concurrent calls always get
 	// their own: cnitool derives the container ID from the path).
@@ -87,26 +90,33 @@ func (c *cniCase) rowKey(mode, op string) string {
 
 // netconfs are the plugin configurations of the cases, as JSON objects.
 type netconfs struct {
-	noop, ptpHostLocal, ptpTabbyIPAM, tabby map[string]any
+	noop, ptpHostLocal, ptpTabbyIPAM, tabby, tabbyExec, tabbyNode map[string]any
 }
 
 func (b *bench) netconfs() netconfs {
 	state := filepath.Join(b.work, "state") // tabby's and tabby-ipam's host lock
 	tabbyIPAM := map[string]any{"type": "tabby-ipam", "etcd_endpoints": b.l.EtcdURL, "nodename": b.h.Name,
 		"state_dir": state, "result": "block"}
+	tabby := func(h *lab.Host, state string, extra map[string]any) map[string]any {
+		c := map[string]any{"type": "tabby", "etcd_endpoints": b.l.EtcdURL, "nodename": h.Name, "state_dir": state,
+			"log_file": filepath.Join(b.work, "tabby-cni-"+h.Name+".log"), "log_level": "info", "ipam": map[string]any{"type": "tabby-ipam"}}
+		maps.Copy(c, extra)
+		return c
+	}
 	return netconfs{
 		noop: map[string]any{"type": "noop"},
 		ptpHostLocal: map[string]any{"type": "ptp", "ipMasq": false, "ipam": map[string]any{
 			"type": "host-local", "ranges": [][]map[string]string{{{"subnet": hostLocalSubnet}}},
 			"routes": []map[string]string{{"dst": "0.0.0.0/0"}}, "dataDir": filepath.Join(b.work, "host-local")}},
 		ptpTabbyIPAM: map[string]any{"type": "ptp", "ipMasq": false, "ipam": tabbyIPAM},
-		tabby: map[string]any{"type": "tabby", "etcd_endpoints": b.l.EtcdURL, "nodename": b.h.Name, "state_dir": state,
-			"log_file": filepath.Join(b.work, "tabby-cni.log"), "log_level": "info", "ipam": map[string]any{"type": "tabby-ipam"}},
+		tabby:        tabby(b.h, state, nil),
+		tabbyExec:    tabby(b.h, state, map[string]any{"ipam_exec": true}),
+		tabbyNode:    tabby(b.hn, b.node.stateDir(b.hn), map[string]any{"profiles": []string{nodeProfile}}),
 	}
 }
 
-// cnitoolCase drives a one-plugin conflist with cnitool.
-func (b *bench) cnitoolCase(key, name string, plugin map[string]any, cniPath string) (*cniCase, error) {
+// cnitoolCase drives a one-plugin conflist with cnitool on host h.
+func (b *bench) cnitoolCase(h *lab.Host, key, name string, plugin map[string]any, cniPath string) (*cniCase, error) {
 	netName := "bench-" + key
 	dir := filepath.Join(b.work, "net.d", key)
 	list, err := json.Marshal(map[string]any{"cniVersion": "1.0.0", "name": netName, "plugins": []any{plugin}})
@@ -121,14 +131,15 @@ func (b *bench) cnitoolCase(key, name string, plugin map[string]any, cniPath str
 	}
 	env := append(slices.Clone(b.env), "NETCONFPATH="+dir, "CNI_PATH="+cniPath, "CNI_IFNAME=eth0")
 	noop := plugin["type"] == "noop"
-	return &cniCase{key: key, name: name, section: "cnitool", wantIP: !noop, fresh: !noop,
+	return &cniCase{key: key, name: name, section: "cnitool", h: h, wantIP: !noop, fresh: !noop,
 		call: func(op, _, ns string) (sample, []byte, error) {
-			return b.run([]string{b.p.cnitool, strings.ToLower(op), netName, ns}, env, nil)
+			return b.run(h, []string{b.p.cnitool, strings.ToLower(op), netName, ns}, env, nil)
 		}}, nil
 }
 
-// directCase executes a plugin binary as a runtime would, without cnitool.
-func (b *bench) directCase(key, name, bin string, plugin map[string]any, cniPath string, fresh bool) (*cniCase, error) {
+// directCase executes a plugin binary on host h as a runtime would, without
+// cnitool.
+func (b *bench) directCase(h *lab.Host, key, name, bin string, plugin map[string]any, cniPath string, fresh bool) (*cniCase, error) {
 	conf := map[string]any{"cniVersion": "1.0.0", "name": "bench-direct-" + key}
 	for k, v := range plugin {
 		conf[k] = v
@@ -137,11 +148,11 @@ func (b *bench) directCase(key, name, bin string, plugin map[string]any, cniPath
 	if err != nil {
 		return nil, fmt.Errorf("netconf %s: %w", key, err)
 	}
-	return &cniCase{key: key, name: name, section: "direct", wantIP: true, fresh: fresh,
+	return &cniCase{key: key, name: name, section: "direct", h: h, wantIP: true, fresh: fresh,
 		call: func(op, id, ns string) (sample, []byte, error) {
 			env := append(slices.Clone(b.env), "CNI_COMMAND="+op, "CNI_CONTAINERID="+id, "CNI_NETNS="+ns,
 				"CNI_IFNAME=eth0", "CNI_ARGS=", "CNI_PATH="+cniPath)
-			return b.run([]string{bin}, env, stdin)
+			return b.run(h, []string{bin}, env, stdin)
 		}}, nil
 }
 
@@ -153,9 +164,9 @@ func (b *bench) sequential(cases []*cniCase, n int, mode string) ([]Row, error) 
 	var all []string
 	for ci, c := range cases {
 		if c.fresh {
-			ns[ci] = b.containers(n)
+			ns[ci] = b.containers(c.h, n)
 		} else {
-			ns[ci] = slices.Repeat(b.containers(1), n)
+			ns[ci] = slices.Repeat(b.containers(c.h, 1), n)
 		}
 		all = append(all, ns[ci][0])
 		if c.fresh {
@@ -215,7 +226,7 @@ func (b *bench) concurrentRows(cases []*cniCase, callers, per int) ([]Row, error
 			}
 			c := cases[ci]
 			progress("%d concurrent, round %d: %s, %d ADDs then %d DELs", callers, round+1, c.name, callers*calls, callers*calls)
-			ns := b.containers(callers * calls)
+			ns := b.containers(c.h, callers*calls)
 			for k, op := range ops {
 				ph, err := b.hammer(c, op, ns, callers)
 				if err != nil {
@@ -404,7 +415,7 @@ func (b *bench) startupRows(n int) ([]Row, error) {
 	for i := range n {
 		for j := range bins {
 			k := (i + j) % len(bins)
-			s, _, err := b.run([]string{bins[k].path}, env, nil)
+			s, _, err := b.run(b.h, []string{bins[k].path}, env, nil)
 			if err != nil {
 				return nil, fmt.Errorf("VERSION: %w", err)
 			}
