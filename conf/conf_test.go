@@ -29,6 +29,7 @@ import (
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tabby-net/tabby/pkg/cliflags"
 	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 )
@@ -57,14 +58,18 @@ func read(t *testing.T, path string) string {
 // ---------------------------------------------------------------------------
 // What the sources say.
 
-// nodeEnvNames is every environment variable tabby-node reads, from
-// node/main.go: env("NAME", ...) and os.Getenv("NAME").
+// nodeEnvNames is every environment variable tabby-node reads: its own,
+// from node/main.go (env("NAME", ...) and os.Getenv("NAME")), and those of
+// the flags every tabby daemon shares (pkg/cliflags).
 func nodeEnvNames(t *testing.T) []string {
 	t.Helper()
 	re := regexp.MustCompile(`\b(?:env|os\.Getenv)\("([A-Z][A-Z0-9_]*)"`)
 	set := map[string]bool{}
 	for _, m := range re.FindAllStringSubmatch(read(t, nodeMainPath), -1) {
 		set[m[1]] = true
+	}
+	for _, f := range append(cliflags.EtcdFlags, cliflags.FlagLogLevel) {
+		set[f.Env] = true
 	}
 	for _, must := range []string{"TABBY_NODENAME", "ETCD_ENDPOINTS", "TABBY_STATE_DIR"} {
 		if !set[must] {
