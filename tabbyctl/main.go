@@ -11,9 +11,7 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/cnierr"
-	"github.com/tabby-net/tabby/pkg/netconf"
 	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
 // Version is set at build time.
@@ -80,13 +78,11 @@ func run(argv []string) int {
 
 // kv connects to etcd from the global flags and environment.
 func (c *ctx) kv() (store.KV, error) {
-	env := func(flag, name string) string { return c.flag(flag, os.Getenv(name)) }
-	eps := netconf.Etcd{Endpoints: env("etcd-endpoints", "ETCD_ENDPOINTS")}
-	if eps.Endpoints == "" {
-		eps.Endpoints = "http://127.0.0.1:2379"
+	kv, err := c.etcd().Open()
+	if err != nil {
+		return nil, err // not a nil *KV in a non-nil interface
 	}
-	return etcdv3.New(store.Config{Endpoints: eps.EndpointList(), CAFile: env("etcd-ca-cert-file", "ETCD_CA_CERT_FILE"),
-		CertFile: env("etcd-cert-file", "ETCD_CERT_FILE"), KeyFile: env("etcd-key-file", "ETCD_KEY_FILE")})
+	return kv, nil
 }
 
 // withKV runs fn with a connected store and a deadline.
