@@ -134,14 +134,14 @@ func poolOptions(p *model.Pool, opts map[string]string) error {
 }
 
 // encapMode accepts "true" for always, as `tabbyctl pool add --ipip` does.
-func encapMode(v string) string {
+func encapMode(v string) model.EncapMode {
 	switch strings.ToLower(v) {
 	case "", "true", "yes", "on":
 		return model.EncapAlways
 	case "false", "no", "off":
 		return model.EncapNever
 	}
-	return strings.ToLower(v)
+	return model.EncapMode(strings.ToLower(v))
 }
 
 func (d IPAMDriver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {

@@ -33,7 +33,7 @@ func poolCommands() []*command {
 	}
 }
 
-func encapFlag(c *ctx, name string) (string, error) {
+func encapFlag(c *ctx, name string) (model.EncapMode, error) {
 	v, ok := c.flags[name]
 	if !ok {
 		return model.EncapNever, nil
@@ -41,10 +41,11 @@ func encapFlag(c *ctx, name string) (string, error) {
 	if v == "" {
 		return model.EncapAlways, nil
 	}
-	if !model.ValidEncap(v) {
+	m := model.EncapMode(v)
+	if !m.Valid() {
 		return "", usagef("--%s=%s: use always, cross-subnet or never", name, v)
 	}
-	return v, nil
+	return m, nil
 }
 
 func poolAdd(cx context.Context, kv store.KV, c *ctx) error {
@@ -81,7 +82,8 @@ func poolShow(cx context.Context, kv store.KV, c *ctx) error {
 	sort.Slice(pools, func(i, j int) bool { return pools[i].CIDR < pools[j].CIDR })
 	var rows [][]string
 	for _, p := range pools {
-		rows = append(rows, []string{p.CIDR, "/" + strconv.Itoa(p.BlockSize), p.IPIPMode, p.VXLANMode, strconv.FormatBool(p.NATOutgoing), strconv.FormatBool(p.Disabled)})
+		rows = append(rows, []string{p.CIDR, "/" + strconv.Itoa(p.BlockSize), string(p.IPIPMode), string(p.VXLANMode),
+			strconv.FormatBool(p.NATOutgoing), strconv.FormatBool(p.Disabled)})
 	}
 	return c.emit(pools, []string{"CIDR", "BLOCK", "IPIP", "VXLAN", "NAT-OUTGOING", "DISABLED"}, rows)
 }

@@ -553,10 +553,10 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 		if p.Disabled || p.IsV6() {
 			continue
 		}
-		if p.VXLANMode != model.EncapNever && p.VXLANMode != "" {
+		if p.VXLANMode.On() {
 			want4vx = append(want4vx, p.CIDR)
 		}
-		if p.IPIPMode != model.EncapNever && p.IPIPMode != "" {
+		if p.IPIPMode.On() {
 			want4ip = append(want4ip, p.CIDR)
 		}
 	}

@@ -148,15 +148,12 @@ func (v *view) encapFor(prefix *net.IPNet, h *model.Host) routes.Encap {
 	}
 	mode, enc := model.EncapNever, routes.None
 	switch {
-	case p.VXLANMode != "" && p.VXLANMode != model.EncapNever:
+	case p.VXLANMode.On():
 		mode, enc = p.VXLANMode, routes.VXLAN
-	case p.IPIPMode != "" && p.IPIPMode != model.EncapNever:
+	case p.IPIPMode.On():
 		mode, enc = p.IPIPMode, routes.IPIP
 	}
-	if mode == model.EncapCrossSubnet && sameSubnet(v.self.IPv4, h.IPv4) {
-		return routes.None
-	}
-	if mode == model.EncapNever {
+	if !mode.On() || mode == model.EncapCrossSubnet && sameSubnet(v.self.IPv4, h.IPv4) {
 		return routes.None
 	}
 	return enc
@@ -226,10 +223,10 @@ func (v *view) needsEncap() (ipip, vxlan bool) {
 		if p.Disabled {
 			continue
 		}
-		if p.IPIPMode != "" && p.IPIPMode != model.EncapNever {
+		if p.IPIPMode.On() {
 			ipip = true
 		}
-		if p.VXLANMode != "" && p.VXLANMode != model.EncapNever && !p.IsV6() {
+		if p.VXLANMode.On() && !p.IsV6() {
 			vxlan = true
 		}
 	}

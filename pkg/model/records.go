@@ -1,16 +1,42 @@
 package model
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
 )
 
-// Encapsulation modes of a pool, as Calico names them.
+// EncapMode is when a pool's traffic between hosts is encapsulated, as
+// Calico names the modes. Stored records hold the string; "" (records
+// written before the mode was always stored) means never.
+type EncapMode string
+
+// Encapsulation modes.
 const (
-	EncapNever        = "never"
-	EncapAlways       = "always"
-	EncapCrossSubnet  = "cross-subnet"
+	EncapNever       EncapMode = "never"
+	EncapAlways      EncapMode = "always"
+	EncapCrossSubnet EncapMode = "cross-subnet"
+)
+
+// Valid reports whether m is a known mode ("" is not: Normal gives never).
+func (m EncapMode) Valid() bool {
+	return m == EncapNever || m == EncapAlways || m == EncapCrossSubnet
+}
+
+// Normal is m with "" read as never.
+func (m EncapMode) Normal() EncapMode {
+	if m == "" {
+		return EncapNever
+	}
+	return m
+}
+
+// On reports whether the pool encapsulates at all (always or cross-subnet).
+func (m EncapMode) On() bool { return m.Normal() != EncapNever }
+
+// Defaults and names of records.
+const (
 	DefaultBlockV4    = 26
 	DefaultBlockV6    = 122
 	DefaultASNumber   = 64512
@@ -22,17 +48,24 @@ const (
 
 // Pool is a range that addresses are handed out from, in blocks.
 type Pool struct {
-	CIDR        string `json:"cidr"`
-	BlockSize   int    `json:"blockSize"`
-	IPIPMode    string `json:"ipipMode"`
-	VXLANMode   string `json:"vxlanMode"`
-	NATOutgoing bool   `json:"natOutgoing"`
-	Disabled    bool   `json:"disabled"`
+	CIDR        string    `json:"cidr"`
+	BlockSize   int       `json:"blockSize"`
+	IPIPMode    EncapMode `json:"ipipMode"`
+	VXLANMode   EncapMode `json:"vxlanMode"`
+	NATOutgoing bool      `json:"natOutgoing"`
+	Disabled    bool      `json:"disabled"`
 }
 
-// ValidEncap reports whether m is a known encapsulation mode.
-func ValidEncap(m string) bool {
-	return m == EncapNever || m == EncapAlways || m == EncapCrossSubnet
+// UnmarshalJSON reads a stored pool; a mode that is empty or missing (an
+// older record) reads as never, so code compares modes without a case
+// for "".
+func (p *Pool) UnmarshalJSON(b []byte) error {
+	type plain Pool // without this method
+	if err := json.Unmarshal(b, (*plain)(p)); err != nil {
+		return err
+	}
+	p.IPIPMode, p.VXLANMode = p.IPIPMode.Normal(), p.VXLANMode.Normal()
+	return nil
 }
 
 // Validate checks a pool and fills defaults; it returns an error a user can act on.
@@ -59,13 +92,8 @@ func (p *Pool) Validate() error {
 	if !v4 && (p.BlockSize < 116 || p.BlockSize > 128) {
 		return fmt.Errorf("IPv6 block size must be 116..128, not %d", p.BlockSize)
 	}
-	if p.IPIPMode == "" {
-		p.IPIPMode = EncapNever
-	}
-	if p.VXLANMode == "" {
-		p.VXLANMode = EncapNever
-	}
-	if !ValidEncap(p.IPIPMode) || !ValidEncap(p.VXLANMode) {
+	p.IPIPMode, p.VXLANMode = p.IPIPMode.Normal(), p.VXLANMode.Normal()
+	if !p.IPIPMode.Valid() || !p.VXLANMode.Valid() {
 		return fmt.Errorf("encapsulation must be always, cross-subnet or never (ipip %q, vxlan %q)", p.IPIPMode, p.VXLANMode)
 	}
 	if p.IPIPMode != EncapNever && p.VXLANMode != EncapNever {
@@ -240,12 +268,12 @@ func EncapOverhead(pools []Pool, ip net.IP) int {
 			continue
 		}
 		switch {
-		case p.VXLANMode != EncapNever && p.VXLANMode != "":
+		case p.VXLANMode.On():
 			if p.IsV6() {
 				return 70
 			}
 			return 50
-		case p.IPIPMode != EncapNever && p.IPIPMode != "":
+		case p.IPIPMode.On():
 			return 20
 		}
 	}
