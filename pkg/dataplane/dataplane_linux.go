@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -193,7 +194,39 @@ func Setup(cfg Config) (res *Result, err error) {
 	if err = addHostRoutes(host, hostVeth.Attrs().Index, p); err != nil {
 		return nil, err
 	}
+	if err = waitOperUp(host, hostVeth.Attrs().Index, p.HostVeth); err != nil {
+		return nil, err
+	}
+	if err = waitOperUp(cont, res.ContainerIfIndex, p.IfName); err != nil {
+		return nil, err
+	}
 	return res, nil
+}
+
+// operUpTimeout bounds the wait for the kernel to activate a new link.
+const operUpTimeout = 2 * time.Second
+
+// waitOperUp returns once the kernel reports the link operationally up.
+// A veth that is up with its carrier on still drops what it is given until
+// the kernel's link-watch work has attached its queueing discipline, which
+// is the moment it sets the operational state; on a loaded host that work
+// can lag by milliseconds, and an ARP request lost then costs the first
+// connection a second. The ADD promises a working interface, so it waits.
+func waitOperUp(h *netlink.Handle, index int, name string) error {
+	deadline := time.Now().Add(operUpTimeout)
+	for {
+		l, err := h.LinkByIndex(index)
+		if err != nil {
+			return fmt.Errorf("read state of %s: %w", name, err)
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is not operationally up after %v (state %s)", name, operUpTimeout, l.Attrs().OperState)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
 }
 
 // containerHandle opens a netlink socket inside the container namespace. The
