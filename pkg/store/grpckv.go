@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -23,41 +22,15 @@ import (
 // instead of translating JSON and re-dialling itself, which costs etcd about
 // half the CPU per call and the ADD a round trip's worth of latency
 // (make bench measures both side by side).
-type GRPCKV struct {
-	endpoints []string
-	client    *http.Client
-	timeout   time.Duration
-}
+type GRPCKV struct{ httpBase }
 
 // NewGRPC returns a gRPC client. It does not connect until the first call.
 func NewGRPC(cfg Config) (*GRPCKV, error) {
-	if len(cfg.Endpoints) == 0 {
-		return nil, fmt.Errorf("no etcd endpoints configured")
-	}
-	tlsCfg, err := TLSConfig(cfg)
+	b, err := newHTTPBase(cfg, true)
 	if err != nil {
 		return nil, err
 	}
-	eps, err := endpointURLs(cfg.Endpoints)
-	if err != nil {
-		return nil, err
-	}
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:     tlsCfg,
-		TLSHandshakeTimeout: 2 * time.Second,
-		DisableCompression:  true,
-		Protocols:           new(http.Protocols),
-	}
-	// gRPC is HTTP/2 only: cleartext endpoints get HTTP/2 with prior
-	// knowledge (what etcd's cmux expects), TLS ones negotiate h2.
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	tr.Protocols.SetHTTP2(true)
-	t := cfg.Timeout
-	if t == 0 {
-		t = DefaultTimeout
-	}
-	return &GRPCKV{endpoints: eps, client: &http.Client{Transport: tr}, timeout: t}, nil
+	return &GRPCKV{b}, nil
 }
 
 func endpointURLs(in []string) ([]string, error) {
@@ -78,7 +51,9 @@ type grpcStatusError struct {
 	msg  string
 }
 
-func (e *grpcStatusError) Error() string { return fmt.Sprintf("etcd: %s (grpc status %d)", e.msg, e.code) }
+func (e *grpcStatusError) Error() string {
+	return fmt.Sprintf("etcd: %s (grpc status %d)", e.msg, e.code)
+}
 
 // transient: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED and
 // ABORTED are cluster states worth another endpoint; anything else is an
@@ -252,12 +227,6 @@ func (g *GRPCKV) Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, err
 		}
 	}
 	return res, nil
-}
-
-// Close implements KV.
-func (g *GRPCKV) Close() error {
-	g.client.CloseIdleConnections()
-	return nil
 }
 
 // The protobuf wire format, for the handful of etcd messages used here

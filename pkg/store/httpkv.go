@@ -20,38 +20,57 @@ import (
 // HTTPKV talks to etcd's v3 JSON gateway (/v3/kv/*) with net/http: the
 // plugins' client before GRPCKV, kept as the alternative make bench
 // measures it against.
-type HTTPKV struct {
+type HTTPKV struct{ httpBase }
+
+// NewHTTP returns a gateway client. It does not connect until the first call.
+func NewHTTP(cfg Config) (*HTTPKV, error) {
+	b, err := newHTTPBase(cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	return &HTTPKV{b}, nil
+}
+
+// httpBase is what the two net/http clients share: the endpoints in order,
+// one transport (HTTP/1.1 for the gateway, HTTP/2 for gRPC) and the
+// deadline of a call.
+type httpBase struct {
 	endpoints []string
 	client    *http.Client
 	timeout   time.Duration
 }
 
-// NewHTTP returns a gateway client. It does not connect until the first call.
-func NewHTTP(cfg Config) (*HTTPKV, error) {
+func newHTTPBase(cfg Config, h2 bool) (httpBase, error) {
 	if len(cfg.Endpoints) == 0 {
-		return nil, fmt.Errorf("no etcd endpoints configured")
+		return httpBase{}, fmt.Errorf("no etcd endpoints configured")
 	}
 	tlsCfg, err := TLSConfig(cfg)
 	if err != nil {
-		return nil, err
+		return httpBase{}, err
+	}
+	eps, err := endpointURLs(cfg.Endpoints)
+	if err != nil {
+		return httpBase{}, err
 	}
 	tr := &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:     tlsCfg,
 		TLSHandshakeTimeout: 2 * time.Second,
 		MaxIdleConnsPerHost: 4,
-		ForceAttemptHTTP2:   false,
 		DisableCompression:  true,
 	}
-	eps, err := endpointURLs(cfg.Endpoints)
-	if err != nil {
-		return nil, err
+	if h2 {
+		// gRPC is HTTP/2 only: cleartext endpoints get HTTP/2 with prior
+		// knowledge (what etcd's cmux expects), TLS ones negotiate h2.
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+		tr.Protocols.SetHTTP2(true)
 	}
 	t := cfg.Timeout
 	if t == 0 {
 		t = DefaultTimeout
 	}
-	return &HTTPKV{endpoints: eps, client: &http.Client{Transport: tr}, timeout: t}, nil
+	return httpBase{endpoints: eps, client: &http.Client{Transport: tr}, timeout: t}, nil
 }
 
 // TLSConfig builds the client TLS settings from the etcd_*_file options.
@@ -310,7 +329,7 @@ func (h *HTTPKV) Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, err
 }
 
 // Close implements KV.
-func (h *HTTPKV) Close() error {
+func (h *httpBase) Close() error {
 	h.client.CloseIdleConnections()
 	return nil
 }
