@@ -39,6 +39,57 @@ func (p *probe) stop(t *testing.T) int {
 	return strings.Count(string(b), "bytes from "+p.ip)
 }
 
+// isolated is one host running tabby-node with two profiles, a container
+// in each ("inside" ISO, "outside" OUT), and n namespaces waiting for an ADD
+// into ISO at fixed addresses that "outside" probes already.
+type isolated struct {
+	h               *lab.Host
+	node            *lab.Proc
+	inside, outside string
+	conf            []byte
+	paths, ips      []string
+	probes          []*probe
+}
+
+func (e *env) isolated(n int, name, subnet string) *isolated {
+	e.t.Helper()
+	h := e.l.Hosts[0]
+	e.pool("10.0.0.0/16")
+	e.ctl(h, "profile", "add", "ISO")
+	e.ctl(h, "profile", "add", "OUT")
+	s := &isolated{h: h, node: e.startNode(h), conf: e.conf(h, "", `,"profiles":["ISO"]`, "")}
+	e.waitReady(h)
+	s.inside, _ = e.container(h, "inside", "TABBY_PROFILES=ISO")
+	s.outside, _ = e.container(h, "outside", "TABBY_PROFILES=OUT")
+	for i := range n {
+		_, p := e.l.AddContainer(h, fmt.Sprintf("%s%d", name, i))
+		ip := fmt.Sprintf("%s.%d", subnet, i+1)
+		s.paths, s.ips = append(s.paths, p), append(s.ips, ip)
+		s.probes = append(s.probes, e.startProbe(s.outside, ip))
+	}
+	// Every probe is sending before any ADD starts: the host has seen a
+	// packet of each (conntrack tracks it whatever becomes of it).
+	for _, p := range s.probes {
+		eventually(e.t, 5*time.Second, func() error {
+			if out, _ := e.l.Exec(h.NS, "conntrack", "-L", "-p", "icmp", "-d", p.ip); !strings.Contains(out, "dst="+p.ip) {
+				return fmt.Errorf("no probe packet for %s seen on the host yet", p.ip)
+			}
+			return nil
+		})
+	}
+	return s
+}
+
+// noAnswers: no probe from outside the profile was ever answered.
+func (s *isolated) noAnswers(t *testing.T) {
+	t.Helper()
+	for _, p := range s.probes {
+		if got := p.stop(t); got != 0 {
+			t.Errorf("%s answered %d probes from outside its profile", p.ip, got)
+		}
+	}
+}
+
 // The promise under the fast path: 50 concurrent ADDs on a host running
 // tabby-node, each with a profile that isolates it. A container outside
 // the profile probes every new address from before its ADD starts until
@@ -46,40 +97,22 @@ func (p *probe) stop(t *testing.T) int {
 // the profile reaches each new one as soon as its ADD returns.
 func TestADDPolicyInForceWhenItReturns(t *testing.T) {
 	e := newEnv(t, lab.Options{Hosts: 1})
-	h := e.l.Hosts[0]
-	e.pool("10.0.0.0/16")
-	e.ctl(h, "profile", "add", "ISO")
-	e.ctl(h, "profile", "add", "OUT")
-	e.startNode(h)
-	e.waitReady(h)
-	inside, _ := e.container(h, "inside", "TABBY_PROFILES=ISO")
-	outside, _ := e.container(h, "outside", "TABBY_PROFILES=OUT")
-	conf := e.conf(h, "", `,"profiles":["ISO"]`, "")
-	const n = 50
-	paths := make([]string, n)
-	probes := make([]*probe, n)
-	for i := range n {
-		_, paths[i] = e.l.AddContainer(h, fmt.Sprintf("n%d", i))
-		probes[i] = e.startProbe(outside, fmt.Sprintf("10.0.9.%d", i+1))
-	}
-	// Every probe is sending before any ADD starts.
-	time.Sleep(100 * time.Millisecond)
+	s := e.isolated(50, "n", "10.0.9")
 	var wg sync.WaitGroup
-	for i := range n {
+	for i, ip := range s.ips {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ip := fmt.Sprintf("10.0.9.%d", i+1)
-			o := e.plugin(h, "ADD", fmt.Sprintf("n%d", i), paths[i], "eth0", "IP="+ip, conf)
+			o := e.plugin(s.h, "ADD", fmt.Sprintf("n%d", i), s.paths[i], "eth0", "IP="+ip, s.conf)
 			if o.ExitCode != 0 {
 				t.Errorf("ADD %d: %s", i, o.ErrMsg)
 				return
 			}
 			// Inside the profile: in force now, so the first ping answers.
-			if err := e.l.Ping(inside, ip); err != nil {
+			if err := e.l.Ping(s.inside, ip); err != nil {
 				// What the host holds for it, to tell the filter from ARP.
-				state, _ := e.l.Exec(h.NS, "sh", "-c", "ip -s neigh show "+ip+"; ipset list | grep -c '"+ip+",'")
-				later := e.l.Ping(inside, ip)
+				state, _ := e.l.Exec(s.h.NS, "sh", "-c", "ip -s neigh show "+ip+"; ipset list | grep -c '"+ip+",'")
+				later := e.l.Ping(s.inside, ip)
 				t.Errorf("right after its ADD returned, %s is not reachable from inside its profile: %v (a second later: %v)\n%s", ip, err, later, state)
 			}
 		}()
@@ -87,11 +120,7 @@ func TestADDPolicyInForceWhenItReturns(t *testing.T) {
 	wg.Wait()
 	// Keep probing a little past the last return, then count.
 	time.Sleep(200 * time.Millisecond)
-	for _, p := range probes {
-		if got := p.stop(t); got != 0 {
-			t.Errorf("%s answered %d probes from outside its profile", p.ip, got)
-		}
-	}
+	s.noAnswers(t)
 }
 
 // tabby-node killed (SIGKILL) during a burst of ADDs: each ADD either
@@ -100,23 +129,9 @@ func TestADDPolicyInForceWhenItReturns(t *testing.T) {
 // daemon comes back.
 func TestADDBurstWhileNodeIsKilled(t *testing.T) {
 	e := newEnv(t, lab.Options{Hosts: 1})
-	h := e.l.Hosts[0]
-	e.pool("10.0.0.0/16")
-	e.ctl(h, "profile", "add", "ISO")
-	e.ctl(h, "profile", "add", "OUT")
-	node := e.startNode(h)
-	e.waitReady(h)
-	inside, _ := e.container(h, "inside", "TABBY_PROFILES=ISO")
-	outside, _ := e.container(h, "outside", "TABBY_PROFILES=OUT")
-	conf := e.conf(h, "", `,"profiles":["ISO"]`, `,"ipv4_pools":["10.0.0.0/16"]`)
 	const n = 30
-	paths := make([]string, n)
-	probes := make([]*probe, n)
-	for i := range n {
-		_, paths[i] = e.l.AddContainer(h, fmt.Sprintf("k%d", i))
-		probes[i] = e.startProbe(outside, fmt.Sprintf("10.0.8.%d", i+1))
-	}
-	time.Sleep(100 * time.Millisecond)
+	s := e.isolated(n, "k", "10.0.8")
+	h, inside, conf, paths, node := s.h, s.inside, s.conf, s.paths, s.node
 	ok := make([]bool, n)
 	firstOK := make(chan struct{}, n)
 	var wg sync.WaitGroup
@@ -179,11 +194,7 @@ func TestADDBurstWhileNodeIsKilled(t *testing.T) {
 			}
 		}
 	}
-	for _, p := range probes {
-		if got := p.stop(t); got != 0 {
-			t.Errorf("%s answered %d probes from outside its profile", p.ip, got)
-		}
-	}
+	s.noAnswers(t)
 }
 
 // waitReady waits until tabby-node on h has loaded etcd and answers.
