@@ -102,6 +102,16 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		if rep != nil && len(rep.Rows) > 0 {
+			// What was measured is kept, marked incomplete: the goals of
+			// the parts that did not run say "not measured".
+			rep.Meta["incomplete"] = err.Error()
+			rep.ratios()
+			rep.judge()
+			if _, werr := rep.write(c.out); werr == nil {
+				progress("INCOMPLETE run: wrote what it measured to %s", c.out)
+			}
+		}
 		os.Exit(1)
 	}
 	rep.Meta["took"] = time.Since(start).Round(time.Second).String() + " (lab setup and teardown included)"
@@ -189,7 +199,9 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 	}
 	if c.node == "only" {
 		rows, notes, err := nodeAndPolicyRows(s, c, p)
-		return &Report{Meta: meta(c, p), Rows: rows, Notes: notes}, err
+		rep := &Report{Meta: meta(c, p), Rows: rows, Notes: notes}
+		rep.judge()
+		return rep, err
 	}
 	progress("building the lab")
 	l := lab.New(s, lab.Options{Hosts: 2})
@@ -226,61 +238,61 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 
 	cni, direct, err := b.cases()
 	if err != nil {
-		return nil, err
+		return rep, err
 	}
 	all := append(append([]*cniCase{}, cni...), direct...)
 	progress("warm-up: one untimed ADD and DEL per case")
 	if _, err := b.sequential(all, 1, "seq"); err != nil {
-		return nil, fmt.Errorf("warm-up: %w", err)
+		return rep, fmt.Errorf("warm-up: %w", err)
 	}
 
 	progress("IPAM library in-process, %d assign+release", c.n)
 	rows, err := b.ipamRows(c.n)
 	if err != nil {
-		return nil, err
+		return rep, err
 	}
 	rep.Rows = append(rep.Rows, rows...)
 
 	progress("sequential: %d iterations of ADD+DEL x %d cases", c.n, len(all))
 	if rows, err = b.sequential(all, c.n, "seq"); err != nil {
-		return nil, fmt.Errorf("sequential: %w", err)
+		return rep, fmt.Errorf("sequential: %w", err)
 	}
 	rep.Rows = append(rep.Rows, rows...)
 
 	if rows, err = b.concurrentRows(cni, c.callers, c.per); err != nil {
-		return nil, err
+		return rep, err
 	}
 	rep.Rows = append(rep.Rows, rows...)
 	// The second level: only the deployed case and its reference.
 	high := []*cniCase{caseOf(cni, "ptp-host-local"), caseOf(cni, "tabby-node")}
 	if rows, err = b.concurrentRows(high, c.callersHigh, c.perHigh); err != nil {
-		return nil, err
+		return rep, err
 	}
 	rep.Rows = append(rep.Rows, rows...)
 
 	// The deployed case again with 1,000 more endpoints on its host.
 	rows, note, err := b.manyEndpointRows(high, c.n)
 	if err != nil {
-		return nil, fmt.Errorf("1,000 endpoints: %w", err)
+		return rep, fmt.Errorf("1,000 endpoints: %w", err)
 	}
 	rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, note)
 
 	progress("process start-up: %d VERSION calls per binary, %d init traces", c.n, c.inits)
 	if rows, err = b.startupRows(c.n); err != nil {
-		return nil, err
+		return rep, err
 	}
 	rep.Rows = append(rep.Rows, rows...)
 	if rows, err = b.binaryRows(c.inits); err != nil {
-		return nil, err
+		return rep, err
 	}
 	rep.Rows = append(rep.Rows, rows...)
 
 	if c.node == "on" {
 		rows, notes, err := nodeAndPolicyRows(s, c, p)
-		if err != nil {
-			return nil, fmt.Errorf("node rows: %w", err)
-		}
 		rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, notes...)
+		if err != nil {
+			return rep, fmt.Errorf("node rows: %w", err)
+		}
 	}
 	rep.ratios()
 	rep.judge()
