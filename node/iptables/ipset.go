@@ -3,10 +3,13 @@ package iptables
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os/exec"
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Set is an ipset tabby owns (names start with "tabby-").
@@ -96,6 +99,7 @@ func (k *Sets) sync(useKnown bool, sets []Set) (changed int, err error) {
 		}
 	}()
 	var in bytes.Buffer
+	var deltas []delta
 	for _, s := range sets {
 		if !strings.HasPrefix(s.Name, SetPrefix) || len(s.Name) > 31 {
 			return 0, fmt.Errorf("ipset %q: name must start with %s and be at most 31 characters", s.Name, SetPrefix)
@@ -111,14 +115,27 @@ func (k *Sets) sync(useKnown bool, sets []Set) (changed int, err error) {
 		if exists && equal(have, want) {
 			continue
 		}
-		if !exists {
-			writeCreate(&in, s)
-		}
-		writeDelta(&in, s.Name, have, want)
 		changed++
+		if exists {
+			deltas = append(deltas, delta{name: s.Name, have: have, want: want})
+			continue
+		}
+		writeCreate(&in, s)
+		writeDelta(&in, s.Name, nil, want)
 	}
 	if changed == 0 {
 		return 0, nil
+	}
+	// Members of existing sets go over netlink: no process to start, which
+	// is most of what programming one new endpoint costs. Anything netlink
+	// cannot do goes to the restore below instead.
+	for _, d := range deltas {
+		if err := netlinkDelta(d); err != nil {
+			writeDelta(&in, d.name, d.have, d.want)
+		}
+	}
+	if in.Len() == 0 {
+		return changed, nil
 	}
 	// One restore for every changed set.
 	cmd := exec.Command("ipset", "restore")
@@ -137,23 +154,81 @@ func writeCreate(in *bytes.Buffer, s Set) {
 	fmt.Fprintf(in, "create %s %s family %s maxelem 1048576 -exist\n", s.Name, s.Type, fam)
 }
 
-// writeDelta writes the `ipset restore` lines that take a set from have to
-// want (both sorted).
-func writeDelta(in *bytes.Buffer, name string, have, want []string) {
+// delta is a set's change from have to want (both sorted).
+type delta struct {
+	name       string
+	have, want []string
+}
+
+// netlinkDelta applies a delta with the kernel's ipset netlink protocol,
+// adds and deletes with -exist semantics (Replace), so a retry after a
+// partial failure is harmless.
+func netlinkDelta(d delta) error {
+	var err error
+	diff(d.have, d.want, func(m string, add bool) {
+		if err != nil {
+			return
+		}
+		e, perr := ipsetEntry(m)
+		if perr != nil {
+			err = perr
+			return
+		}
+		if add {
+			err = netlink.IpsetAdd(d.name, e)
+		} else {
+			err = netlink.IpsetDel(d.name, e)
+		}
+	})
+	return err
+}
+
+// ipsetEntry parses a member as ipset prints it: ADDR[/LEN][,IFACE].
+func ipsetEntry(m string) (*netlink.IPSetEntry, error) {
+	addr, iface, _ := strings.Cut(m, ",")
+	e := &netlink.IPSetEntry{IFace: iface, Replace: true}
+	if ip, n, err := net.ParseCIDR(addr); err == nil {
+		ones, _ := n.Mask.Size()
+		e.IP, e.CIDR = ip, uint8(ones)
+	} else if ip := net.ParseIP(addr); ip != nil {
+		e.IP, e.CIDR = ip, 32
+		if ip.To4() == nil {
+			e.CIDR = 128
+		}
+	} else {
+		return nil, fmt.Errorf("ipset member %q", m)
+	}
+	return e, nil
+}
+
+// diff calls f for each member to delete (add false) and to add (true).
+func diff(have, want []string, f func(m string, add bool)) {
 	i, j := 0, 0
 	for i < len(have) || j < len(want) {
 		switch {
 		case j == len(want) || (i < len(have) && have[i] < want[j]):
-			fmt.Fprintf(in, "del %s %s -exist\n", name, have[i])
+			f(have[i], false)
 			i++
 		case i == len(have) || want[j] < have[i]:
-			fmt.Fprintf(in, "add %s %s -exist\n", name, want[j])
+			f(want[j], true)
 			j++
 		default:
 			i++
 			j++
 		}
 	}
+}
+
+// writeDelta writes the `ipset restore` lines that take a set from have to
+// want (both sorted).
+func writeDelta(in *bytes.Buffer, name string, have, want []string) {
+	diff(have, want, func(m string, add bool) {
+		op := "del"
+		if add {
+			op = "add"
+		}
+		fmt.Fprintf(in, "%s %s %s -exist\n", op, name, m)
+	})
 }
 
 // Destroy removes a set tabby no longer needs (it must not be referenced).

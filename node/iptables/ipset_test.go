@@ -1,0 +1,40 @@
+package iptables
+
+import (
+	"sort"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/tabby-net/tabby/node/internal/nstest"
+)
+
+// A member gained or lost by an existing set goes over netlink: it works
+// with no ipset binary to run, and the kernel then holds exactly the
+// wanted members.
+func TestSetDeltasOverNetlink(t *testing.T) {
+	nstest.Run(t, func() {
+		var k Sets
+		s := Set{Name: "tabby-w4-test", Type: "hash:net,iface", Family: V4, Members: []string{"10.0.0.1/32,tby00000000001", "10.0.0.2/32,tby00000000002"}}
+		if _, err := k.Sync(s); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("PATH", t.TempDir())
+		s.Members = []string{"10.0.0.2/32,tby00000000002", "10.0.0.3/32,tby00000000003"}
+		if n, err := k.SyncKnown(s); err != nil || n != 1 {
+			t.Fatalf("delta without the ipset binary: %d %v", n, err)
+		}
+		res, err := netlink.IpsetList(s.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range res.Entries {
+			got = append(got, e.IP.String()+","+e.IFace)
+		}
+		sort.Strings(got)
+		if len(got) != 2 || got[0] != "10.0.0.2,tby00000000002" || got[1] != "10.0.0.3,tby00000000003" {
+			t.Fatalf("kernel holds %v", got)
+		}
+	})
+}
