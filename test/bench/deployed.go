@@ -39,13 +39,23 @@ func waitNodeReady(stateDir string, d time.Duration) error {
 	return fmt.Errorf("tabby-node (state dir %s) not ready after %v: %v", stateDir, d, last)
 }
 
-// manyEndpointRows writes manyEndpoints endpoint records of host2 (in
-// transactions of manyPerTxn), times until tabby-node reports every one
-// ready, runs cases (ptp + host-local and the deployed case) n times
-// sequentially, and removes the records again.
+// manyEndpointRows runs cases (ptp + host-local and the deployed case) n
+// times sequentially on their own, writes manyEndpoints endpoint records of
+// host2 (in transactions of manyPerTxn), times until tabby-node reports
+// every one ready, runs the cases n times again, and removes the records.
+// The two phases interleave the same cases, so the deployed ADD with and
+// without the extra endpoints compare like for like.
 func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error) {
 	h := b.hn
 	ctx := context.Background()
+	progress("deployed case and ptp + host-local alone: %d iterations of ADD+DEL", n)
+	few, err := b.sequential(cases, n, modeFew)
+	if err != nil {
+		return nil, "", err
+	}
+	for i := range few {
+		few[i].Mode = fmt.Sprintf("sequential, these two cases alone, before the %s endpoints", manyLabel)
+	}
 	if _, err := b.kv.Txn(ctx, nil, []store.Op{store.Put(model.PoolKey(manyPool), store.MustJSON(model.Pool{
 		CIDR: manyPool, BlockSize: 26, IPIPMode: "never", VXLANMode: "never", Disabled: true}))}); err != nil {
 		return nil, "", err
@@ -101,10 +111,14 @@ func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error)
 	if _, err := b.kv.Txn(ctx, nil, []store.Op{store.Delete(model.PoolKey(manyPool))}); err != nil {
 		return nil, "", err
 	}
-	note := fmt.Sprintf("%s endpoints: records of host2 with profile %s and addresses in a disabled pool (%s), written straight to etcd; their interfaces do not exist, but tabby-node gives each its chains, dispatch entries and set membership. ptp + host-local (host1) runs interleaved in the same phase as the reference. The records are removed afterwards.",
+	note := fmt.Sprintf("%s endpoints: records of host2 with profile %s and addresses in a disabled pool (%s), written straight to etcd; their interfaces do not exist, but tabby-node gives each its rules and set membership. The deployed case and ptp + host-local (host1) run interleaved, alone, right before the records are written and again with them, so the two compare like for like. The records are removed afterwards.",
 		manyLabel, nodeProfile, manyPool)
-	return append([]Row{prog}, rows...), note, nil
+	return append(append([]Row{prog}, few...), rows...), note, nil
 }
 
-// modeMany is the mode key of the rows measured with manyEndpoints on host2.
-const modeMany = "seq1000"
+// modeFew and modeMany are the mode keys of the rows measured before and
+// with manyEndpoints on host2.
+const (
+	modeFew  = "seq2"
+	modeMany = "seq1000"
+)

@@ -439,6 +439,16 @@ func meta(c config, p paths) map[string]string {
 		"settings": fmt.Sprintf("%d sequential iterations; %d callers x %d calls concurrent; %d callers x %d calls (deployed case and ptp + host-local); %d init traces", c.n, c.callers, c.per, c.callersHigh, c.perHigh, c.inits),
 		"binaries": fmt.Sprintf("%s; cnitool %s; Debian plugins %s", p.bin, p.cnitool, p.cniDir),
 	}
+	// Settings that differ from make bench's (which gives only -out).
+	var flags []string
+	flag.Visit(func(f *flag.Flag) {
+		if f.Name != "out" && f.Name != "bin" {
+			flags = append(flags, "-"+f.Name+"="+f.Value.String())
+		}
+	})
+	if len(flags) > 0 {
+		m["flags"] = strings.Join(flags, " ")
+	}
 	if out, err := exec.Command("git", "-C", p.root, "describe", "--always", "--dirty").Output(); err == nil {
 		m["source"] = strings.TrimSpace(string(out))
 	}
