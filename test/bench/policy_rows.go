@@ -279,15 +279,7 @@ func packetRows(nb *nodeBench, aNS, sIP string) ([]Row, error) {
 		secs, reps = 1, 1
 	}
 	measure := func() ([]float64, error) {
-		var v []float64
-		for i := 0; i < reps; i++ {
-			pps, err := udpPPS(nb.l, aNS, sIP, secs)
-			if err != nil {
-				return nil, err
-			}
-			v = append(v, pps)
-		}
-		return v, nil
+		return repeat(reps, func() (float64, error) { return udpPPS(nb.l, aNS, sIP, secs) })
 	}
 	few, err := measure()
 	if err != nil {
@@ -364,13 +356,18 @@ func packetRows(nb *nodeBench, aNS, sIP string) ([]Row, error) {
 }
 
 func tcpRuns(nb *nodeBench, aNS, sIP string, reps, secs int) ([]float64, error) {
+	return repeat(reps, func() (float64, error) { return iperf(nb.l, aNS, sIP, secs) })
+}
+
+// repeat collects n results of f, stopping at the first error.
+func repeat(n int, f func() (float64, error)) ([]float64, error) {
 	var v []float64
-	for i := 0; i < reps; i++ {
-		g, err := iperf(nb.l, aNS, sIP, secs)
+	for range n {
+		x, err := f()
 		if err != nil {
 			return nil, err
 		}
-		v = append(v, g)
+		v = append(v, x)
 	}
 	return v, nil
 }
