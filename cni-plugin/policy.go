@@ -30,7 +30,7 @@ func (c *call) waitPolicy(ctx context.Context, ep *model.Endpoint) error {
 	}
 	start := time.Now()
 	// Not the ADD's etcd deadline: this wait has its own bound.
-	if err := nodestatus.WaitEndpoint(context.Background(), c.Conf.State(), c.epKey, ep.HostInterface, ep.ContainerID, d); err != nil {
+	if err := nodestatus.WaitEndpoint(context.Background(), c.Conf.State(), nodestatus.Endpoint{Key: c.epKey, Iface: ep.HostInterface, Container: ep.ContainerID, Profiles: ep.Profiles}, d); err != nil {
 		// tabby-node down is "try again"; a daemon that answers but cannot
 		// put the rules in force (in time, or at all) is its own code.
 		code := cnierr.PolicyNotInForce

@@ -436,7 +436,7 @@ func (d *Driver) waitPolicy(ep *model.Endpoint) error {
 		return nil
 	}
 	start := time.Now()
-	if err := nodestatus.WaitEndpoint(context.Background(), d.StateDir, ep.Key(), ep.HostInterface, ep.ContainerID, d.PolicyTimeout); err != nil {
+	if err := nodestatus.WaitEndpoint(context.Background(), d.StateDir, nodestatus.Endpoint{Key: ep.Key(), Iface: ep.HostInterface, Container: ep.ContainerID, Profiles: ep.Profiles}, d.PolicyTimeout); err != nil {
 		return fmt.Errorf("tabby: policy for endpoint %s is not in force: %w", ep.Workload, err)
 	}
 	d.Log.Debug("policy in force", "endpoint", ep.Key(), "after", time.Since(start))

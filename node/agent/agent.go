@@ -60,6 +60,8 @@ type Agent struct {
 	// ip6tablesErr is why ipt6 is nil: IPv6 endpoints are then never ready.
 	ip6tablesErr error
 	sets         *iptables.Sets
+	inc          incremental       // what the last full policy pass programmed
+	gens         map[string]uint64 // base prefixes' change counts at the last full reconcile
 	metrics      *metrics
 	ipipOK       bool
 	ready        *readiness
@@ -209,6 +211,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	tick := time.NewTicker(a.cfg.ResyncEvery)
 	defer tick.Stop()
 	routesCh := a.speaker.Routes()
+	var rest <-chan time.Time // a deferred reconcile of BGP, routes and NAT
 	for {
 		full := false
 		select {
@@ -228,16 +231,47 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			a.mu.Unlock()
 		case <-a.cache.Changed():
+			// Endpoints and tag members coming and going are the common
+			// change on a busy host (every ADD and DEL): patch the filter
+			// at once, and leave the rest (BGP, routes, NAT), which a new
+			// local endpoint rarely changes, to a pass a little later,
+			// so that the next ADD does not wait behind it.
+			if a.cache.Synced() && a.onlyWorkloadsChanged() && a.patchPolicy() {
+				if rest == nil {
+					rest = time.After(restDelay)
+				}
+				continue
+			}
+		case <-rest:
 		case <-a.kick:
 		case <-tick.C:
 			full = true // read the kernel: repair what others changed
 		}
+		rest = nil
 		// Coalesce bursts (a profile change touches many keys).
 		drain(a.cache.Changed(), a.kick)
 		if a.cache.Synced() {
 			a.reconcile(ctx, a.pass(full))
 		}
 	}
+}
+
+// restDelay bounds how long BGP, routes and NAT may wait after a change
+// of workloads only (a borrowed address's /32 route, for one).
+const restDelay = 50 * time.Millisecond
+
+// onlyWorkloadsChanged reports whether, since the last full reconcile,
+// nothing but this host's subtree and tag members changed.
+func (a *Agent) onlyWorkloadsChanged() bool {
+	for _, p := range a.basePrefixes() {
+		if p == model.HostSubtree(a.cfg.Name) {
+			continue
+		}
+		if a.cache.Gen(p) != a.gens[p] {
+			return false
+		}
+	}
+	return true
 }
 
 func drain(chs ...<-chan struct{}) {
@@ -278,7 +312,9 @@ func (a *Agent) snapshot() *view {
 		_ = k
 		v.hostPeers = append(v.hostPeers, p)
 	}
-	for _, e := range watch.Decode[model.Endpoint](a.cache, sub, isEndpointKey) {
+	var eps map[string]model.Endpoint
+	eps, v.epRevs = watch.DecodeRev[model.Endpoint](a.cache, sub, isEndpointKey)
+	for _, e := range eps {
 		v.endpoints = append(v.endpoints, e)
 	}
 	for _, af := range watch.Decode[model.Affinity](a.cache, model.AffinityHostPrefix(a.cfg.Name), nil) {
@@ -320,14 +356,28 @@ func (a *Agent) detectIP6Tables() {
 // reconcile drives BGP, routes and NAT to the desired state.
 func (a *Agent) reconcile(ctx context.Context, p pass) {
 	start := time.Now()
+	a.gens = map[string]uint64{}
+	for _, pre := range a.basePrefixes() {
+		a.gens[pre] = a.cache.Gen(pre)
+	}
+	// The packet filter first: a CNI ADD is waiting for it. Most event
+	// passes only add or remove endpoints of existing groups and tag
+	// members: those are patched in the kernel's sets without reading the
+	// whole host.
+	patched := !p.full && a.patchPolicy()
+	tPatch := time.Since(start)
 	v := a.snapshot()
+	defer func() {
+		a.log.Debug("reconcile pass", "policyPatched", patched, "policy", tPatch, "total", time.Since(start))
+	}()
 	var errs []error
 	if p.full && a.ipt6 == nil {
 		a.detectIP6Tables() // ip6tables may have been installed since
 	}
-	// The packet filter first: a CNI ADD is waiting for it.
-	if err := a.syncPolicy(v, p); err != nil {
-		errs = append(errs, fmt.Errorf("policy: %w", err))
+	if !patched {
+		if err := a.syncPolicy(v, p); err != nil {
+			errs = append(errs, fmt.Errorf("policy: %w", err))
+		}
 	}
 	// Prefixes first, so a new session starts with the full set.
 	if err := a.speaker.Advertise(v.advertised()); err != nil {

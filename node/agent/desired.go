@@ -22,6 +22,7 @@ type view struct {
 	hostPeers []model.BGPPeer
 	blocks    []*net.IPNet // this host's affine blocks
 	endpoints []model.Endpoint
+	epRevs    map[string]int64 // endpoint key -> the revision read
 }
 
 // peers is the desired BGP peer set: the full mesh (unless off) plus global

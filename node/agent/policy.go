@@ -12,7 +12,6 @@ import (
 	"github.com/tabby-net/tabby/node/policy"
 	"github.com/tabby-net/tabby/node/watch"
 	"github.com/tabby-net/tabby/pkg/model"
-	"github.com/tabby-net/tabby/pkg/store"
 )
 
 // basePrefixes are what every node follows; tag prefixes come on top, for
@@ -49,6 +48,27 @@ func newReadiness() *readiness {
 	return &readiness{applied: map[string]string{}, changed: make(chan struct{})}
 }
 
+// patch marks ifaces in ready in force (for their containers) after
+// forgetting the ifaces in drop: the incremental pass's update.
+func (r *readiness) patch(ready map[string]string, drop []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	applied := make(map[string]string, len(r.applied)+len(ready))
+	for k, v := range r.applied {
+		applied[k] = v
+	}
+	for _, k := range drop {
+		delete(applied, k)
+	}
+	for k, v := range ready {
+		applied[k] = v
+		delete(r.refused, k)
+	}
+	r.applied = applied
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
 func (r *readiness) set(applied map[string]string, refused map[string]*refusal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -64,35 +84,29 @@ func (r *readiness) has(iface, container string) bool {
 	return r.applied[iface] == container
 }
 
-// refreshEndpoint reads one of this host's endpoint records and its tag
-// entries from etcd ahead of the watch (a CNI ADD is waiting for its
-// rules); the reconcile loop wakes on the change. A failure only means
-// the watch brings them, a little later.
-func (a *Agent) refreshEndpoint(ctx context.Context, key string) {
-	if !strings.HasPrefix(key, model.HostWorkloadPrefix(a.cfg.Name)) || !isEndpointKey(key) {
+// refreshEndpoint reads one of this host's endpoint records and its
+// profiles' tag entries (written in the same transaction) from etcd in one
+// round trip, ahead of the watch: a CNI ADD is waiting for its rules, and
+// the reconcile loop wakes on the change. The record read decides what is
+// programmed; the profile names only choose which tag keys to read along.
+// A failure only means the watch brings them, a little later.
+func (a *Agent) refreshEndpoint(ctx context.Context, key string, profiles []string) {
+	rest, ok := strings.CutPrefix(key, model.HostWorkloadPrefix(a.cfg.Name))
+	parts := strings.Split(rest, "/")
+	if !ok || len(parts) != 4 || parts[2] != "endpoint" {
 		a.log.Warn("ready: not an endpoint key of this host; waiting for the watch", "key", key)
 		return
 	}
+	keys := []string{key}
+	for _, p := range profiles {
+		if model.ValidName(p) == nil {
+			keys = append(keys, model.TagMemberKey(p, a.cfg.Name, parts[0], parts[1], parts[3]))
+		}
+	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if _, err := a.cache.Refresh(rctx, key); err != nil {
+	if _, err := a.cache.Refresh(rctx, keys...); err != nil {
 		a.log.Warn("ready: read ahead of the watch failed; waiting for it", "key", key, "err", err)
-		return
-	}
-	b, ok := a.cache.Get(model.HostSubtree(a.cfg.Name), key)
-	if !ok {
-		return
-	}
-	var e model.Endpoint
-	if store.DecodeJSON(b, &e) != nil {
-		return
-	}
-	var tagKeys []string
-	for _, p := range e.Profiles {
-		tagKeys = append(tagKeys, model.TagMemberKey(p, e.Host, e.Orchestrator, e.Workload, e.Name))
-	}
-	if _, err := a.cache.Refresh(rctx, tagKeys...); err != nil {
-		a.log.Warn("ready: reading tag entries ahead of the watch failed", "key", key, "err", err)
 	}
 }
 
@@ -123,8 +137,10 @@ func (r *readiness) wait(ctx context.Context, iface, container string) error {
 // endpoints. It first makes the cache follow exactly the tags the rules
 // name; rules are marked ready only once those tags are loaded.
 func (a *Agent) syncPolicy(v *view, p pass) error {
+	a.inc.valid = false
 	profiles := map[string]model.Profile{}
-	for _, p := range watch.Decode[model.Profile](a.cache, model.ProfilePrefix, nil) {
+	byKey, profRevs := watch.DecodeRev[model.Profile](a.cache, model.ProfilePrefix, nil)
+	for _, p := range byKey {
 		profiles[p.Name] = p
 	}
 	var names []string
@@ -138,9 +154,12 @@ func (a *Agent) syncPolicy(v *view, p pass) error {
 	}
 	a.cache.SetPrefixes(want...)
 	members := map[string][]string{}
+	tagRecs := map[string]tagRecord{}
 	for _, t := range tags {
-		for _, m := range watch.Decode[model.TagMember](a.cache, model.TagMembersPrefix(t), nil) {
+		recs, revs := watch.DecodeRev[model.TagMember](a.cache, model.TagMembersPrefix(t), nil)
+		for k, m := range recs {
 			members[t] = append(members[t], m.Nets...)
+			tagRecs[k] = tagRecord{tag: t, nets: m.Nets, rev: revs[k]}
 		}
 		sort.Strings(members[t])
 	}
@@ -151,6 +170,7 @@ func (a *Agent) syncPolicy(v *view, p pass) error {
 	}
 	if a.cache.Synced() {
 		a.ready.set(applied, refused)
+		a.inc.rebuild(v, tags, profRevs, tagRecs)
 	}
 	return nil
 }

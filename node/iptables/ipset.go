@@ -154,6 +154,44 @@ func writeCreate(in *bytes.Buffer, s Set) {
 	fmt.Fprintf(in, "create %s %s family %s maxelem 1048576 -exist\n", s.Name, s.Type, fam)
 }
 
+// Patch adds and deletes members of a set that an earlier sync made, over
+// netlink, and records them as known: the event path's shortcut when only
+// a few members change (the daemon's incremental pass). The next Sync or
+// SyncKnown diffs against the result, so a patch is never undone by
+// mistake. It fails, changing nothing it knows of, when the set is unknown
+// (then a full sync is needed).
+func (k *Sets) Patch(name string, add, del []string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	have, ok := k.known[name]
+	if !ok {
+		return fmt.Errorf("ipset %s: not known yet", name)
+	}
+	m := make(map[string]bool, len(have)+len(add))
+	for _, h := range have {
+		m[h] = true
+	}
+	for _, d := range del {
+		m[hostForm(d)] = false
+	}
+	for _, a := range add {
+		m[hostForm(a)] = true
+	}
+	want := make([]string, 0, len(m))
+	for mem, in := range m {
+		if in {
+			want = append(want, mem)
+		}
+	}
+	sort.Strings(want)
+	if err := netlinkDelta(delta{name: name, have: have, want: want}); err != nil {
+		k.known = nil // what the kernel holds is uncertain now: read it next time
+		return fmt.Errorf("ipset %s: %w", name, err)
+	}
+	k.known[name] = want
+	return nil
+}
+
 // delta is a set's change from have to want (both sorted).
 type delta struct {
 	name       string

@@ -124,6 +124,22 @@ type group struct {
 
 func groupID(profiles []string) string { return hash("group:"+strings.Join(profiles, ","), 10) }
 
+// GroupOf is the policy group of an endpoint with these ordered profiles.
+func GroupOf(profiles []string) string { return groupID(profiles) }
+
+// GroupMembers are an endpoint's members of its group's set for one family.
+func GroupMembers(e *model.Endpoint, f iptables.Family) []string {
+	nets := e.IPv4Nets
+	if f == iptables.V6 {
+		nets = e.IPv6Nets
+	}
+	out := make([]string, 0, len(nets))
+	for _, n := range nets {
+		out = append(out, n+","+e.HostInterface)
+	}
+	return out
+}
+
 func groupChain(id string, d direction) string {
 	if d == outbound {
 		return "TABBY-WF-" + id
@@ -169,13 +185,7 @@ func groups(eps []model.Endpoint) []*group {
 func (g *group) setMembers(f iptables.Family) []string {
 	out := make([]string, 0, len(g.members))
 	for _, e := range g.members {
-		nets := e.IPv4Nets
-		if f == iptables.V6 {
-			nets = e.IPv6Nets
-		}
-		for _, n := range nets {
-			out = append(out, n+","+e.HostInterface)
-		}
+		out = append(out, GroupMembers(e, f)...)
 	}
 	return out
 }

@@ -27,6 +27,9 @@ type Cache struct {
 	cancels map[string]context.CancelFunc
 	ctx     context.Context
 
+	tombstones int               // entries Refresh left for deleted keys (see entry)
+	gens       map[string]uint64 // prefix -> changes seen, for callers that skip work
+
 	notify  chan struct{}
 	Resyncs func(prefix string) // optional: called on every (re)sync, for metrics
 }
@@ -178,10 +181,13 @@ func (c *Cache) Refresh(ctx context.Context, keys ...string) (bool, error) {
 		switch {
 		case len(kvs) == 1 && kvs[0].ModRevision > cur.rev:
 			m[k] = entry{value: kvs[0].Value, rev: kvs[0].ModRevision}
+			c.bump(in[i])
 			changed = true
 		case len(kvs) == 0 && had && cur.value != nil:
 			// Deleted since: the delete's revision is at most the read's.
 			m[k] = entry{rev: r.Header.Revision}
+			c.tombstones++
+			c.bump(in[i])
 			changed = true
 		}
 	}
@@ -189,6 +195,80 @@ func (c *Cache) Refresh(ctx context.Context, keys ...string) (bool, error) {
 		c.poke()
 	}
 	return changed, nil
+}
+
+// Gen counts the changes a prefix has seen: equal counts mean nothing in
+// the prefix changed in between.
+func (c *Cache) Gen(prefix string) uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.gens[prefix]
+}
+
+func (c *Cache) bump(prefix string) {
+	if c.gens == nil {
+		c.gens = map[string]uint64{}
+	}
+	c.gens[prefix]++
+}
+
+// Each calls fn with every live key of a prefix and the revision that
+// wrote it (cheap: nothing is copied or decoded), so that a caller can find
+// what changed since it last looked. fn must not call the cache.
+func (c *Cache) Each(prefix string, fn func(key string, rev int64)) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for k, e := range c.data[prefix] {
+		if e.value != nil {
+			fn(k, e.rev)
+		}
+	}
+}
+
+// DecodeKey is Decode for one key.
+func DecodeKey[T any](c *Cache, prefix, key string) (T, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var t T
+	m := c.data[prefix]
+	e, ok := m[key]
+	if !ok || e.value == nil {
+		return t, false
+	}
+	if d, ok := e.decoded.(T); ok {
+		return d, true
+	}
+	if json.Unmarshal(e.value, &t) != nil {
+		return t, false
+	}
+	e.decoded = t
+	m[key] = e
+	return t, true
+}
+
+// DecodeRev is Decode that also returns, read in the same instant, the
+// revision that wrote each value.
+func DecodeRev[T any](c *Cache, prefix string, match func(key string) bool) (map[string]T, map[string]int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.data[prefix]
+	out := make(map[string]T, len(m))
+	revs := make(map[string]int64, len(m))
+	for k, e := range m {
+		if e.value == nil || (match != nil && !match(k)) {
+			continue
+		}
+		t, ok := e.decoded.(T)
+		if !ok {
+			if json.Unmarshal(e.value, &t) != nil {
+				continue
+			}
+			e.decoded = t
+			m[k] = e
+		}
+		out[k], revs[k] = t, e.rev
+	}
+	return out, revs
 }
 
 // Decode unmarshals every value of a prefix that decodes as T, keyed by key.
@@ -262,6 +342,7 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 		}
 		c.data[prefix] = m
 		c.synced[prefix] = true
+		c.bump(prefix)
 	}
 	c.mu.Unlock()
 	if c.Resyncs != nil {
@@ -280,34 +361,47 @@ func (c *Cache) watch(ctx context.Context, prefix string, rev int64) {
 			c.log.Info("watch lost; resyncing the prefix", "prefix", prefix, "err", err)
 			return
 		}
-		c.apply(prefix, resp.Events, resp.Header.Revision)
-		c.poke()
+		// Events that Refresh already applied change nothing: no reconcile.
+		if c.apply(prefix, resp.Events, resp.Header.Revision) {
+			c.poke()
+		}
 	}
 }
 
-// apply folds one watch response into the prefix's copy.
-func (c *Cache) apply(prefix string, events []*clientv3.Event, rev int64) {
+// apply folds one watch response into the prefix's copy and reports
+// whether it changed what the cache shows.
+func (c *Cache) apply(prefix string, events []*clientv3.Event, rev int64) (changed bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m, still := c.data[prefix]
 	if !still {
-		return
+		return false
 	}
 	for _, ev := range events {
 		k := string(ev.Kv.Key)
-		if cur, ok := m[k]; ok && cur.rev >= ev.Kv.ModRevision {
+		cur, ok := m[k]
+		if ok && cur.rev >= ev.Kv.ModRevision {
 			continue // Refresh was here first
 		}
 		if ev.Type == clientv3.EventTypeDelete {
 			delete(m, k)
+			changed = changed || (ok && cur.value != nil)
 		} else {
 			m[k] = entry{value: ev.Kv.Value, rev: ev.Kv.ModRevision}
+			changed = true
 		}
+	}
+	if changed {
+		c.bump(prefix)
 	}
 	// Tombstones the watch has passed are no longer needed.
-	for k, e := range m {
-		if e.value == nil && e.rev <= rev {
-			delete(m, k)
+	if c.tombstones > 0 {
+		for k, e := range m {
+			if e.value == nil && e.rev <= rev {
+				delete(m, k)
+				c.tombstones--
+			}
 		}
 	}
+	return changed
 }

@@ -93,18 +93,27 @@ var ErrDaemonDown = errors.New("tabby-node is not running on this host")
 // WaitReady blocks until the daemon has the rules of the endpoint on host
 // interface iface (for container) in force, or timeout passes.
 func WaitReady(ctx context.Context, stateDir, iface, container string, timeout time.Duration) error {
-	return WaitEndpoint(ctx, stateDir, "", iface, container, timeout)
+	return WaitEndpoint(ctx, stateDir, Endpoint{Iface: iface, Container: container}, timeout)
 }
 
-// WaitEndpoint is WaitReady for the endpoint record at key, which the caller
-// has just committed: the daemon reads it at once instead of waiting for
-// its watch to bring it.
-func WaitEndpoint(ctx context.Context, stateDir, key, iface, container string, timeout time.Duration) error {
+// Endpoint names what an ADD waits for: the rules of host interface Iface
+// for container Container. Key and Profiles, when set, name the endpoint
+// record the caller has just committed and its profiles (whose tag entries
+// were written with it): the daemon reads them at once instead of waiting
+// for its watch to bring them.
+type Endpoint struct {
+	Key, Iface, Container string
+	Profiles              []string
+}
+
+// WaitEndpoint is WaitReady for an endpoint the caller has just recorded.
+func WaitEndpoint(ctx context.Context, stateDir string, ep Endpoint, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
 	defer cancel()
-	q := url.Values{"iface": {iface}, "container": {container}, "timeout": {timeout.String()}}
-	if key != "" {
-		q.Set("key", key)
+	q := url.Values{"iface": {ep.Iface}, "container": {ep.Container}, "timeout": {timeout.String()}}
+	if ep.Key != "" {
+		q.Set("key", ep.Key)
+		q["profile"] = ep.Profiles
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://tabby-node/ready?"+q.Encode(), nil)
 	c := Client(stateDir)

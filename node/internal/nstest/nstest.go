@@ -15,7 +15,7 @@ import (
 // Run runs f in a fresh network namespace, on a thread that stays there
 // (it is not handed back to other goroutines), and removes the namespace
 // afterwards. It needs root (see testutil.NeedRoot).
-func Run(t *testing.T, f func()) {
+func Run(t testing.TB, f func()) {
 	t.Helper()
 	testutil.NeedRoot(t)
 	err := ns.WithNetNSPath(testutil.NetNS(t), func(ns.NetNS) error {
