@@ -74,6 +74,7 @@ test-ipip:
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 30s ./pkg/netconf/
+	$(GO) test -run XXX -fuzz FuzzDecodeTxn -fuzztime 30s ./pkg/store/
 
 demo: deps build tools
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/demo
