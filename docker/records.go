@@ -94,17 +94,21 @@ func EnsurePool(ctx context.Context, kv store.KV, p model.Pool, ref string) (own
 		if cur.Disabled {
 			return nil, fmt.Errorf("tabby pool %s is disabled; enable it with 'tabbyctl pool add %s' or choose another subnet", p.CIDR, p.CIDR)
 		}
-		if !hasOwner {
-			return nil, store.ErrAbort // an operator's pool: used, never removed
-		}
-		owned = true
-		if slices.Contains(own.Refs, ref) {
-			return nil, store.ErrAbort
-		}
-		own.Refs = append(own.Refs, ref)
-		return []store.Op{store.Put(ok, store.MustJSON(&own))}, nil
+		// An operator's pool (no Owner) is used, never removed.
+		owned = hasOwner
+		return own.addRef(hasOwner, ok, ref)
 	})
 	return owned, err
+}
+
+// addRef adds ref to an existing Owner stored at key (nothing to write
+// when there is no Owner, or ref is already in it).
+func (own Owner) addRef(hasOwner bool, key, ref string) ([]store.Op, error) {
+	if !hasOwner || slices.Contains(own.Refs, ref) {
+		return nil, store.ErrAbort
+	}
+	own.Refs = append(own.Refs, ref)
+	return []store.Op{store.Put(key, store.MustJSON(&own))}, nil
 }
 
 // ReleasePool drops the references of pool cidr that match (see dropRefs);
@@ -180,15 +184,8 @@ func EnsureProfile(ctx context.Context, kv store.KV, name, ref string) (owned bo
 			p := model.DefaultProfile(name)
 			return []store.Op{store.Put(pk, store.MustJSON(&p)), store.Put(ok, store.MustJSON(&Owner{CreatedBy: createdBy, Refs: []string{ref}}))}, nil
 		}
-		if !hasOwner {
-			return nil, store.ErrAbort
-		}
-		owned = true
-		if slices.Contains(own.Refs, ref) {
-			return nil, store.ErrAbort
-		}
-		own.Refs = append(own.Refs, ref)
-		return []store.Op{store.Put(ok, store.MustJSON(&own))}, nil
+		owned = hasOwner
+		return own.addRef(hasOwner, ok, ref)
 	})
 	return owned, err
 }
