@@ -21,6 +21,7 @@ const callTimeout = 60 * time.Second
 
 // bench is one run's lab, paths and settings.
 type bench struct {
+	s    *lab.Script // the run's cleanups
 	p    paths
 	l    *lab.Lab
 	h    *lab.Host  // the host without tabby-node: every case but the deployed one

@@ -11,7 +11,11 @@
 //
 // The deployed configuration (tabby with tabby-node running on the host and
 // a profile on every workload) runs on a host of its own in the same lab,
-// interleaved with every other case.
+// interleaved with every other case. Then, on the same host, pods through
+// containerd's CRI with tabby and with ptp + host-local (cri.go; "not
+// measured" with the reason when containerd or crictl is missing), and last
+// the deployed ADD with 200,000 other hosts' endpoint records in etcd
+// against the same ADD right before they were written (foreign.go).
 //
 // It needs root, tabby, tabby-ipam and tabbyctl from `make build` ($TABBY_BIN
 // or <repo>/bin), cnitool (`make tools`) and Debian's plugins in
@@ -56,6 +60,8 @@ type config struct {
 	callersHigh, perHigh   int // the second concurrent level (deployed case and ptp + host-local)
 	quick                  bool
 	node                   string // node rows: on, off or only
+	foreign, criPods       int    // foreign endpoint records in etcd; pods per runtime through CRI
+	foreignBudget          time.Duration
 	bin, cnitool, cniDir   string
 }
 
@@ -155,6 +161,9 @@ func parseFlags() config {
 	flag.StringVar(&c.cnitool, "cnitool", "", "cnitool binary (default <bin>/tools/cnitool, <repo>/bin/tools/cnitool, $PATH)")
 	flag.StringVar(&c.cniDir, "cni-dir", "/usr/lib/cni", "directory with Debian's ptp and host-local")
 	flag.StringVar(&c.node, "node", "on", "tabby-node rows (node_rows.go, a 10-host lab of their own): on, off or only")
+	flag.IntVar(&c.foreign, "foreign", foreignGoal, "foreign endpoint records written to etcd for the last row of the main lab (0: skip the row)")
+	flag.DurationVar(&c.foreignBudget, "foreign-budget", time.Minute, "the foreign records' fill stops after this; the row names the count written")
+	flag.IntVar(&c.criPods, "cri-pods", 64, "pods per runtime through containerd CRI (0: skip the rows)")
 	flag.Parse()
 	if c.quick {
 		set := map[string]bool{}
@@ -171,6 +180,10 @@ func parseFlags() config {
 	}
 	if c.node != "on" && c.node != "off" && c.node != "only" {
 		fmt.Fprintln(os.Stderr, "bench: -node is on, off or only")
+		os.Exit(2)
+	}
+	if c.foreign < 0 || c.foreign > 262000 || c.criPods < 0 {
+		fmt.Fprintln(os.Stderr, "bench: -foreign is 0-262000 (their addresses fill a /14), -cri-pods at least 0")
 		os.Exit(2)
 	}
 	if c.n < 1 || c.callers < 1 || c.per < 1 || c.callersHigh < 1 || c.perHigh < 1 || c.inits < 1 || flag.NArg() > 0 {
@@ -213,7 +226,7 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 		return nil, err
 	}
 	etcd := l.StartEtcd()
-	b := &bench{p: p, l: l, h: l.Hosts[0], hn: l.Hosts[1], env: cleanEnv(), work: filepath.Join(l.Dir, "bench"),
+	b := &bench{s: s, p: p, l: l, h: l.Hosts[0], hn: l.Hosts[1], env: cleanEnv(), work: filepath.Join(l.Dir, "bench"),
 		etcd: cpuMeter{pid: etcd.PID}}
 	b.kv = etcdv3.FromClient(l.EtcdClient(), []string{l.EtcdURL})
 	if err := os.MkdirAll(b.work, 0o755); err != nil {
@@ -287,6 +300,38 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 	}
 	rep.Rows = append(rep.Rows, rows...)
 
+	// Pods through containerd's CRI on host2. A missing runtime or a
+	// failure here says "not measured" in its row; a failure also fails
+	// the run at the end, after everything else was measured.
+	var soft []error
+	if c.criPods > 0 {
+		rows, note, skip, err := b.criRows(c.criPods)
+		switch {
+		case err != nil:
+			progress("CRI rows failed: %v", err)
+			rep.skip("cri", "failed: "+firstLine(err.Error()))
+			soft = append(soft, fmt.Errorf("CRI rows: %w", err))
+		case skip != "":
+			rep.skip("cri", skip)
+			rep.Notes = append(rep.Notes, "CRI rows not measured: "+skip+".")
+		default:
+			rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, note)
+		}
+	} else {
+		rep.skip("cri", "skipped with -cri-pods 0")
+	}
+
+	// Last in this lab: etcd grows by the foreign records (removed again).
+	if c.foreign > 0 {
+		rows, note, err := b.foreignRows(high, c.n, c.foreign, c.foreignBudget)
+		if err != nil {
+			return rep, fmt.Errorf("foreign records: %w", err)
+		}
+		rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, note)
+	} else {
+		rep.skip("foreign", "skipped with -foreign 0")
+	}
+
 	if c.node == "on" {
 		rows, notes, err := nodeAndPolicyRows(s, c, p)
 		rep.Rows, rep.Notes = append(rep.Rows, rows...), append(rep.Notes, notes...)
@@ -301,7 +346,7 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 		progress("%s", w)
 		rep.Notes = append(rep.Notes, w)
 	}
-	return rep, nil
+	return rep, errors.Join(soft...)
 }
 
 // cases are the rows driven ADD then DEL: under cnitool (also run
@@ -465,6 +510,11 @@ func notes(c config) []string {
 		"etcd is the lab's single etcd-lab member in the underlay namespace of this machine: its CPU time competes with the plugins'. The tabby-ipam pool is " + tabbyPool + ", host-local's range " + hostLocalSubnet + ".",
 		"Direct rows: tabby exec'd as a runtime would, once as deployed by default (tabby-ipam's code runs inside the tabby process: no second process) and once with \"ipam_exec\": true (tabby execs the tabby-ipam binary from CNI_PATH, as with any other IPAM plugin); tabby-ipam exec'd alone with the netconf ptp hands it. The IPAM library rows keep one connection open and reuse it; the plugins open one per process.",
 	}
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 func readTrim(path string) string {

@@ -40,6 +40,9 @@ type Row struct {
 	InitPackages int     `json:"init_packages,omitempty"` // packages with an init
 	InitDoneMs   float64 `json:"init_done_ms,omitempty"`  // p50 of when the last init ended, since process start
 	Note         string  `json:"note,omitempty"`
+	// Foreign-record rows (foreign.go): how many endpoint records of
+	// other hosts etcd held.
+	Records int `json:"records,omitempty"`
 	// Node rows (node_rows.go): the unit of the values.
 	Unit string `json:"unit,omitempty"`
 	// Goal is the verdict of the goals judged on this row (judge).
@@ -104,6 +107,16 @@ type Report struct {
 	Rows     []Row             `json:"rows"`
 	Verdicts []Verdict         `json:"verdicts"` // the goals, judged on this run (judge)
 	Notes    []string          `json:"notes"`    // setup facts and warnings
+	// Skipped says why a part of the bench did not run ("cri", "foreign"):
+	// its goals say not measured, with the reason.
+	Skipped map[string]string `json:"skipped,omitempty"`
+}
+
+func (rep *Report) skip(part, why string) {
+	if rep.Skipped == nil {
+		rep.Skipped = map[string]string{}
+	}
+	rep.Skipped[part] = why
 }
 
 func (rep *Report) row(key string) *Row {
@@ -169,6 +182,7 @@ func (rep *Report) markdown() string {
 			}))
 	}
 	b.WriteString(rep.binaryTable())
+	b.WriteString(rep.criTable())
 	b.WriteString(rep.nodeTable())
 	b.WriteString(rep.goals())
 	b.WriteString(rep.breakdown())
@@ -205,6 +219,17 @@ func (rep *Report) binaryTable() string {
 		func(r Row) string {
 			return fmt.Sprintf("| %s | %.1f | %d | %.2f | %.2f | %.2f | %d |",
 				r.Name, float64(r.SizeBytes)/1e6, r.InitPackages, r.P50, r.P99, r.InitDoneMs, r.N)
+		})
+}
+
+// criTable is the report section of the CRI rows.
+func (rep *Report) criTable() string {
+	return rep.table("cri", "Pods through containerd CRI on host2 (crictl runp, stopp, rmp; ratios tabby / ptp + host-local: for pods/s higher is better)",
+		"| what | op | n | p50 | p99 | max | unit | ratio p50 | goal | note |\n"+
+			"|---|---|--:|--:|--:|--:|---|--:|---|---|",
+		func(r Row) string {
+			return fmt.Sprintf("| %s | %s | %d | %.2f | %.2f | %.2f | %s | %s | %s | %s |",
+				r.Name, r.Op, r.N, r.P50, r.P99, r.Max, r.Unit, fmtRatio(r.RatioP50), r.Goal, r.Note)
 		})
 }
 
