@@ -327,25 +327,12 @@ func (c *call) existing(ep *model.Endpoint) (*current.Result, error) {
 // cmdDel releases the addresses first, as ptp does: a teardown that fails
 // (and is reported, so the runtime retries) must never leak an address.
 var cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, c *call) error {
-	// A record that names another container belongs to a newer sandbox with
-	// the same identity: leave its veth and record alone, release only ours.
-	ep, err := workload.Get(ctx, c.KV, c.epKey)
-	ours := true
-	switch {
-	case err == nil && ep.ContainerID != c.Args.ContainerID:
-		ours = false
-		c.Log.Info("DEL: endpoint belongs to another container now; releasing only addresses", "key", c.epKey, "holder", ep.ContainerID)
-	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return err
-	}
-	if err := c.ipamDel(ctx); err != nil {
+	ours, err := c.releaseAndForget(ctx)
+	if err != nil {
 		return err
 	}
 	if !ours {
 		return nil
-	}
-	if _, err := workload.Delete(ctx, c.KV, c.epKey, c.Args.ContainerID); err != nil {
-		return err
 	}
 	if err := dataplane.Teardown(c.Args.Netns, c.Args.IfName, c.veth); err != nil {
 		return fmt.Errorf("addresses released and endpoint record removed, but removing veth %s failed: %w", c.veth, err)
@@ -353,6 +340,46 @@ var cmdDel = verb("DEL", plugin.Deadline, func(ctx context.Context, c *call) err
 	c.Log.Info("DEL", "workload", c.workload)
 	return nil
 })
+
+// releaseAndForget releases the attachment's addresses and removes its
+// endpoint record, and reports whether the interface is this container's
+// to tear down. A record that names another container belongs to a newer
+// sandbox with the same identity: its veth and record stay, only our
+// addresses go. In process, both are one etcd transaction.
+func (c *call) releaseAndForget(ctx context.Context) (ours bool, err error) {
+	ours = true
+	forget := func(rs *store.ReadSet) ([]store.Op, error) {
+		ours = true
+		var prev model.Endpoint
+		found, err := rs.Decode(c.epKey, &prev)
+		if err != nil || !found {
+			return nil, err
+		}
+		if prev.ContainerID != c.Args.ContainerID {
+			ours = false
+			return nil, nil
+		}
+		return workload.Ops(&prev, nil), nil
+	}
+	if c.inProcessIPAM() {
+		err = c.ipam().ReleaseWith(ctx, c.Conf.Name, c.Args.ContainerID, []string{c.epKey}, forget)
+	} else {
+		// The delegated IPAM first, as ptp does, then the record.
+		if err = c.ipamDel(ctx); err == nil {
+			_, err = store.ReadModifyWrite(ctx, c.KV, []string{c.epKey}, func(rs *store.ReadSet) ([]store.Op, error) {
+				ops, err := forget(rs)
+				if err == nil && len(ops) == 0 {
+					return nil, store.ErrAbort
+				}
+				return ops, err
+			})
+		}
+	}
+	if !ours {
+		c.Log.Info("DEL: endpoint belongs to another container now; released only addresses", "key", c.epKey)
+	}
+	return ours, err
+}
 
 var cmdCheck = verb("CHECK", plugin.Deadline, func(ctx context.Context, c *call) error {
 	if len(c.Conf.PrevResult) == 0 {

@@ -644,12 +644,20 @@ func touched(out []Assigned, key string) bool {
 // Release frees every address of the handle. Releasing a missing handle is
 // fine: DEL must be idempotent. A block left empty goes back to the pool.
 func (a *IPAM) Release(ctx context.Context, network, containerID string) error {
+	return a.ReleaseWith(ctx, network, containerID, nil, nil)
+}
+
+// ReleaseWith is Release that also reads keys and commits also's writes in
+// the release's own transaction (the CNI plugin's DEL removes the endpoint
+// record with its addresses: one etcd commit instead of two, and never one
+// without the other). also runs even when the handle is gone.
+func (a *IPAM) ReleaseWith(ctx context.Context, network, containerID string, keys []string, also func(rs *store.ReadSet) ([]store.Op, error)) error {
 	unlock, err := a.lock()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	written, rev, err := release(ctx, a.KV, model.HandleKey(network, containerID), nil, a.Host)
+	written, rev, err := release(ctx, a.KV, model.HandleKey(network, containerID), nil, a.Host, keys, also)
 	if err == nil && len(written) > 0 {
 		if c := a.loadCache(); c != nil {
 			a.updateCache(c, nil, nil, written, rev)
@@ -661,23 +669,33 @@ func (a *IPAM) Release(ctx context.Context, network, containerID string) error {
 // releaseHandle frees the handle's addresses; with only set, just those
 // addresses (and the handle survives while it holds others).
 func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) error {
-	_, _, err := release(ctx, kv, hkey, only, "")
+	_, _, err := release(ctx, kv, hkey, only, "", nil, nil)
 	return err
 }
 
 // release frees the handle's addresses and returns the blocks it wrote (nil:
 // deleted) and the revision of the commit. With host set, a handle another
 // host holds is left alone (a DEL for a container ID that is another host's).
-func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host string) (map[string]*model.Block, int64, error) {
+func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host string, keys []string, also func(rs *store.ReadSet) ([]store.Op, error)) (map[string]*model.Block, int64, error) {
 	var written map[string]*model.Block
-	rev, err := store.ReadModifyWrite(ctx, kv, []string{hkey}, func(rs *store.ReadSet) ([]store.Op, error) {
+	rev, err := store.ReadModifyWrite(ctx, kv, append([]string{hkey}, keys...), func(rs *store.ReadSet) ([]store.Op, error) {
 		written = nil
+		var extra []store.Op
+		if also != nil {
+			var err error
+			if extra, err = also(rs); err != nil {
+				return nil, err
+			}
+		}
 		var h model.Handle
 		ok, err := rs.Decode(hkey, &h)
 		if err != nil {
 			return nil, err
 		}
 		if !ok || (host != "" && h.Host != "" && h.Host != host) {
+			if len(extra) > 0 {
+				return extra, nil
+			}
 			return nil, store.ErrAbort
 		}
 		if err := rs.Fetch(h.Blocks...); err != nil {
@@ -726,7 +744,7 @@ func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host st
 			h.IPs, h.Blocks = keepIPs, keepBlocks
 			ops = append(ops, store.Put(hkey, store.MustJSON(&h)))
 		}
-		return ops, nil
+		return append(ops, extra...), nil
 	})
 	return written, rev, err
 }
