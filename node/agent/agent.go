@@ -237,7 +237,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			// local endpoint rarely changes, to a pass a little later,
 			// so that the next ADD does not wait behind it.
 			if a.cache.Synced() && a.onlyWorkloadsChanged() && a.patchPolicy() {
-				if rest == nil {
+				// Only a borrowed address (outside this host's blocks)
+				// changes what BGP advertises; nothing else of the rest
+				// depends on local endpoints.
+				if a.inc.borrowedChanged && rest == nil {
 					rest = time.After(restDelay)
 				}
 				continue
@@ -357,6 +360,7 @@ func (a *Agent) detectIP6Tables() {
 func (a *Agent) reconcile(ctx context.Context, p pass) {
 	start := time.Now()
 	a.gens = map[string]uint64{}
+	a.inc.borrowedChanged = false
 	for _, pre := range a.basePrefixes() {
 		a.gens[pre] = a.cache.Gen(pre)
 	}

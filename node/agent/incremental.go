@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net"
 	"sort"
 	"strings"
 
@@ -29,10 +30,36 @@ type incremental struct {
 	members  map[string]incTag
 	count    map[string]int // tag set member -> how many tag records hold it
 	perTag   map[string]int // tag -> how many of its records members holds
+	blocks   []*net.IPNet   // this host's blocks at the last full pass
+	// borrowedChanged: a patch added or removed an endpoint with an address
+	// outside the host's blocks, whose /32 BGP must (un)advertise.
+	borrowedChanged bool
+}
+
+// borrowed reports whether any of e's addresses is outside blocks.
+func borrowed(e *model.Endpoint, blocks []*net.IPNet) bool {
+	for _, n := range e.Nets() {
+		ip, _, err := net.ParseCIDR(n)
+		if err != nil {
+			continue
+		}
+		in := false
+		for _, b := range blocks {
+			if b.Contains(ip) {
+				in = true
+				break
+			}
+		}
+		if !in {
+			return true
+		}
+	}
+	return false
 }
 
 type incEndpoint struct {
 	rev              int64
+	borrowed         bool // has an address outside this host's blocks (BGP advertises it)
 	group            string
 	m4, m6           []string
 	iface, container string
@@ -55,7 +82,7 @@ type tagRecord struct {
 // rebuild records what a full pass programmed, with the revisions of what
 // it was rendered from.
 func (in *incremental) rebuild(v *view, tags []string, profRevs map[string]int64, recs map[string]tagRecord) {
-	*in = incremental{valid: true, eps: make(map[string]incEndpoint, len(v.endpoints)), groups: map[string]bool{}, profiles: profRevs,
+	*in = incremental{valid: true, blocks: v.blocks, eps: make(map[string]incEndpoint, len(v.endpoints)), groups: map[string]bool{}, profiles: profRevs,
 		used: map[string]bool{}, tags: tags, members: make(map[string]incTag, len(recs)), count: map[string]int{}, perTag: map[string]int{}}
 	for i := range v.endpoints {
 		e := &v.endpoints[i]
@@ -64,7 +91,7 @@ func (in *incremental) rebuild(v *view, tags []string, profRevs map[string]int64
 		for _, p := range e.Profiles {
 			in.used[p] = true
 		}
-		in.eps[e.Key()] = incEndpoint{rev: v.epRevs[e.Key()], group: g, m4: policy.GroupMembers(e, iptables.V4),
+		in.eps[e.Key()] = incEndpoint{rev: v.epRevs[e.Key()], borrowed: borrowed(e, v.blocks), group: g, m4: policy.GroupMembers(e, iptables.V4),
 			m6: policy.GroupMembers(e, iptables.V6), iface: e.HostInterface, container: e.ContainerID}
 	}
 	for k, r := range recs {
@@ -168,7 +195,7 @@ func (a *Agent) patchPolicy() bool {
 		if len(e.IPv6Nets) > 0 && !v6ok {
 			return false // the full pass refuses it, with the cause
 		}
-		next[k] = incEndpoint{group: g, m4: policy.GroupMembers(&e, iptables.V4), m6: policy.GroupMembers(&e, iptables.V6),
+		next[k] = incEndpoint{group: g, borrowed: borrowed(&e, in.blocks), m4: policy.GroupMembers(&e, iptables.V4), m6: policy.GroupMembers(&e, iptables.V6),
 			iface: e.HostInterface, container: e.ContainerID}
 	}
 	rev := map[string]int64{}
@@ -233,8 +260,10 @@ func (a *Agent) patchPolicy() bool {
 		at(policy.GroupSetName(old.group, iptables.V4)).del = append(at(policy.GroupSetName(old.group, iptables.V4)).del, old.m4...)
 		at(policy.GroupSetName(old.group, iptables.V6)).del = append(at(policy.GroupSetName(old.group, iptables.V6)).del, old.m6...)
 		drop = append(drop, old.iface)
+		in.borrowedChanged = in.borrowedChanged || old.borrowed
 	}
 	for k, e := range next {
+		in.borrowedChanged = in.borrowedChanged || e.borrowed
 		at(policy.GroupSetName(e.group, iptables.V4)).add = append(at(policy.GroupSetName(e.group, iptables.V4)).add, e.m4...)
 		at(policy.GroupSetName(e.group, iptables.V6)).add = append(at(policy.GroupSetName(e.group, iptables.V6)).add, e.m6...)
 		_ = k
