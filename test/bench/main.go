@@ -56,6 +56,7 @@ var interrupted = make(chan os.Signal, 1)
 type config struct {
 	out                    string
 	render                 string // re-render from DIR/report.json and exit
+	runs                   string // DIR,DIR,...: the runs side by side, and exit
 	n, callers, per, inits int
 	callersHigh, perHigh   int // the second concurrent level (deployed case and ptp + host-local)
 	quick                  bool
@@ -79,6 +80,13 @@ func main() {
 		os.Exit(ipamHelper(os.Args[2:]))
 	}
 	c := parseFlags()
+	if c.runs != "" {
+		if err := runsTable(strings.Split(c.runs, ",")); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if c.render != "" {
 		if err := rerender(c.render); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
@@ -154,6 +162,7 @@ func parseFlags() config {
 	flag.IntVar(&c.per, "per", 10, "calls per concurrent caller")
 	flag.IntVar(&c.callersHigh, "c-high", 64, "concurrent callers of the second level (deployed case and ptp + host-local)")
 	flag.IntVar(&c.perHigh, "per-high", 2, "calls per caller at -c-high")
+	flag.StringVar(&c.runs, "runs", "", "write DIR1/runs-table.md with the verdicts of the runs in DIR1,DIR2,... side by side, measure nothing")
 	flag.StringVar(&c.render, "render", "", "write report.md and readme-table.md again from DIR/report.json, measure nothing")
 	flag.IntVar(&c.inits, "init-runs", 20, "process starts traced with GODEBUG=inittrace=1 per binary")
 	flag.BoolVar(&c.quick, "quick", false, "smoke run: -n 10 -per 2 -init-runs 5 unless given")
