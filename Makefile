@@ -90,6 +90,7 @@ bench-readme:
 	@[ -f bench/out/readme-table.md ] || { echo "bench/out/readme-table.md is missing: run make bench first" >&2; exit 1; }
 	@grep -q '<!-- bench-table:begin -->' README.md && grep -q '<!-- bench-table:end -->' README.md || { echo "README.md has no bench-table markers" >&2; exit 1; }
 	@awk 'BEGIN{skip=0} /<!-- bench-table:begin -->/{print; while((getline l < "bench/out/readme-table.md")>0) print l; skip=1; next} /<!-- bench-table:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md
+	@if [ -f bench/out/runs-table.md ]; then awk 'BEGIN{skip=0} /<!-- bench-runs:begin -->/{print; while((getline l < "bench/out/runs-table.md")>0) print l; skip=1; next} /<!-- bench-runs:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md; fi
 
 install: build
 	install -d /opt/cni/bin /etc/cni/net.d /usr/local/bin
