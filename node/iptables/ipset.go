@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -167,26 +168,29 @@ func (k *Sets) Patch(name string, add, del []string) error {
 	if !ok {
 		return fmt.Errorf("ipset %s: not known yet", name)
 	}
-	m := make(map[string]bool, len(have)+len(add))
-	for _, h := range have {
-		m[h] = true
-	}
+	// have is sorted: insert and remove by binary search, so a patch costs
+	// the same whatever the set's size (no map or sort of all members).
+	want := slices.Clone(have)
+	var ops []func() error
 	for _, d := range del {
-		m[hostForm(d)] = false
-	}
-	for _, a := range add {
-		m[hostForm(a)] = true
-	}
-	want := make([]string, 0, len(m))
-	for mem, in := range m {
-		if in {
-			want = append(want, mem)
+		m := hostForm(d)
+		if i, found := slices.BinarySearch(want, m); found {
+			want = slices.Delete(want, i, i+1)
+			ops = append(ops, func() error { return netlinkMember(name, m, false) })
 		}
 	}
-	sort.Strings(want)
-	if err := netlinkDelta(delta{name: name, have: have, want: want}); err != nil {
-		k.known = nil // what the kernel holds is uncertain now: read it next time
-		return fmt.Errorf("ipset %s: %w", name, err)
+	for _, a := range add {
+		m := hostForm(a)
+		if i, found := slices.BinarySearch(want, m); !found {
+			want = slices.Insert(want, i, m)
+			ops = append(ops, func() error { return netlinkMember(name, m, true) })
+		}
+	}
+	for _, op := range ops {
+		if err := op(); err != nil {
+			k.known = nil // what the kernel holds is uncertain now: read it next time
+			return fmt.Errorf("ipset %s: %w", name, err)
+		}
 	}
 	k.known[name] = want
 	return nil
@@ -198,24 +202,26 @@ type delta struct {
 	have, want []string
 }
 
+// netlinkMember adds (or deletes) one member, with -exist semantics.
+func netlinkMember(set, m string, add bool) error {
+	e, err := ipsetEntry(m)
+	if err != nil {
+		return err
+	}
+	if add {
+		return netlink.IpsetAdd(set, e)
+	}
+	return netlink.IpsetDel(set, e)
+}
+
 // netlinkDelta applies a delta with the kernel's ipset netlink protocol,
 // adds and deletes with -exist semantics (Replace), so a retry after a
 // partial failure is harmless.
 func netlinkDelta(d delta) error {
 	var err error
 	diff(d.have, d.want, func(m string, add bool) {
-		if err != nil {
-			return
-		}
-		e, perr := ipsetEntry(m)
-		if perr != nil {
-			err = perr
-			return
-		}
-		if add {
-			err = netlink.IpsetAdd(d.name, e)
-		} else {
-			err = netlink.IpsetDel(d.name, e)
+		if err == nil {
+			err = netlinkMember(d.name, m, add)
 		}
 	})
 	return err

@@ -60,3 +60,28 @@ func BenchmarkSyncKnown1000(b *testing.B) {
 		}
 	})
 }
+
+// Patch changes only the named members, in the kernel and in what the next
+// SyncKnown compares against.
+func TestSetPatch(t *testing.T) {
+	nstest.Run(t, func() {
+		var k Sets
+		s := Set{Name: "tabby-w4-patch", Type: "hash:net,iface", Family: V4, Members: []string{"10.0.0.1/32,tby00000000001", "10.0.0.2/32,tby00000000002"}}
+		if err := k.Patch(s.Name, []string{"10.0.0.9/32,tby9"}, nil); err == nil {
+			t.Fatal("patched a set no sync has made")
+		}
+		if _, err := k.Sync(s); err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Patch(s.Name, []string{"10.0.0.3/32,tby00000000003", "10.0.0.2/32,tby00000000002"}, []string{"10.0.0.1/32,tby00000000001"}); err != nil {
+			t.Fatal(err)
+		}
+		s.Members = []string{"10.0.0.2/32,tby00000000002", "10.0.0.3/32,tby00000000003"}
+		if n, err := k.SyncKnown(s); err != nil || n != 0 {
+			t.Fatalf("after the patch, a sync to the same members changed %d sets (%v)", n, err)
+		}
+		if n, err := k.Sync(s); err != nil || n != 0 {
+			t.Fatalf("the kernel differs from the patched members: %d sets rewritten (%v)", n, err)
+		}
+	})
+}
