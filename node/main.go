@@ -26,9 +26,10 @@ func env(name, def string) string { return cliflags.Env(name, def) }
 func main() {
 	// The daemon's heap is small (tens of MB) and its reconciles allocate in
 	// bursts while an ADD waits: collecting less often trades a few MB for
-	// passes that are not stretched by mark assists. GOGC still overrides.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
+	// passes that are not stretched by mark assists. A GOGC the operator
+	// set (anything but the default 100) is kept.
+	if prev := debug.SetGCPercent(400); prev != 100 {
+		debug.SetGCPercent(prev)
 	}
 	prog := cliflags.NewProgram("tabby-node", Version)
 	fs := prog.Flags
