@@ -256,6 +256,9 @@ func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 		mtu = uplinkMTU(c.Conf.State()) - encap
 	}
 	mark("mtu")
+	if err = c.refuseUnenforceableV6(ctx, addrs); err != nil {
+		return nil, err
+	}
 	dp, err := dataplane.Setup(dataplane.Config{NetnsPath: c.Args.Netns, IfName: c.Args.IfName, HostVeth: c.veth, MTU: mtu,
 		Addrs: addrs, ContainerMAC: mac})
 	mark("veth")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/cnierr"
@@ -40,6 +41,28 @@ func (c *call) waitPolicy(ctx context.Context, ep *model.Endpoint) error {
 		return cnierr.New(code, "policy for %s is not in force: %v", c.workload, err)
 	}
 	c.Log.Debug("policy in force", "after", time.Since(start))
+	return nil
+}
+
+// refuseUnenforceableV6 fails before anything is created when the workload
+// gets an IPv6 address and this host's tabby-node reports that it cannot
+// enforce IPv6 rules (ip6tables unusable): without an IPv6 filter the
+// interface would forward IPv6 for as long as the ADD took to fail.
+func (c *call) refuseUnenforceableV6(ctx context.Context, addrs []net.IPNet) error {
+	v6 := false
+	for _, a := range addrs {
+		v6 = v6 || a.IP.To4() == nil
+	}
+	if !v6 || !nodestatus.Installed(c.Conf.State()) {
+		return nil
+	}
+	st, err := nodestatus.Get(ctx, c.Conf.State())
+	if err != nil {
+		return cnierr.New(cnierr.TryAgain, "%v", err)
+	}
+	if st.IPv6PolicyError != "" {
+		return cnierr.New(cnierr.PolicyNotInForce, "policy for %s cannot be put in force: this host's tabby-node cannot enforce IPv6 rules: %s", c.workload, st.IPv6PolicyError)
+	}
 	return nil
 }
 
