@@ -44,7 +44,7 @@ tools:
 
 test: deps build tools tidy-check
 	$(GO) vet ./...
-	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -p 1 -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/runtime$$)
+	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -p 1 -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /test/runtime$$ -e /test/k8s)
 	@echo "--- containerd CRI and Docker (test/runtime, run times per phase)"
 	$(RUNTIME_TEST)
 	@echo "--- make demo (the seed scenario, as a user runs it)"
