@@ -156,7 +156,7 @@ func findEndpoint(cx context.Context, kv store.KV, c *ctx, name string, conf *ne
 		}
 		var found []model.Endpoint
 		for _, e := range eps {
-			if e.Workload == name || e.ContainerID == name {
+			if e.Workload == name || e.ContainerID == name || e.DisplayName() == name {
 				found = append(found, e)
 			}
 		}
@@ -228,7 +228,7 @@ func containerShow(cx context.Context, kv store.KV, c *ctx) error {
 	sort.Slice(eps, func(i, j int) bool { return eps[i].Key() < eps[j].Key() })
 	var rows [][]string
 	for _, e := range eps {
-		rows = append(rows, []string{e.Workload, e.Host, joinOrDash(e.Nets()), e.HostInterface, joinOrDash(e.Profiles)})
+		rows = append(rows, []string{e.DisplayName(), e.Host, joinOrDash(e.Nets()), e.HostInterface, joinOrDash(e.Profiles)})
 	}
 	if eps == nil {
 		eps = []model.Endpoint{}

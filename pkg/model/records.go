@@ -192,6 +192,19 @@ func (e *Endpoint) Key() string {
 	return EndpointKey(e.Host, e.Orchestrator, e.Workload, e.Name)
 }
 
+// DisplayName is the workload's name as its orchestrator's users know it:
+// a Kubernetes pod's "<namespace>/<pod>" (its key holds "<namespace>.<pod>",
+// since a key segment cannot hold a slash, and a namespace, a DNS label,
+// holds no dot), any other workload's name as is.
+func (e *Endpoint) DisplayName() string {
+	if e.Orchestrator == OrchestratorK8s {
+		if ns, pod, ok := strings.Cut(e.Workload, "."); ok {
+			return ns + "/" + pod
+		}
+	}
+	return e.Workload
+}
+
 // Nets returns all addresses of the endpoint with their prefixes.
 func (e *Endpoint) Nets() []string {
 	return append(append([]string{}, e.IPv4Nets...), e.IPv6Nets...)
