@@ -57,6 +57,23 @@ RUNTIME_TEST = TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO)
 test-runtime: deps build tools
 	$(RUNTIME_TEST)
 
+# The Kubernetes cluster lab (test/k8s): real kube-apiserver, controller
+# manager, scheduler, kubelets, kube-proxy and containerd in the lab, tabby
+# deployed with kubectl apply of conf/k8s/tabby.yaml; then the upstream
+# networking suites (e2e.test). k8s-bins builds the Kubernetes binaries from
+# the Go module proxy once (test/k8s/build, ~12 min cold on 2 cores) and
+# keeps them in $(K8S_BIN_DIR).
+K8S_BIN_DIR ?= /var/cache/tabby-k8s/v1.37.2
+export K8S_BIN_DIR
+K8S_TEST = TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -count=1 -v -timeout 45m ./test/k8s/
+
+.PHONY: k8s-bins test-k8s
+k8s-bins:
+	test/k8s/build/build.sh $(K8S_BIN_DIR)
+
+test-k8s: deps build tools k8s-bins
+	$(K8S_TEST)
+
 # go.mod and go.sum must be what `go mod tidy` makes of the code.
 .PHONY: tidy-check
 tidy-check:

@@ -11,14 +11,12 @@ package main
 // The pause image is built here (no registry).
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tabby-net/tabby/test/ociimage"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +32,7 @@ import (
 )
 
 const (
-	criPauseImage = "localhost/tabby-bench-pause:lab"
+	criPauseImage = ociimage.PauseName
 	criNamespace  = "bench-cri"     // the pods' Kubernetes namespace: tabby gives them profile k8s_ns.bench-cri
 	criSubnet     = "10.201.0.0/16" // host-local's range for the CRI pods
 )
@@ -544,97 +542,12 @@ func containerdVersion(bin string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// pauseImage builds the pause program of test/runtime and writes it as a
-// one-layer OCI image tarball (for ctr images import).
+// pauseImage writes the pause image (test/ociimage) as a tarball for ctr
+// images import.
 func (cb *criBench) pauseImage() (string, error) {
 	if err := os.MkdirAll(cb.dir, 0o755); err != nil {
 		return "", err
 	}
-	bin := filepath.Join(cb.dir, "pause")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./test/runtime/pause")
-	cmd.Dir = cb.b.p.root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build the pause program: %w: %s", err, out)
-	}
-	prog, err := os.ReadFile(bin)
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(cb.dir, "pause.tar")
-	return out, writeImage(out, criPauseImage, "pause", prog, []string{"/pause"})
-}
-
-type blob struct {
-	digest string
-	data   []byte
-}
-
-func newBlob(b []byte) blob {
-	s := sha256.Sum256(b)
-	return blob{digest: "sha256:" + hex.EncodeToString(s[:]), data: b}
-}
-
-func (b blob) path() string { return "blobs/sha256/" + strings.TrimPrefix(b.digest, "sha256:") }
-
-// writeImage writes image name, one layer holding the executable file, as
-// an OCI layout tarball at out.
-func writeImage(out, name, file string, prog []byte, entrypoint []string) error {
-	type entry = struct {
-		name string
-		mode int64
-		data []byte
-	}
-	epoch := time.Unix(0, 0)
-	tarOf := func(files []entry) ([]byte, error) {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
-		for _, f := range files {
-			hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: epoch, Typeflag: tar.TypeReg}
-			if strings.HasSuffix(f.name, "/") {
-				hdr.Typeflag, hdr.Size = tar.TypeDir, 0
-			}
-			if err := tw.WriteHeader(hdr); err != nil {
-				return nil, err
-			}
-			if _, err := tw.Write(f.data); err != nil {
-				return nil, err
-			}
-		}
-		err := tw.Close()
-		return buf.Bytes(), err
-	}
-	lt, err := tarOf([]entry{{file, 0o755, prog}})
-	if err != nil {
-		return err
-	}
-	layer := newBlob(lt)
-	must := func(v any) []byte { b, _ := json.Marshal(v); return b }
-	config := newBlob(must(map[string]any{
-		"architecture": "amd64", "os": "linux", "created": "1970-01-01T00:00:00Z",
-		"config": map[string]any{"Entrypoint": entrypoint, "Env": []string{"PATH=/bin:/usr/bin:/sbin:/usr/sbin"}, "WorkingDir": "/"},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layer.digest}},
-	}))
-	manifest := newBlob(must(map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": len(config.data)},
-		"layers": []map[string]any{{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.digest, "size": len(layer.data)}},
-	}))
-	index := must(map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-		"manifests": []map[string]any{{
-			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest.digest, "size": len(manifest.data),
-			"platform":    map[string]string{"architecture": "amd64", "os": "linux"},
-			"annotations": map[string]string{"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name[strings.LastIndex(name, ":")+1:]},
-		}},
-	})
-	img, err := tarOf([]entry{
-		{"oci-layout", 0o644, []byte(`{"imageLayoutVersion":"1.0.0"}`)}, {"index.json", 0o644, index},
-		{"blobs/", 0o755, nil}, {"blobs/sha256/", 0o755, nil},
-		{layer.path(), 0o644, layer.data}, {config.path(), 0o644, config.data}, {manifest.path(), 0o644, manifest.data},
-	})
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(out, img, 0o644)
+	img, err := ociimage.BuildPause(cb.b.p.root, cb.dir)
+	return img.Tar, err
 }

@@ -102,6 +102,9 @@ var nodePaths = []struct{ name, target string }{
 	{"kubelet", "/var/lib/kubelet"},
 	{"log-pods", "/var/log/pods"},
 	{"log-containers", "/var/log/containers"},
+	// A real node has /lib/modules (tabby's DaemonSet mounts it for
+	// modprobe); this kernel has no modules and the machine no directory.
+	{"lib-modules", "/lib/modules"},
 }
 
 // BinDir is where make k8s-bins puts the Kubernetes binaries.
@@ -561,11 +564,21 @@ func joinMounts(pid int, argv ...string) []string {
 // ensureMountPoint makes a bind target exist in the machine's tree; one
 // the cluster created is removed again at the end if empty.
 func ensureMountPoint(t testing.TB, target string) {
-	if _, err := os.Stat(target); err == nil {
-		return
+	// Every directory made here, parents included, goes again (last
+	// first; os.Remove refuses a directory that is not empty).
+	var made []string
+	for d := target; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		made = append(made, d)
 	}
 	must(t, os.MkdirAll(target, 0o755))
-	t.Cleanup(func() { _ = os.Remove(target) })
+	t.Cleanup(func() {
+		for _, d := range made {
+			_ = os.Remove(d)
+		}
+	})
 }
 
 // killShims kills the containerd shims of the containerd at sock (they
