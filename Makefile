@@ -25,6 +25,7 @@ build:
 	$(GOBUILD) -o $(BIN)/tabby-node ./node
 	$(GOBUILD) -o $(BIN)/tabbyctl ./tabbyctl
 	$(GOBUILD) -o $(BIN)/tabby-docker ./docker
+	$(GOBUILD) -o $(BIN)/tabby-kube-controllers ./kube-controllers
 	$(GOBUILD) -o $(BIN)/etcd-lab ./test/etcd-lab
 
 deps:

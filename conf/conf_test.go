@@ -24,6 +24,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	kjson "sigs.k8s.io/json"
@@ -177,6 +178,11 @@ type manifest struct {
 	sec *corev1.Secret
 	cm  *corev1.ConfigMap
 	ds  *appsv1.DaemonSet
+	// tabby-kube-controllers: its account, RBAC and Deployment.
+	ctrlSA *corev1.ServiceAccount
+	role   *rbacv1.ClusterRole
+	bind   *rbacv1.ClusterRoleBinding
+	deploy *appsv1.Deployment
 }
 
 // splitDocs splits a multi-document YAML stream, dropping documents that
@@ -213,8 +219,22 @@ func decodeManifest(src string) (*manifest, error) {
 		var obj any
 		switch gk := tm.APIVersion + " " + tm.Kind; gk {
 		case "v1 ServiceAccount":
-			m.sa = &corev1.ServiceAccount{}
-			obj = m.sa
+			sa := &corev1.ServiceAccount{}
+			if m.sa == nil {
+				m.sa = sa
+			} else {
+				m.ctrlSA = sa
+			}
+			obj = sa
+		case "rbac.authorization.k8s.io/v1 ClusterRole":
+			m.role = &rbacv1.ClusterRole{}
+			obj = m.role
+		case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+			m.bind = &rbacv1.ClusterRoleBinding{}
+			obj = m.bind
+		case "apps/v1 Deployment":
+			m.deploy = &appsv1.Deployment{}
+			obj = m.deploy
 		case "v1 Secret":
 			m.sec = &corev1.Secret{}
 			obj = m.sec
@@ -244,6 +264,9 @@ func decodeManifest(src string) (*manifest, error) {
 	}
 	if m.sa == nil || m.sec == nil || m.cm == nil || m.ds == nil {
 		return nil, fmt.Errorf("want a ServiceAccount, a Secret, a ConfigMap and a DaemonSet")
+	}
+	if m.ctrlSA == nil || m.role == nil || m.bind == nil || m.deploy == nil {
+		return nil, fmt.Errorf("want tabby-kube-controllers' ServiceAccount, ClusterRole, ClusterRoleBinding and Deployment")
 	}
 	return m, nil
 }
@@ -1211,5 +1234,36 @@ func TestDockerfile(t *testing.T) {
 	}
 	if !slices.Equal(entry, []string{"/usr/local/bin/tabby-node"}) {
 		t.Errorf("ENTRYPOINT %v, want [/usr/local/bin/tabby-node]", entry)
+	}
+}
+
+// TestManifestControllersWired: the controllers' Deployment runs the
+// binary make build makes, in tabby's image, as the account the binding
+// grants the role to, with the DaemonSet's etcd settings.
+func TestManifestControllersWired(t *testing.T) {
+	m := loadManifest(t)
+	spec := m.deploy.Spec.Template.Spec
+	if spec.ServiceAccountName != m.ctrlSA.Name || len(m.bind.Subjects) != 1 || m.bind.Subjects[0].Name != m.ctrlSA.Name ||
+		m.bind.Subjects[0].Namespace != m.ctrlSA.Namespace || m.bind.RoleRef.Name != m.role.Name {
+		t.Errorf("account %s, binding %+v -> %s, role %s: not wired together", spec.ServiceAccountName, m.bind.Subjects, m.bind.RoleRef.Name, m.role.Name)
+	}
+	c := spec.Containers[0]
+	if c.Image != m.ds.Spec.Template.Spec.Containers[0].Image {
+		t.Errorf("controllers image %s, DaemonSet's %s", c.Image, m.ds.Spec.Template.Spec.Containers[0].Image)
+	}
+	if len(c.Command) != 1 || filepath.Base(c.Command[0]) != "tabby-kube-controllers" {
+		t.Errorf("command %v", c.Command)
+	}
+	if buildPackages(t)["tabby-kube-controllers"] != "./kube-controllers" {
+		t.Errorf("make build does not build tabby-kube-controllers from ./kube-controllers")
+	}
+	have := map[string]bool{}
+	for _, e := range c.Env {
+		have[e.Name] = true
+	}
+	for _, e := range m.ds.Spec.Template.Spec.Containers[0].Env {
+		if strings.HasPrefix(e.Name, "ETCD_") && !have[e.Name] {
+			t.Errorf("controllers lack %s", e.Name)
+		}
 	}
 }

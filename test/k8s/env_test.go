@@ -106,8 +106,6 @@ func newEnv(t *testing.T, n int) *env {
 		t.Fatalf("nodes Ready before any CNI configuration: %v %v", ready, err)
 	}
 	e.MustCtl(c.Lab.Hosts[0], "pool", "add", cluster.PodCIDR, "--nat-outgoing")
-	e.MustCtl(c.Lab.Hosts[0], "profile", "add", "k8s_ns.default") // TEMP until the controller
-	e.MustCtl(c.Lab.Hosts[0], "profile", "k8s_ns.default", "rule", "add", "inbound", "allow")
 	c.Apply(e.manifest())
 	e.waitTabby()
 	return e
@@ -141,6 +139,13 @@ func (e *env) waitTabby() {
 		want := fmt.Sprintf("%d/%d/%d", len(e.Nodes), len(e.Nodes), len(e.Nodes))
 		if out != want {
 			return fmt.Errorf("tabby-node ready/desired/updated %s, want %s", out, want)
+		}
+		out, err = e.Kubectl("-n", "kube-system", "get", "deployment", "tabby-kube-controllers", "-o", "jsonpath={.status.readyReplicas}")
+		if err != nil {
+			return err
+		}
+		if out != "1" {
+			return fmt.Errorf("tabby-kube-controllers not ready (%q ready)", out)
 		}
 		ready, err := e.NodesReady()
 		if err != nil {
