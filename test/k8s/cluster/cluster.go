@@ -89,6 +89,8 @@ type Node struct {
 	Containerd *lab.Proc
 	Kubelet    *lab.Proc
 	Proxy      *lab.Proc
+
+	containerdArgv, kubeletArgv []string
 }
 
 // The paths a node sees as its own (bound from Node.Dir/<name>).
@@ -308,17 +310,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 		filepath.Join(n.Dir, "opt"), opts.SandboxImage, filepath.Join(n.Dir, "runc"))
 	cfgPath := filepath.Join(n.Dir, "containerd.toml")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
-	n.Containerd = c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "containerd.log"), inMounts(h, binds, "containerd", "--config", cfgPath)...)
+	n.containerdArgv = inMounts(h, binds, "containerd", "--config", cfgPath)
+	n.startContainerd()
 	// Cleanups run last-registered first: the node's processes and their
 	// cgroups go before the lab (and its etcd) does.
 	t.Cleanup(n.stop)
-	c.Eventually(20*time.Second, func() error {
-		if n.Containerd.Exited() {
-			return fmt.Errorf("containerd on %s exited:\n%s", h.Name, lab.Tail(n.Containerd.Log, 30))
-		}
-		_, err := n.Ctr("version")
-		return err
-	})
 	for _, img := range opts.Images {
 		if out, err := n.Ctr("images", "import", img); err != nil {
 			t.Fatalf("import %s on %s: %v\n%s", img, h.Name, err, out)
@@ -370,13 +366,58 @@ maxPods: 250
 `, n.cgroupRoot, h.IP, KubeDNSIP, n.Sock)
 	kcfgPath := filepath.Join(n.Dir, "kubelet.yaml")
 	must(t, os.WriteFile(kcfgPath, []byte(kcfg), 0o644))
-	n.Kubelet = c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "kubelet.log"), joinMounts(n.Containerd.PID,
-		filepath.Join(c.Bin, "kubelet"), "--config="+kcfgPath,
+	n.kubeletArgv = []string{
+		filepath.Join(c.Bin, "kubelet"), "--config=" + kcfgPath,
 		"--kubeconfig="+filepath.Join(c.Dir, "system-node-"+h.Name+".kubeconfig"),
 		"--hostname-override="+h.Name, "--node-ip="+h.IP,
-		"--root-dir=/var/lib/kubelet", "--v=1")...)
+		"--root-dir=/var/lib/kubelet", "--v=1"}
+	n.StartKubelet()
 	n.StartProxy()
 	return n
+}
+
+func (n *Node) startContainerd() {
+	n.Containerd = n.c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "containerd.log"), n.containerdArgv...)
+	n.c.Eventually(20*time.Second, func() error {
+		if n.Containerd.Exited() {
+			return fmt.Errorf("containerd on %s exited:\n%s", n.Name, lab.Tail(n.Containerd.Log, 30))
+		}
+		_, err := n.Ctr("version")
+		return err
+	})
+}
+
+// Reboot is a node's power cycle as its pods see it: kubelet, kube-proxy,
+// containerd and every container die at once (SIGKILL), the node's
+// mount namespace and with it every pod network namespace is gone, and
+// what lives in /run (containerd's and tabby's runtime state, the netns
+// mount points) is empty again; /var/lib (kubelet, containerd's root) and
+// etcd keep what they had. Then containerd, the kubelet and kube-proxy
+// start again and the kubelet brings the node's pods back.
+func (n *Node) Reboot() {
+	c := n.c
+	c.t.Helper()
+	for _, p := range []*lab.Proc{n.Kubelet, n.Proxy} {
+		_ = p.Kill(syscall.SIGKILL)
+	}
+	killShims(n.Sock)
+	_ = n.Containerd.Kill(syscall.SIGKILL)
+	for _, p := range []*lab.Proc{n.Kubelet, n.Proxy, n.Containerd} {
+		_ = p.WaitTimeout(10 * time.Second)
+	}
+	killShims(n.Sock)
+	// The pod namespaces were mounted only in the node's mount namespace,
+	// now gone; their veths went with them. A host's own interfaces and
+	// routes stay (a reboot of a real host loses those too, and tabby-node
+	// puts its own back; the lab host's uplink is the machine's NIC).
+	for _, d := range []string{"run-containerd", "netns", "run-tabby", "state"} {
+		dir := filepath.Join(n.Dir, d)
+		must(c.t, os.RemoveAll(dir))
+		must(c.t, os.MkdirAll(dir, 0o755))
+	}
+	n.startContainerd()
+	n.StartKubelet()
+	n.StartProxy()
 }
 
 // StartProxy runs kube-proxy on the node (iptables mode), as a process of
@@ -431,9 +472,9 @@ func (n *Node) StopKubelet() {
 	}
 }
 
-// StartKubelet restarts a stopped kubelet with the same arguments.
+// StartKubelet starts the node's kubelet (again).
 func (n *Node) StartKubelet() {
-	n.Kubelet = n.c.Lab.StartEntering(n.Kubelet.Log, n.Kubelet.Args...)
+	n.Kubelet = n.c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "kubelet.log"), joinMounts(n.Containerd.PID, n.kubeletArgv...)...)
 }
 
 // stop ends the node: kubelet and kube-proxy, every container (their shims
