@@ -12,7 +12,8 @@ export PATH := $(BIN):$(BIN)/tools:$(PATH)
 # command -> Debian package; installed only when the command is missing.
 SYSDEPS := iptables:iptables ipset:ipset ip:iproute2 ping:iputils-ping nc:netcat-openbsd \
            conntrack:conntrack /usr/lib/cni/ptp:containernetworking-plugins birdc:bird2 iperf3:iperf3 \
-           nsenter:util-linux containerd:containerd runc:runc dockerd:docker.io busybox:busybox-static
+           nsenter:util-linux containerd:containerd runc:runc dockerd:docker.io busybox:busybox-static \
+           curl:curl /usr/bin/nc.openbsd:netcat-openbsd
 
 .PHONY: all build deps tools test test-unit test-e2e test-runtime demo bench install clean fuzz docs
 

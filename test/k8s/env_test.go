@@ -53,7 +53,10 @@ func buildImages(t *testing.T) []string {
 			func() (ociimage.Image, error) { return ociimage.BuildTabby(testutil.Root(), bin, imagesDir) },
 			func() (ociimage.Image, error) { return ociimage.BuildPause(testutil.Root(), imagesDir) },
 			func() (ociimage.Image, error) {
-				return ociimage.BuildFromBinary(AgnhostImage, filepath.Join(cluster.BinDir(), "agnhost"), imagesDir, []string{"/agnhost"})
+				// The suite's probe pods run curl and nc -u (the real
+				// agnhost image is Alpine with both).
+				return ociimage.BuildFromBinary(AgnhostImage, filepath.Join(cluster.BinDir(), "agnhost"), imagesDir, []string{"/agnhost"},
+					"/usr/bin/curl", "/usr/bin/nc.openbsd=/usr/bin/nc")
 			},
 		} {
 			img, err := build()

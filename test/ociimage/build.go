@@ -49,8 +49,11 @@ func BuildBusybox(dir string) (Image, error) {
 
 // BuildFromBinary writes image name holding one static binary at
 // /<its base name>, with busybox beside it (a shell and the usual tools in
-// /bin, as the upstream test images have).
-func BuildFromBinary(name, binary, dir string, entrypoint []string) (Image, error) {
+// /bin, as the upstream test images have) and this machine's tools (each
+// with the libraries it loads, at its own path, ahead of busybox's in
+// PATH: the upstream suite runs curl and a netcat with -u in its probe
+// pods, which busybox lacks).
+func BuildFromBinary(name, binary, dir string, entrypoint []string, tools ...string) (Image, error) {
 	base := filepath.Base(binary)
 	img := Image{Name: name, Tar: filepath.Join(dir, base+".tar")}
 	rootfs := filepath.Join(dir, base+"-rootfs")
@@ -59,6 +62,15 @@ func BuildFromBinary(name, binary, dir string, entrypoint []string) (Image, erro
 	}
 	if err := copyFile(binary, filepath.Join(rootfs, base), 0o755); err != nil {
 		return img, err
+	}
+	for _, t := range tools {
+		src, dst := t, t
+		if s, d, ok := strings.Cut(t, "="); ok {
+			src, dst = s, d
+		}
+		if err := copyWithLibs(src, filepath.Join(rootfs, dst), rootfs); err != nil {
+			return img, err
+		}
 	}
 	return img, Write(name, rootfs, img.Tar, entrypoint, nil, nil)
 }
