@@ -49,6 +49,9 @@ test: deps build tools tidy-check
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -p 1 -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /test/runtime$$ -e /test/k8s)
 	@echo "--- containerd CRI and Docker (test/runtime, run times per phase)"
 	$(RUNTIME_TEST)
+	@echo "--- the Kubernetes cluster lab (test/k8s: tabby deployed by its manifest, upstream e2e suites)"
+	$(MAKE) --no-print-directory k8s-bins
+	$(K8S_TEST)
 	@echo "--- make demo (the seed scenario, as a user runs it)"
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/demo
 
@@ -67,7 +70,7 @@ test-runtime: deps build tools
 # keeps them in $(K8S_BIN_DIR).
 K8S_BIN_DIR ?= /var/cache/tabby-k8s/v1.37.2
 export K8S_BIN_DIR
-K8S_TEST = TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -count=1 -v -timeout 45m ./test/k8s/
+K8S_TEST = TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -p 1 -count=1 -v -timeout 45m ./test/k8s/...
 
 .PHONY: k8s-bins test-k8s
 k8s-bins:

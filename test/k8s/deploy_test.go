@@ -160,6 +160,26 @@ func TestDeploymentAcrossNodes(t *testing.T) {
 		t.Errorf("NodePort %s:30080 from %s: %q %v", to.IP, from.Name, out, err)
 	}
 
+	// Both orders of start-up: kube-proxy restarted after tabby-node (it
+	// started first above), then tabby-node restarted after kube-proxy;
+	// each time both keep their chains and Services still work.
+	n1 := e.Nodes[0]
+	_ = n1.Proxy.Stop(10 * time.Second)
+	n1.StartProxy()
+	e.checkChains(n1)
+	e.Eventually(time.Minute, func() error {
+		_, err := e.dial(client, "http", svcIP, 80)
+		return err
+	})
+	name := strings.TrimSpace(e.MustKubectl("-n", "kube-system", "get", "pods", "-l", "app.kubernetes.io/component=node",
+		"--field-selector=spec.nodeName="+n1.Name, "-o", "jsonpath={.items[0].metadata.name}"))
+	e.MustKubectl("-n", "kube-system", "delete", "pod", name, "--wait=true")
+	e.waitTabby()
+	e.checkChains(n1)
+	if _, err := e.dial(client, "http", svcIP, 80); err != nil {
+		t.Errorf("ClusterIP after tabby-node restarted on %s: %v", n1.Name, err)
+	}
+
 	// Scale down: the kubelets run CNI DEL, tabby releases.
 	e.MustKubectl("-n", "default", "scale", "deployment", "web", "--replicas=3")
 	e.waitPods("default", "app=web", 3, 2*time.Minute)
@@ -176,4 +196,31 @@ func TestDeploymentAcrossNodes(t *testing.T) {
 	if out, err := e.Ctl(e.Lab.Hosts[0], "ipam", "check"); err != nil {
 		t.Errorf("ipam check after scale down: %v\n%s", err, out)
 	}
+}
+
+// checkChains waits until node n's filter and nat tables hold both
+// kube-proxy's and tabby's chains, hooked where each puts them.
+func (e *env) checkChains(n *cluster.Node) {
+	e.t.Helper()
+	e.Eventually(time.Minute, func() error {
+		var missing []string
+		for _, c := range []struct{ table, want string }{
+			{"filter", "-A FORWARD -j TABBY-FORWARD"},
+			{"filter", "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD"},
+			{"nat", "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"},
+			{"nat", "-N TABBY-POSTROUTING"},
+		} {
+			out, err := e.Lab.Exec(n.Host.NS, "iptables", "-t", c.table, "-S")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(out, c.want) {
+				missing = append(missing, c.table+": "+c.want)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%s lacks %v", n.Name, missing)
+		}
+		return nil
+	})
 }

@@ -54,9 +54,11 @@ func buildImages(t *testing.T) []string {
 			func() (ociimage.Image, error) { return ociimage.BuildPause(testutil.Root(), imagesDir) },
 			func() (ociimage.Image, error) {
 				// The suite's probe pods run curl and nc -u (the real
-				// agnhost image is Alpine with both).
+				// agnhost image is Alpine with both), through /bin/sh:
+				// Debian's busybox shell runs its own applets first, so
+				// the shell is dash.
 				return ociimage.BuildFromBinary(AgnhostImage, filepath.Join(cluster.BinDir(), "agnhost"), imagesDir, []string{"/agnhost"},
-					"/usr/bin/curl", "/usr/bin/nc.openbsd=/usr/bin/nc")
+					"/usr/bin/curl", "/usr/bin/nc.openbsd=/usr/bin/nc", "/bin/dash=/bin/sh")
 			},
 		} {
 			img, err := build()

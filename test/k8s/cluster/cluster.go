@@ -368,8 +368,8 @@ maxPods: 250
 	must(t, os.WriteFile(kcfgPath, []byte(kcfg), 0o644))
 	n.kubeletArgv = []string{
 		filepath.Join(c.Bin, "kubelet"), "--config=" + kcfgPath,
-		"--kubeconfig="+filepath.Join(c.Dir, "system-node-"+h.Name+".kubeconfig"),
-		"--hostname-override="+h.Name, "--node-ip="+h.IP,
+		"--kubeconfig=" + filepath.Join(c.Dir, "system-node-"+h.Name+".kubeconfig"),
+		"--hostname-override=" + h.Name, "--node-ip=" + h.IP,
 		"--root-dir=/var/lib/kubelet", "--v=1"}
 	n.StartKubelet()
 	n.StartProxy()

@@ -3,11 +3,13 @@ package cluster
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/testutil"
+	"github.com/tabby-net/tabby/test/ociimage"
 )
 
 // TestReferenceCluster brings the cluster up with ptp + host-local: nodes
@@ -15,11 +17,19 @@ import (
 // Running on every node with addresses of their node's subnet.
 func TestReferenceCluster(t *testing.T) {
 	testutil.NeedRoot(t)
-	imgs := os.Getenv("TABBY_K8S_SMOKE_IMAGES") // pause.tar,busybox.tar
-	if imgs == "" {
-		t.Skip("TABBY_K8S_SMOKE_IMAGES unset")
+	if _, err := os.Stat(filepath.Join(BinDir(), "kubelet")); err != nil {
+		testutil.Missing(t, "Kubernetes binaries in %s (make k8s-bins)", BinDir())
 	}
-	c := Start(t, Options{Nodes: 2, Images: strings.Split(imgs, ","), SandboxImage: "localhost/crl-pause:lab"})
+	dir := t.TempDir()
+	pause, err := ociimage.BuildPause(testutil.Root(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := ociimage.BuildBusybox(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Start(t, Options{Nodes: 2, Images: []string{pause.Tar, bb.Tar}, SandboxImage: pause.Name})
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.Dump()
@@ -47,7 +57,7 @@ spec:
     spec:
       terminationGracePeriodSeconds: 1
       containers:
-      - {name: bb, image: localhost/crl-busybox:lab, imagePullPolicy: Never, command: ["sleep", "3600"]}
+      - {name: bb, image: ` + ociimage.BusyboxName + `, imagePullPolicy: Never, command: ["sleep", "3600"]}
 `))
 	c.Eventually(2*time.Minute, func() error {
 		out, err := c.Kubectl("get", "pods", "-l", "app=bb", "-o", `jsonpath={range .items[*]}{.status.phase} {.status.podIP} {.spec.nodeName}{"\n"}{end}`)
