@@ -60,6 +60,9 @@ func buildImages(t *testing.T) []string {
 				return ociimage.BuildFromBinary(AgnhostImage, filepath.Join(cluster.BinDir(), "agnhost"), imagesDir, []string{"/agnhost"},
 					"/usr/bin/curl", "/usr/bin/nc.openbsd=/usr/bin/nc", "/bin/dash=/bin/sh")
 			},
+			func() (ociimage.Image, error) {
+				return ociimage.BuildFromBinary(cluster.CoreDNSImage, filepath.Join(cluster.BinDir(), "coredns"), imagesDir, []string{"/coredns"})
+			},
 		} {
 			img, err := build()
 			if err != nil {
@@ -113,6 +116,7 @@ func newEnv(t *testing.T, n int) *env {
 	e.MustCtl(c.Lab.Hosts[0], "pool", "add", cluster.PodCIDR, "--nat-outgoing")
 	c.Apply(e.manifest())
 	e.waitTabby()
+	c.DeployDNS()
 	return e
 }
 

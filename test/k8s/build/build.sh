@@ -6,15 +6,19 @@
 #
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kube-proxy, kubectl, the upstream e2e suite (e2e.test) and its probe
-# program agnhost. A binary already in OUTDIR is kept when OUTDIR's stamp
-# matches this module's go.sum (any change of versions rebuilds all), so a
-# warm machine pays nothing; a cold one about 12 minutes on 2 cores.
+# program agnhost, and CoreDNS for cluster DNS. A binary already in OUTDIR
+# is kept when OUTDIR's stamp matches this module's go.sum and the CoreDNS
+# version (any change of versions rebuilds all), so a warm machine pays
+# nothing; a cold one about 15 minutes on 2 cores.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 V=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v1\./{print $2; exit}' "$here/go.mod")
 [[ -n $V ]] || { echo "build.sh: no k8s.io/kubernetes version in $here/go.mod" >&2; exit 1; }
 OUT=${1:-${K8S_BIN_DIR:-/var/cache/tabby-k8s/$V}}
-stamp=$(sha256sum "$here/go.sum" | cut -c1-16)
+# Cluster DNS, built from its own module (its dependencies are not
+# Kubernetes' and must not be resolved together with them).
+COREDNS_V=v1.14.7
+stamp=$( (cat "$here/go.sum"; echo "coredns $COREDNS_V") | sha256sum | cut -c1-16)
 mkdir -p "$OUT"
 if [[ "$(cat "$OUT/.stamp" 2>/dev/null)" != "$stamp" ]]; then
   rm -f "$OUT"/*
@@ -40,6 +44,10 @@ fi
 if [[ ! -x $OUT/e2e.test ]]; then
   echo "k8s-bins: building e2e.test" >&2
   go test -c -trimpath -ldflags "$ld" -o "$OUT/e2e.test" k8s.io/kubernetes/test/e2e
+fi
+if [[ ! -x $OUT/coredns ]]; then
+  echo "k8s-bins: building coredns $COREDNS_V" >&2
+  GOFLAGS= GOBIN="$OUT" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_V"
 fi
 echo "$stamp" >"$OUT/.stamp"
 echo "k8s-bins: $OUT ready ($(( $(date +%s) - t0 )) s)" >&2
