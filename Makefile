@@ -101,8 +101,11 @@ fuzz:
 demo: deps build tools
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/demo
 
-bench: deps build tools
+bench: deps build tools k8s-bins
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/bench -out bench/out
+	@echo "--- the cluster row: a 30-pod Deployment, tabby vs ptp + host-local (test/k8s)"
+	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_K8S_BENCH_OUT=$(CURDIR)/bench/out/k8s-table.md \
+	  $(GO) test -count=1 -v -timeout 30m -run TestBenchPodStartup ./test/k8s/
 
 # The README's performance table is bench/out/readme-table.md of the last
 # make bench (one run, one verdict per goal): this splices it into README.md
@@ -112,6 +115,7 @@ bench-readme:
 	@[ -f bench/out/readme-table.md ] || { echo "bench/out/readme-table.md is missing: run make bench first" >&2; exit 1; }
 	@grep -q '<!-- bench-table:begin -->' README.md && grep -q '<!-- bench-table:end -->' README.md || { echo "README.md has no bench-table markers" >&2; exit 1; }
 	@awk 'BEGIN{skip=0} /<!-- bench-table:begin -->/{print; while((getline l < "bench/out/readme-table.md")>0) print l; skip=1; next} /<!-- bench-table:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md
+	@if [ -f bench/out/k8s-table.md ]; then awk 'BEGIN{skip=0} /<!-- bench-k8s:begin -->/{print; while((getline l < "bench/out/k8s-table.md")>0) print l; skip=1; next} /<!-- bench-k8s:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md; fi
 	@if [ -f bench/out/runs-table.md ]; then awk 'BEGIN{skip=0} /<!-- bench-runs:begin -->/{print; while((getline l < "bench/out/runs-table.md")>0) print l; skip=1; next} /<!-- bench-runs:end -->/{skip=0} !skip{print}' README.md > README.md.new && mv README.md.new README.md; fi
 
 install: build

@@ -1,0 +1,92 @@
+package k8s
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// nsServer is a namespace with one agnhost netexec pod.
+func nsServer(ns, node string, annotations string) []byte {
+	return fmt.Appendf(nil, `apiVersion: v1
+kind: Namespace
+metadata:
+  name: %s
+  annotations: {%s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: srv, namespace: %s, labels: {app: srv}}
+spec:
+  nodeName: %s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: netexec
+    image: %s
+    imagePullPolicy: Never
+    args: ["netexec", "--http-port=8080", "--udp-port=8081"]
+    readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+`, ns, annotations, ns, node, AgnhostImage)
+}
+
+// TestNamespaceIsolation: the seed's isolation for pods, chosen by
+// namespace annotations through tabby-kube-controllers: pods of an
+// isolated namespace reach each other across nodes but nothing else
+// reaches them, a namespace it allows gets in, and taking the annotation
+// off opens it again, on running pods.
+func TestNamespaceIsolation(t *testing.T) {
+	e := newEnv(t, 3)
+	n := e.Nodes
+	e.Apply(nsServer("tenant-a", n[0].Name, `tabby.io/isolation: namespace`))
+	e.Apply([]byte(fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: peer, namespace: tenant-a}
+spec:
+  nodeName: %s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: netexec, image: %s, imagePullPolicy: Never, args: ["netexec", "--http-port=8080"]}
+`, n[1].Name, AgnhostImage)))
+	e.Apply(nsServer("tenant-b", n[2].Name, ""))
+	e.Apply(nsServer("tenant-c", n[1].Name, ""))
+	srvA := e.waitPods("tenant-a", "app=srv", 1, 2*time.Minute)[0]
+	srvB := e.waitPods("tenant-b", "app=srv", 1, 2*time.Minute)[0]
+	srvC := e.waitPods("tenant-c", "app=srv", 1, 2*time.Minute)[0]
+	var peer pod
+	e.Eventually(time.Minute, func() error {
+		ps, err := e.pods("tenant-a", "!app")
+		if err == nil && len(ps) != 1 {
+			err = fmt.Errorf("peer not running: %v", ps)
+		}
+		if err == nil {
+			peer = ps[0]
+		}
+		return err
+	})
+	reach := func(from, to pod) error {
+		_, err := e.exec(from, "/agnhost", "connect", to.IP+":8080", "--timeout=2s")
+		return err
+	}
+	expect := func(what string, from, to pod, want bool) {
+		t.Helper()
+		// Profile changes propagate through etcd to every node: wait for
+		// the expected state, then require it to hold.
+		e.Eventually(15*time.Second, func() error {
+			if err := reach(from, to); (err == nil) != want {
+				return fmt.Errorf("%s: %s/%s -> %s/%s reachable=%v, want %v", what, from.Namespace, from.Name, to.Namespace, to.Name, err == nil, want)
+			}
+			return nil
+		})
+	}
+	expect("same isolated namespace, across nodes", peer, srvA, true)
+	expect("other namespace into an isolated one", srvB, srvA, false)
+	expect("isolated namespace out to another", srvA, srvB, true)
+	expect("two open namespaces", srvB, srvC, true)
+
+	e.MustKubectl("annotate", "namespace", "tenant-a", "tabby.io/allow-from-namespaces=tenant-b")
+	expect("allowed namespace", srvB, srvA, true)
+	expect("still not allowed", srvC, srvA, false)
+
+	e.MustKubectl("annotate", "namespace", "tenant-a", "tabby.io/isolation-", "tabby.io/allow-from-namespaces-")
+	expect("annotation removed", srvC, srvA, true)
+}
