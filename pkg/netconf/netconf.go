@@ -50,13 +50,20 @@ type NetConf struct {
 	Type       string          `json:"type"`
 	PrevResult json.RawMessage `json:"prevResult,omitempty"`
 	Etcd
-	Nodename      string   `json:"nodename"`
-	StateDir      string   `json:"state_dir"`
-	MTU           int      `json:"mtu"`
-	Profiles      []string `json:"profiles"`
-	LogFile       string   `json:"log_file"`
-	LogLevel      string   `json:"log_level"`
-	PolicyTimeout float64  `json:"policy_setup_timeout_seconds"`
+	Nodename string `json:"nodename"`
+	StateDir string `json:"state_dir"`
+	// NodenameFileRequired: with no nodename configured, take it only from
+	// <state_dir>/nodename, never the hostname. A host's name in the
+	// cluster is tabby-node's to say; after a reboot the runtime may start
+	// pods before tabby-node has written the file again, and an ADD that
+	// guessed the hostname would record its pod under a host no daemon
+	// serves (the Kubernetes manifest sets it).
+	NodenameFileRequired bool     `json:"nodename_file_required"`
+	MTU                  int      `json:"mtu"`
+	Profiles             []string `json:"profiles"`
+	LogFile              string   `json:"log_file"`
+	LogLevel             string   `json:"log_level"`
+	PolicyTimeout        float64  `json:"policy_setup_timeout_seconds"`
 	// IPAMExec makes tabby exec tabby-ipam like any IPAM plugin. By default
 	// tabby runs the same IPAM code in its own process when the ipam type is
 	// tabby-ipam: one process start and one etcd connection less per ADD.
@@ -182,18 +189,31 @@ func (c *NetConf) State() string {
 	return DefaultStateDir
 }
 
+// NoNodenameError: nodename_file_required and tabby-node has not written
+// the file (yet).
+type NoNodenameError struct{ File string }
+
+func (e *NoNodenameError) Error() string {
+	return fmt.Sprintf("no nodename configured and %s missing or empty (nodename_file_required): tabby-node writes it when it starts; is it running on this host?", e.File)
+}
+
 // Node returns this host's name: configured, else what the node daemon wrote
-// to <state_dir>/nodename, else the hostname.
+// to <state_dir>/nodename, else (unless nodename_file_required) the
+// hostname.
 func (c *NetConf) Node() (string, error) {
 	for _, n := range []string{c.IPAM.Nodename, c.Nodename} {
 		if n != "" {
 			return n, model.ValidName(n)
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(c.State(), "nodename")); err == nil {
+	file := filepath.Join(c.State(), "nodename")
+	if b, err := os.ReadFile(file); err == nil {
 		if n := strings.TrimSpace(string(b)); n != "" {
 			return n, model.ValidName(n)
 		}
+	}
+	if c.NodenameFileRequired {
+		return "", &NoNodenameError{File: file}
 	}
 	h, err := os.Hostname()
 	if err != nil {

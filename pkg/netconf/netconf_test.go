@@ -1,6 +1,10 @@
 package netconf
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/tabby-net/tabby/pkg/cnierr"
@@ -84,4 +88,29 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestNodeFromFileRequired(t *testing.T) {
+	dir := t.TempDir()
+	c := &NetConf{StateDir: dir, NodenameFileRequired: true}
+	var nn *NoNodenameError
+	if _, err := c.Node(); !errors.As(err, &nn) || !strings.Contains(err.Error(), filepath.Join(dir, "nodename")) {
+		t.Fatalf("no file, required: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "nodename"), []byte("node-7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Node(); err != nil || n != "node-7" {
+		t.Fatalf("file: %q %v", n, err)
+	}
+	c2 := &NetConf{StateDir: t.TempDir()}
+	if h, _ := os.Hostname(); h != "" {
+		if n, err := c2.Node(); err != nil || n != h {
+			t.Fatalf("not required: %q %v, want the hostname %q", n, err, h)
+		}
+	}
+	c3, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"tabby","etcd_endpoints":"http://127.0.0.1:2379","nodename_file_required":true,"state_dir":"` + dir + `"}`))
+	if err != nil || !c3.NodenameFileRequired {
+		t.Fatalf("parse: %+v %v", c3, err)
+	}
 }

@@ -82,6 +82,11 @@ func Open(args *skel.CmdArgs, plugin string) (*Env, error) {
 		return nil, err
 	}
 	host, err := c.Node()
+	var nn *netconf.NoNodenameError
+	if errors.As(err, &nn) {
+		// tabby-node is starting (or down): the runtime retries.
+		return nil, cnierr.New(cnierr.TryAgain, "%v", err)
+	}
 	if err != nil {
 		return nil, cnierr.New(cnierr.BadConfig, "%v", err)
 	}

@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +15,8 @@ import (
 	"github.com/tabby-net/tabby/test/k8s/cluster"
 )
 
-// endpointsOf lists tabby's endpoint records of the web pods: name -> IP.
+// endpointsOf lists tabby's endpoint records named prefix...: name -> "IP
+// on host".
 func (e *env) endpointsOf(prefix string) (map[string]string, error) {
 	out, err := e.Ctl(e.Lab.Hosts[0], "container", "show")
 	if err != nil {
@@ -27,7 +29,7 @@ func (e *env) endpointsOf(prefix string) (map[string]string, error) {
 			if _, dup := eps[f[0]]; dup {
 				return nil, fmt.Errorf("two endpoints named %s:\n%s", f[0], out)
 			}
-			eps[f[0]] = strings.TrimSuffix(f[2], "/32")
+			eps[f[0]] = strings.TrimSuffix(f[2], "/32") + " on " + f[1]
 		}
 	}
 	return eps, nil
@@ -44,8 +46,8 @@ func (e *env) consistent(ps []pod) error {
 		return fmt.Errorf("%d endpoints for %d pods: %v", len(eps), len(ps), eps)
 	}
 	for _, p := range ps {
-		if ip := eps["default/"+p.Name]; ip != p.IP {
-			return fmt.Errorf("pod %s has %s, its endpoint %q", p.Name, p.IP, ip)
+		if ep := eps["default/"+p.Name]; ep != p.IP+" on "+p.Node {
+			return fmt.Errorf("pod %s has %s on %s, its endpoint %q", p.Name, p.IP, p.Node, ep)
 		}
 	}
 	if out, err := e.Ctl(e.Lab.Hosts[0], "ipam", "check"); err != nil {
@@ -86,28 +88,31 @@ func TestKubeletRestartAndNodeReboot(t *testing.T) {
 	}
 
 	n3 := e.Nodes[2]
-	var before []string
-	for _, p := range ps {
-		if p.Node == n3.Name {
-			before = append(before, p.Name+"="+p.IP)
-		}
+	before, err := e.sandboxes(n3.Name)
+	if err != nil || len(before) == 0 {
+		t.Fatalf("sandboxes on %s: %v %v", n3.Name, before, err)
 	}
 	n3.Reboot()
-	// The pods come back under their names with new sandboxes (and
-	// addresses); the old sandboxes' endpoints and addresses go.
+	// The pods come back under their names with new sandboxes (their
+	// endpoints' container IDs change; their addresses may not, as the
+	// old ones are released first); the old sandboxes' endpoints and
+	// addresses go.
 	e.Eventually(3*time.Minute, func() error {
+		now, err := e.sandboxes(n3.Name)
+		if err != nil {
+			return err
+		}
+		for name, id := range before {
+			if now[name] == id || now[name] == "" {
+				return fmt.Errorf("%s: sandbox %q after reboot, %q before", name, now[name], id)
+			}
+		}
 		ps, err := e.pods("default", "app=web")
 		if err != nil {
 			return err
 		}
-		var now []string
-		for _, p := range ps {
-			if p.Node == n3.Name {
-				now = append(now, p.Name+"="+p.IP)
-			}
-		}
-		if len(ps) != 9 || strings.Join(now, ",") == strings.Join(before, ",") {
-			return fmt.Errorf("after reboot: %v (before %v)", now, before)
+		if len(ps) != 9 {
+			return fmt.Errorf("%d pods running", len(ps))
 		}
 		return e.consistent(ps)
 	})
@@ -130,6 +135,29 @@ func TestKubeletRestartAndNodeReboot(t *testing.T) {
 		}
 		break
 	}
+}
+
+// sandboxes maps the web pods' endpoints on node to their container
+// (sandbox) IDs.
+func (e *env) sandboxes(node string) (map[string]string, error) {
+	out, err := e.Ctl(e.Lab.Hosts[0], "-o", "json", "container", "show", "--host", node)
+	if err != nil {
+		return nil, err
+	}
+	var eps []struct {
+		Workload    string `json:"workload"`
+		ContainerID string `json:"containerID"`
+	}
+	if err := json.Unmarshal([]byte(out), &eps); err != nil {
+		return nil, fmt.Errorf("container show: %w", err)
+	}
+	m := map[string]string{}
+	for _, ep := range eps {
+		if strings.HasPrefix(ep.Workload, "default.web-") {
+			m[ep.Workload] = ep.ContainerID
+		}
+	}
+	return m, nil
 }
 
 var pingSummary = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
