@@ -12,19 +12,59 @@ import (
 // Host tools tabby-node runs (iptables and ip6tables in both back ends,
 // ipset; iproute2 and conntrack for an operator's debugging in the pod),
 // copied from this machine with the libraries they load: conf/Dockerfile
-// gets the same from Debian's packages.
-var hostTools = []string{
-	"/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi",
-	"/usr/sbin/ipset", "/usr/sbin/conntrack", "/sbin/ip",
-}
+// gets the same from Debian's packages. conntrack is optional: nothing of
+// tabby's needs it.
+var (
+	hostTools     = []string{"/usr/sbin/xtables-nft-multi", "/usr/sbin/xtables-legacy-multi", "/usr/sbin/ipset", "/sbin/ip"}
+	optionalTools = []string{"/usr/sbin/conntrack"}
+)
 
-// The iptables names Debian links to the two multi-call binaries.
+// The iptables names tabby-node runs (node/iptables): the image has them
+// even where this machine's alternatives lack one.
 var xtablesNames = []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"}
 
+// xtablesLinks is every iptables name of the image and the multi-call
+// binary it links to: the names above in their plain, -nft and -legacy
+// forms, and whatever else this machine links to a multi-call binary
+// (-translate, xtables-monitor). Plain names go to nft whatever this
+// machine's alternatives say, as on a fresh Debian: tabby-node picks the
+// back end the host's rules are in by the explicit names.
+func xtablesLinks() map[string]string {
+	const nft, legacy = "xtables-nft-multi", "xtables-legacy-multi"
+	links := map[string]string{}
+	for _, n := range xtablesNames {
+		links[n] = nft
+		links[strings.Replace(n, "tables", "tables-nft", 1)] = nft
+		links[strings.Replace(n, "tables", "tables-legacy", 1)] = legacy
+	}
+	ents, _ := os.ReadDir("/usr/sbin")
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, "iptables") && !strings.HasPrefix(n, "ip6tables") && !strings.HasPrefix(n, "xtables-") {
+			continue
+		}
+		real, err := filepath.EvalSymlinks(filepath.Join("/usr/sbin", n))
+		if err != nil || real == filepath.Join("/usr/sbin", n) {
+			continue // a multi-call binary itself, or a script (iptables-apply)
+		}
+		switch filepath.Base(real) {
+		case nft, legacy:
+			links[n] = nft
+			if strings.Contains(n, "-legacy") {
+				links[n] = legacy
+			}
+		}
+	}
+	return links
+}
+
 // BuildTabby writes tabby's image as conf/Dockerfile lays it out (the
-// plugins and tabbyctl in /opt/tabby/bin, install-cni.sh, tabby-node as
-// the entrypoint), from the binaries in binDir, into dir. root is the
-// repository root.
+// plugins and tabbyctl in /opt/tabby/bin, install-cni.sh, portmap,
+// tabby-node as the entrypoint), from the binaries in binDir, into dir.
+// Where the Dockerfile installs Debian packages, this copies the same
+// programs from this machine with their libraries (iptables in both back
+// ends, ipset, ip, conntrack, dash as /bin/sh); busybox supplies the rest
+// of the tools. root is the repository root.
 func BuildTabby(root, binDir, dir string) (Image, error) {
 	img := Image{Name: TabbyName, Tar: filepath.Join(dir, "tabby.tar")}
 	rootfs := filepath.Join(dir, "tabby-rootfs")
@@ -53,28 +93,46 @@ func BuildTabby(root, binDir, dir string) (Image, error) {
 		return img, err
 	}
 	tools := append([]string{}, hostTools...)
-	// portmap, which the conflist chains, for nodes that have none.
-	tools = append(tools, "/usr/lib/cni/portmap")
-	for _, t := range tools {
-		dst := filepath.Join(rootfs, t)
-		if t == "/usr/lib/cni/portmap" {
-			dst = filepath.Join(rootfs, "opt/tabby/cni/portmap")
+	for _, t := range optionalTools {
+		if _, err := os.Stat(t); err == nil {
+			tools = append(tools, t)
 		}
-		if err := copyWithLibs(t, dst, rootfs); err != nil {
+	}
+	for _, t := range tools {
+		if err := copyWithLibs(t, filepath.Join(rootfs, t), rootfs); err != nil {
 			return img, err
 		}
 	}
-	for _, n := range xtablesNames {
-		for _, v := range []struct{ suffix, multi string }{{"-nft", "xtables-nft-multi"}, {"-legacy", "xtables-legacy-multi"}} {
-			name := strings.Replace(n, "tables", "tables"+v.suffix, 1)
-			if err := symlink(v.multi, filepath.Join(rootfs, "usr/sbin", name)); err != nil {
-				return img, err
-			}
-		}
-		// Debian's default back end is nft.
-		if err := symlink("xtables-nft-multi", filepath.Join(rootfs, "usr/sbin", n)); err != nil {
+	// portmap, which the conflist chains, for nodes that have none.
+	if err := copyWithLibs("/usr/lib/cni/portmap", filepath.Join(rootfs, "opt/tabby/cni/portmap"), rootfs); err != nil {
+		return img, fmt.Errorf("%w (make deps installs containernetworking-plugins)", err)
+	}
+	links := xtablesLinks()
+	for n, multi := range links {
+		if err := symlink(multi, filepath.Join(rootfs, "usr/sbin", n)); err != nil {
 			return img, err
 		}
+	}
+	// busybox's own ip (and any other applet named like a real tool) would
+	// answer for /bin/ip: point those at the real one.
+	real := map[string]string{}
+	for _, t := range tools {
+		real[filepath.Base(t)] = t
+	}
+	for n := range links {
+		real[n] = "/usr/sbin/" + n
+	}
+	if err := unshadow(rootfs, real); err != nil {
+		return img, err
+	}
+	// /bin/sh is dash, as in conf/Dockerfile's Debian image: busybox's sh
+	// runs its own applet for any name it has one of (`ip` in the
+	// probes, an operator's shell), whatever PATH says.
+	if err := copyWithLibs("/bin/dash", filepath.Join(rootfs, "bin/dash"), rootfs); err != nil {
+		return img, err
+	}
+	if err := symlink("dash", filepath.Join(rootfs, "bin/sh")); err != nil {
+		return img, err
 	}
 	// iptables loads its match and target extensions at run time.
 	for _, d := range []string{"/usr/lib/x86_64-linux-gnu/xtables"} {
@@ -93,6 +151,13 @@ func BuildTabby(root, binDir, dir string) (Image, error) {
 			if err := copyFile(f, filepath.Join(rootfs, f), 0o644); err != nil {
 				return img, err
 			}
+		}
+	}
+	// ip's names for tables, protocols and scopes (`ip route show table
+	// main`).
+	if _, err := os.Stat("/etc/iproute2"); err == nil {
+		if err := copyTree("/etc/iproute2", filepath.Join(rootfs, "etc/iproute2")); err != nil {
+			return img, err
 		}
 	}
 	if err := os.MkdirAll(filepath.Join(rootfs, "lib/modules"), 0o755); err != nil {
@@ -171,6 +236,21 @@ func copyTree(src, dst string) error {
 			return copyFile(p, d, info.Mode().Perm())
 		}
 	})
+}
+
+// unshadow points each busybox applet link in rootfs/bin that has a real
+// tool's name (real: name -> the tool's path in the image) at the tool.
+func unshadow(rootfs string, real map[string]string) error {
+	for name, path := range real {
+		p := filepath.Join(rootfs, "bin", name)
+		if l, err := os.Readlink(p); err != nil || l != "busybox" || path == "/bin/"+name {
+			continue
+		}
+		if err := symlink(path, p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func symlink(target, link string) error {
