@@ -155,5 +155,9 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
+	// Replace, never write through, what is there (a busybox applet link).
+	if err := os.Remove(dst); err != nil && !os.IsNotExist(err) {
+		return err
+	}
 	return os.WriteFile(dst, b, mode)
 }
