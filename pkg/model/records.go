@@ -185,6 +185,10 @@ type Endpoint struct {
 	Profiles      []string          `json:"profiles"`
 	Handle        string            `json:"handle,omitempty"`
 	Labels        map[string]string `json:"labels,omitempty"`
+	// Namespace scopes the endpoint for policies (a Kubernetes pod's
+	// namespace); "" is outside any namespace.
+	Namespace string      `json:"namespace,omitempty"`
+	Ports     []NamedPort `json:"ports,omitempty"` // named ports the workload declares
 }
 
 // Key is the endpoint's etcd key.
