@@ -211,6 +211,10 @@ func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	// record can be written before the interface exists.
 	mac := ifaddr.DeriveMAC("tabby-mac/" + c.Args.ContainerID + "/" + c.Args.IfName)
 	ep := c.newEndpoint(mac)
+	if err = c.identify(ctx, ep); err != nil {
+		return nil, err
+	}
+	mark("identity")
 	o, err := c.ipamAdd(ctx, ep)
 	mark("ipam")
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/selector"
 )
 
 // IPAM is the ipam section for tabby-ipam.
@@ -58,12 +59,18 @@ type NetConf struct {
 	// pods before tabby-node has written the file again, and an ADD that
 	// guessed the hostname would record its pod under a host no daemon
 	// serves (the Kubernetes manifest sets it).
-	NodenameFileRequired bool     `json:"nodename_file_required"`
-	MTU                  int      `json:"mtu"`
-	Profiles             []string `json:"profiles"`
-	LogFile              string   `json:"log_file"`
-	LogLevel             string   `json:"log_level"`
-	PolicyTimeout        float64  `json:"policy_setup_timeout_seconds"`
+	NodenameFileRequired bool `json:"nodename_file_required"`
+	// K8sPodRequired: a Kubernetes pod's ADD waits for the pod's record
+	// that tabby-kube-controllers writes (its labels, named ports and
+	// profile annotation) and fails with 11 when it does not come, rather
+	// than wiring a pod whose policies cannot be known (the manifest sets
+	// it). Without it a missing record means no labels.
+	K8sPodRequired bool     `json:"k8s_pod_record_required"`
+	MTU            int      `json:"mtu"`
+	Profiles       []string `json:"profiles"`
+	LogFile        string   `json:"log_file"`
+	LogLevel       string   `json:"log_level"`
+	PolicyTimeout  float64  `json:"policy_setup_timeout_seconds"`
 	// IPAMExec makes tabby exec tabby-ipam like any IPAM plugin. By default
 	// tabby runs the same IPAM code in its own process when the ipam type is
 	// tabby-ipam: one process start and one etcd connection less per ADD.
@@ -74,7 +81,8 @@ type NetConf struct {
 	} `json:"runtimeConfig"`
 	Args struct {
 		Tabby struct {
-			Profiles []string `json:"profiles"`
+			Profiles []string          `json:"profiles"`
+			Labels   map[string]string `json:"labels"`
 		} `json:"tabby"`
 		CNI struct {
 			IPs []string `json:"ips"`
@@ -231,6 +239,10 @@ type Args struct {
 	Orchestrator string
 	K8sNamespace string
 	K8sPod       string
+	K8sPodUID    string
+	// Labels of a workload that no orchestrator labels (TABBY_LABELS,
+	// args.tabby.labels); a Kubernetes pod's come from its record.
+	Labels map[string]string
 }
 
 // ParseArgs reads CNI_ARGS ("K=V;K=V") and merges the netconf's runtimeConfig
@@ -269,19 +281,34 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 				a.K8sNamespace = v
 			case "K8S_POD_NAME":
 				a.K8sPod = v
-			case "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID":
+			case "TABBY_LABELS":
+				if err := parseLabels(v, a); err != nil {
+					return nil, err
+				}
+			case "K8S_POD_UID":
+				a.K8sPodUID = v
+			case "K8S_POD_INFRA_CONTAINER_ID":
 			default:
 				unknown = append(unknown, k)
 			}
 		}
 	}
 	if len(unknown) > 0 && !ignoreUnknown {
-		return nil, cnierr.New(cnierr.BadArgs, "CNI_ARGS has unknown keys %v; tabby knows IP, TABBY_PROFILES, TABBY_WORKLOAD, TABBY_ORCHESTRATOR, K8S_POD_NAMESPACE, K8S_POD_NAME (add IgnoreUnknown=1 to ignore others)", unknown)
+		return nil, cnierr.New(cnierr.BadArgs, "CNI_ARGS has unknown keys %v; tabby knows IP, TABBY_PROFILES, TABBY_LABELS, TABBY_WORKLOAD, TABBY_ORCHESTRATOR, K8S_POD_NAMESPACE, K8S_POD_NAME (add IgnoreUnknown=1 to ignore others)", unknown)
 	}
 	if c != nil {
 		ipStrs = append(ipStrs, c.RuntimeConfig.IPs...)
 		ipStrs = append(ipStrs, c.Args.CNI.IPs...)
 		a.Profiles = append(a.Profiles, c.Args.Tabby.Profiles...)
+		for k, v := range c.Args.Tabby.Labels {
+			if a.Labels == nil {
+				a.Labels = map[string]string{}
+			}
+			a.Labels[k] = v
+		}
+	}
+	if err := selector.ValidLabels(a.Labels); err != nil {
+		return nil, cnierr.New(cnierr.BadArgs, "workload labels: %v", err)
 	}
 	seen := map[string]bool{}
 	has4, has6 := false, false
@@ -345,4 +372,24 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 		}
 	}
 	return a, nil
+}
+
+// parseLabels reads TABBY_LABELS: key=value pairs joined by commas
+// (app=web,tier=front); a key alone is an empty value.
+func parseLabels(v string, a *Args) error {
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		k, val, _ := strings.Cut(item, "=")
+		if a.Labels == nil {
+			a.Labels = map[string]string{}
+		}
+		if _, dup := a.Labels[k]; dup {
+			return cnierr.New(cnierr.BadArgs, "TABBY_LABELS names %q twice", k)
+		}
+		a.Labels[k] = val
+	}
+	return nil
 }

@@ -67,6 +67,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"cniVersion":"1.1.0","name":"n","type":"tabby","ipam":{"type":"tabby-ipam"}}`), "IP=10.0.0.1;TABBY_WORKLOAD=x")
 	f.Add([]byte(`{"name":"n","runtimeConfig":{"ips":["fd00::1/64"]}}`), "K8S_POD_NAMESPACE=a;K8S_POD_NAME=b")
 	f.Add([]byte(`[]`), ";;=;")
+	f.Add([]byte(`{"name":"n","args":{"tabby":{"labels":{"app":"web"}}}}`), "TABBY_LABELS=a=b,c,d=;K8S_POD_UID=u")
 	f.Fuzz(func(t *testing.T, conf []byte, args string) {
 		c, err := Parse(conf)
 		if err != nil {
@@ -112,5 +113,24 @@ func TestNodeFromFileRequired(t *testing.T) {
 	c3, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"tabby","etcd_endpoints":"http://127.0.0.1:2379","nodename_file_required":true,"state_dir":"` + dir + `"}`))
 	if err != nil || !c3.NodenameFileRequired {
 		t.Fatalf("parse: %+v %v", c3, err)
+	}
+}
+
+func TestParseLabels(t *testing.T) {
+	c, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"tabby","args":{"tabby":{"labels":{"team":"a"}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ParseArgs("TABBY_LABELS=app=web, tier=front,debug", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Labels) != 4 || a.Labels["app"] != "web" || a.Labels["tier"] != "front" || a.Labels["debug"] != "" || a.Labels["team"] != "a" {
+		t.Fatalf("labels %v", a.Labels)
+	}
+	for _, bad := range []string{"TABBY_LABELS=a=b,a=c", "TABBY_LABELS=a b=c", "TABBY_LABELS=a=$(x)", "TABBY_LABELS=-a=b"} {
+		if _, err := ParseArgs(bad, nil); code(err) != cnierr.BadArgs {
+			t.Errorf("%s: %v, want code 7", bad, err)
+		}
 	}
 }

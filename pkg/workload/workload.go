@@ -1,6 +1,7 @@
 // Package workload writes endpoint records together with their entries in the
-// tag-member index, always in one transaction, so the index (which remote
-// nodes watch to build their ipsets) never disagrees with the endpoints.
+// tag-member and namespace-member indexes, always in one transaction, so the
+// indexes (which remote nodes watch to build their ipsets) never disagree
+// with the endpoints.
 package workload
 
 import (
@@ -12,10 +13,11 @@ import (
 	"github.com/tabby-net/tabby/pkg/store"
 )
 
-// memberKeys returns the tag index keys of an endpoint: one per profile (a
+// memberKeys returns the index keys of an endpoint: its member record in its
+// namespace (labels, for selectors) and one tag entry per profile (a
 // profile's tag is its name).
 func memberKeys(e *model.Endpoint) map[string][]byte {
-	out := map[string][]byte{}
+	out := map[string][]byte{model.MemberKeyOf(e): store.MustJSON(model.MemberOf(e))}
 	v := store.MustJSON(model.TagMember{Endpoint: e.Key(), Nets: e.Nets()})
 	for _, p := range e.Profiles {
 		out[model.TagMemberKey(p, e.Host, e.Orchestrator, e.Workload, e.Name)] = v

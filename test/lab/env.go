@@ -209,7 +209,7 @@ func (e *Env) StartNodes(extra ...string) map[*Host]*Proc {
 // the hosts, a tag member, an IPAM handle, block or affinity in etcd. nil
 // means clean.
 func (e *Env) Leftovers(hosts ...*Host) error {
-	prefixes := []string{model.TagPrefix, model.HandlePrefix, model.BlockPrefix, model.AffinityPrefix}
+	prefixes := []string{model.TagPrefix, model.MemberPrefix, model.HandlePrefix, model.BlockPrefix, model.AffinityPrefix}
 	for _, h := range hosts {
 		links, err := e.Lab.Exec(h.NS, "ip", "-o", "link", "show")
 		if err != nil {
