@@ -220,7 +220,7 @@ func (c *ctx) emit(v any, header []string, rows [][]string) error {
 // helpText is generated from the command table.
 func helpText(cmds []*command) string {
 	var b strings.Builder
-	b.WriteString("tabbyctl: manage a tabby network (pools, profiles, containers, nodes, BGP, IPAM)\n\nCommands:\n")
+	b.WriteString("tabbyctl: manage a tabby network (pools, profiles, policies, containers, nodes, BGP, IPAM)\n\nCommands:\n")
 	for _, c := range cmds {
 		fmt.Fprintf(&b, "  tabbyctl %s\n      %s\n", c.usage, c.help)
 	}

@@ -29,8 +29,9 @@ func containerCommands() []*command {
 			flags: []flagSpec{{name: "netns", value: true}, confFlag}, run: withKV(containerAdd)},
 		{path: []string{"container", "remove"}, usage: "container remove NAME [--conf FILE]", help: "detach a container (a CNI DEL made for you)",
 			flags: []flagSpec{confFlag, {name: "host", value: true}}, run: withKV(containerRemove)},
-		{path: []string{"container", "show"}, usage: "container show [--host H]", help: "list endpoints: name, host, addresses, interface, profiles",
-			flags: []flagSpec{{name: "host", value: true}}, run: withKV(containerShow)},
+		{path: []string{"container", "show"}, usage: "container show [--host H] [--labels]",
+			help:  "list endpoints: name, host, addresses, interface, profiles (--labels: also namespace and labels)",
+			flags: []flagSpec{{name: "host", value: true}, {name: "labels", help: "add the NAMESPACE and LABELS columns"}}, run: withKV(containerShow)},
 		{path: []string{"container", "NAME", "profile", "append"}, usage: "container NAME profile append PROFILE...", help: "add profiles to a container's endpoint",
 			flags: []flagSpec{{name: "host", value: true}}, run: withKV(profileOp("append"))},
 		{path: []string{"container", "NAME", "profile", "remove"}, usage: "container NAME profile remove PROFILE...", help: "take profiles off a container's endpoint",
@@ -226,14 +227,37 @@ func containerShow(cx context.Context, kv store.KV, c *ctx) error {
 		return err
 	}
 	sort.Slice(eps, func(i, j int) bool { return eps[i].Key() < eps[j].Key() })
+	labels := c.has("labels")
+	header := []string{"NAME", "HOST", "ADDRESSES", "INTERFACE", "PROFILES"}
+	if labels {
+		header = []string{"NAME", "NAMESPACE", "HOST", "ADDRESSES", "INTERFACE", "PROFILES", "LABELS"}
+	}
 	var rows [][]string
 	for _, e := range eps {
+		if labels {
+			ns := e.Namespace
+			if ns == "" {
+				ns = "-"
+			}
+			rows = append(rows, []string{e.DisplayName(), ns, e.Host, joinOrDash(e.Nets()), e.HostInterface, joinOrDash(e.Profiles), labelString(e.Labels)})
+			continue
+		}
 		rows = append(rows, []string{e.DisplayName(), e.Host, joinOrDash(e.Nets()), e.HostInterface, joinOrDash(e.Profiles)})
 	}
 	if eps == nil {
 		eps = []model.Endpoint{}
 	}
-	return c.emit(eps, []string{"NAME", "HOST", "ADDRESSES", "INTERFACE", "PROFILES"}, rows)
+	return c.emit(eps, header, rows)
+}
+
+// labelString is k=v,k2=v2 sorted by key, or - for none.
+func labelString(m map[string]string) string {
+	var kv []string
+	for k, v := range m {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return joinOrDash(kv)
 }
 
 func profileOp(op string) func(context.Context, store.KV, *ctx) error {

@@ -1,5 +1,5 @@
 // tabbyctl is tabby's command-line tool: pools, profiles and rules,
-// containers, nodes, BGP peers and IPAM.
+// policies, containers, nodes, BGP peers and IPAM.
 package main
 
 import (
@@ -21,6 +21,7 @@ func commands() []*command {
 	var cmds []*command
 	cmds = append(cmds, poolCommands()...)
 	cmds = append(cmds, profileCommands()...)
+	cmds = append(cmds, policyCommands()...)
 	cmds = append(cmds, containerCommands()...)
 	cmds = append(cmds, nodeCommands()...)
 	cmds = append(cmds, ipamCommands()...)
