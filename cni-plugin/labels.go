@@ -32,7 +32,19 @@ func (c *call) identify(ctx context.Context, ep *model.Endpoint) error {
 		return err
 	}
 	ep.Labels, ep.Ports = pod.Labels, pod.Ports
-	ep.Profiles = append(ep.Profiles, pod.Profiles...)
+	// The pod's own profiles go before its namespace's: the first profile
+	// whose rule matches decides, and the pod's choice is the narrower one
+	// (a quarantine profile that denies must not come after the
+	// namespace's allow-all).
+	nsProfile := "k8s_ns." + ep.Namespace
+	var out []string
+	for _, p := range ep.Profiles {
+		if p == nsProfile {
+			out = append(out, pod.Profiles...)
+		}
+		out = append(out, p)
+	}
+	ep.Profiles = out
 	return nil
 }
 

@@ -56,7 +56,7 @@ func TestCNILabelsFromPodRecord(t *testing.T) {
 	addrOf(t, e.plugin(h, "ADD", "ctr-p", ns, "eth0", k8s, conf))
 	ep := e.endpoint(h, "k8s", "x.a")
 	if ep.Namespace != "x" || ep.Labels["pod"] != "a" || len(ep.Ports) != 1 || ep.Ports[0].Port != 80 ||
-		strings.Join(ep.Profiles, ",") != "k8s_ns.x,extra" {
+		strings.Join(ep.Profiles, ",") != "extra,k8s_ns.x" {
 		t.Fatalf("endpoint %+v", ep)
 	}
 	var m model.Member
