@@ -89,4 +89,23 @@ spec:
 
 	e.MustKubectl("annotate", "namespace", "tenant-a", "tabby.io/isolation-", "tabby.io/allow-from-namespaces-")
 	expect("annotation removed", srvC, srvA, true)
+
+	// A pod's own profiles (annotation tabby.io/profiles, read at its ADD)
+	// come before its namespace's: a quarantine profile that denies all
+	// inbound closes that pod in an open namespace, and only that pod.
+	e.MustCtl(e.Lab.Hosts[0], "profile", "add", "quarantine")
+	e.MustCtl(e.Lab.Hosts[0], "profile", "quarantine", "rule", "add", "inbound", "--at", "1", "deny")
+	e.Apply([]byte(fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: quarantined, namespace: tenant-c, labels: {app: q}, annotations: {tabby.io/profiles: quarantine}}
+spec:
+  nodeName: %s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: netexec, image: %s, imagePullPolicy: Never, args: ["netexec", "--http-port=8080"]}
+`, n[2].Name, AgnhostImage)))
+	q := e.waitPods("tenant-c", "app=q", 1, 2*time.Minute)[0]
+	expect("quarantined pod", srvB, q, false)
+	expect("quarantined pod's neighbour", srvB, srvC, true)
+	expect("quarantined pod sends", q, srvB, true)
 }

@@ -25,6 +25,9 @@ type suite struct {
 	// timeout bounds the whole run: a failing spec retries its probes for
 	// minutes, a passing one takes seconds.
 	timeout time.Duration
+	// procs > 1 runs the specs in that many e2e.test processes under the
+	// ginkgo runner, as the upstream CI does for parallel-safe suites.
+	procs int
 }
 
 // Selections the cluster lab runs; what is skipped and why is in the
@@ -58,18 +61,30 @@ func (e *env) runUpstream(t *testing.T, s suite) {
 	if err := os.MkdirAll(report, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"ip", "netns", "exec", e.Lab.Underlay, bin,
-		"--kubeconfig=" + e.Kubeconfig, "--provider=skeleton",
+	suiteArgs := []string{"--kubeconfig=" + e.Kubeconfig, "--provider=skeleton",
 		"--kubectl-path=" + filepath.Join(cluster.BinDir(), "kubectl"),
-		"--ginkgo.focus=" + s.focus,
-		"--ginkgo.no-color", "--ginkgo.timeout=" + s.timeout.String(),
 		// The system pods are tabby's: the suite waits for them as it
 		// would for any cluster's.
 		"--minStartupPods=1", "--report-dir=" + report,
 		"--dump-logs-on-failure=false",
 	}
+	ginkgoArgs := []string{"focus=" + s.focus, "no-color", "timeout=" + s.timeout.String()}
 	if s.skip != "" {
-		args = append(args, "--ginkgo.skip="+s.skip)
+		ginkgoArgs = append(ginkgoArgs, "skip="+s.skip)
+	}
+	args := []string{"ip", "netns", "exec", e.Lab.Underlay}
+	if s.procs > 1 {
+		args = append(args, filepath.Join(cluster.BinDir(), "ginkgo"), fmt.Sprintf("--procs=%d", s.procs))
+		for _, a := range ginkgoArgs {
+			args = append(args, "--"+a)
+		}
+		args = append(append(args, bin, "--"), suiteArgs...)
+	} else {
+		args = append(args, bin)
+		for _, a := range ginkgoArgs {
+			args = append(args, "--ginkgo."+a)
+		}
+		args = append(args, suiteArgs...)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout+2*time.Minute)
 	defer cancel()

@@ -6,7 +6,7 @@
 #
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kube-proxy, kubectl, the upstream e2e suite (e2e.test) and its probe
-# program agnhost, and CoreDNS for cluster DNS. A binary already in OUTDIR
+# program agnhost, ginkgo (its parallel runner), and CoreDNS for cluster DNS. A binary already in OUTDIR
 # is kept when OUTDIR's stamp matches this module's go.sum and the CoreDNS
 # version (any change of versions rebuilds all), so a warm machine pays
 # nothing; a cold one about 15 minutes on 2 cores.
@@ -44,6 +44,11 @@ fi
 if [[ ! -x $OUT/e2e.test ]]; then
   echo "k8s-bins: building e2e.test" >&2
   go test -c -trimpath -ldflags "$ld" -o "$OUT/e2e.test" k8s.io/kubernetes/test/e2e
+fi
+if [[ ! -x $OUT/ginkgo ]]; then
+  # The suite's own runner, for running e2e.test's specs in parallel.
+  echo "k8s-bins: building ginkgo" >&2
+  go build -trimpath -ldflags "-s -w" -o "$OUT/ginkgo" github.com/onsi/ginkgo/v2/ginkgo
 fi
 if [[ ! -x $OUT/coredns ]]; then
   echo "k8s-bins: building coredns $COREDNS_V" >&2
