@@ -121,6 +121,12 @@ func FuzzParseArgs(f *testing.F) {
 	f.Add("profile P rule add inbound --at 2 deny from tag X tcp port 80:90")
 	f.Add("container conA profile append A B -o json")
 	f.Add("--etcd-endpoints http://x:1 bgp peer add 1.2.3.4 --as=65000")
+	f.Add("policy add -f - --force")
+	f.Add("policy add --filename=p.yaml -o json")
+	f.Add("policy show web --namespace team-a -o yaml")
+	f.Add("policy show --all-namespaces --namespace")
+	f.Add("policy remove web --namespace=team-a --force")
+	f.Add("container show --labels --host h1")
 	cmds := commands()
 	f.Fuzz(func(t *testing.T, line string) {
 		c, err := parse(cmds, strings.Fields(line))

@@ -191,7 +191,7 @@ func readPolicyFile(path string) ([]model.Policy, error) {
 		if prev, dup := seen[k]; dup {
 			return nil, fmt.Errorf("%s: policy %s is given twice (also at %s)", loc, policyName(p.Namespace, p.Name), prev)
 		}
-		seen[k] = loc
+		seen[k] = orInput(where[i])
 	}
 	return ps, nil
 }
