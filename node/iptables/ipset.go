@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -227,10 +228,23 @@ func netlinkDelta(d delta) error {
 	return err
 }
 
-// ipsetEntry parses a member as ipset prints it: ADDR[/LEN][,IFACE].
+// ipProtocols are the protocols of hash:ip,port members (PROTO:PORT).
+var ipProtocols = map[string]uint8{"tcp": 6, "udp": 17, "sctp": 132}
+
+// ipsetEntry parses a member as ipset prints it: ADDR[/LEN][,IFACE] or,
+// of a hash:ip,port set, ADDR,PROTO:PORT.
 func ipsetEntry(m string) (*netlink.IPSetEntry, error) {
 	addr, iface, _ := strings.Cut(m, ",")
 	e := &netlink.IPSetEntry{IFace: iface, Replace: true}
+	if proto, port, ok := strings.Cut(iface, ":"); ok {
+		num, known := ipProtocols[proto]
+		p, err := strconv.ParseUint(port, 10, 16)
+		if !known || err != nil {
+			return nil, fmt.Errorf("ipset member %q", m)
+		}
+		p16 := uint16(p)
+		e.IFace, e.Protocol, e.Port = "", &num, &p16
+	}
 	if ip, n, err := net.ParseCIDR(addr); err == nil {
 		ones, _ := n.Mask.Size()
 		e.IP, e.CIDR = ip, uint8(ones)

@@ -85,3 +85,34 @@ func TestSetPatch(t *testing.T) {
 		}
 	})
 }
+
+// hash:ip,port members (a named port's set) go over netlink too, with the
+// protocol and port, and read back as ipset prints them: an unchanged set
+// is not rewritten.
+func TestIPPortSetOverNetlink(t *testing.T) {
+	nstest.Run(t, func() {
+		var k Sets
+		s4 := Set{Name: "tabby-n4-test", Type: "hash:ip,port", Family: V4, Members: []string{"10.0.0.1,tcp:80", "10.0.0.2,sctp:9000"}}
+		s6 := Set{Name: "tabby-n6-test", Type: "hash:ip,port", Family: V6, Members: []string{"fd00::1,udp:53"}}
+		if _, err := k.Sync(s4, s6); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("PATH", t.TempDir()) // no ipset binary: netlink or fail
+		s4.Members = []string{"10.0.0.2,sctp:9000", "10.0.0.3,udp:8080"}
+		s6.Members = []string{"fd00::1,udp:53", "fd00::2,tcp:443"}
+		if n, err := k.SyncKnown(s4, s6); err != nil || n != 2 {
+			t.Fatalf("delta without the ipset binary: %d %v", n, err)
+		}
+		t.Setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+		cur, err := currentSets()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(cur[s4.Name]) != "[10.0.0.2,sctp:9000 10.0.0.3,udp:8080]" || fmt.Sprint(cur[s6.Name]) != "[fd00::1,udp:53 fd00::2,tcp:443]" {
+			t.Fatalf("kernel holds %v and %v", cur[s4.Name], cur[s6.Name])
+		}
+		if n, err := k.Sync(s4, s6); err != nil || n != 0 {
+			t.Fatalf("re-sync of unchanged sets changed %d (%v)", n, err)
+		}
+	})
+}

@@ -20,12 +20,38 @@
 //	    thousand endpoints as on an empty one; only a new group adds rules.
 //	group chain: each profile's chain in order; a profile's allow sets the
 //	    accept mark and returns, a deny drops; no match in any profile: drop.
+//	    In a direction the group's policies isolate, a profile's allow goes
+//	    on (-g) to the group's policy stage instead of returning.
+//	policy stage (TABBY-QI-<group> inbound = ingress, TABBY-QO-<group>
+//	    outbound = egress): the rules of the policies that select the
+//	    group's endpoints and have that type, in evaluation order
+//	    (model.SortPolicies); the first matching rule decides (allow:
+//	    return, the packet passes; deny: drop); no match: drop. A rule's
+//	    alternatives (ports x peers) are lines that set the mark, then one
+//	    verdict line tests it. Peers by selector are ipsets of member
+//	    addresses (tabby-s4-/tabby-s6-<hash of the peer>), a CIDR with
+//	    exceptions a sub-chain TABBY-QX-<hash> (exceptions return first, so
+//	    an address in both the CIDR and an exception is not matched), named
+//	    ports hash:ip,port sets (tabby-n4-/tabby-n6-) of the endpoints that
+//	    declare them (ingress: the group's own; egress: the peer's members).
 //	INPUT -> TABBY-INPUT: a workload reaches its own host only for what the
 //	    host needs to serve it (IPv6 neighbour discovery; ARP is not IP) and
 //	    the ports the operator allows; replies to the host's own
 //	    connections pass.
 //
 // Host-to-workload traffic (kubelet-style health checks) is not filtered.
+//
+// Composition of profiles and policies: a packet passes a direction only if
+// the endpoint's profiles allow it (exactly as without policies) and, when
+// a policy that selects the endpoint has that direction's type (the
+// endpoint is isolated in it), one of those policies' rules allows it.
+// Profiles always apply: a profile's deny still denies, and an endpoint
+// with no profile passes nothing, policies or not. A direction no selecting
+// policy isolates is decided by the profiles alone. Endpoints with the same
+// ordered profiles and the same isolating policies per direction form one
+// policy group and share its chains; a group without policies keeps the id
+// it had before policies existed. Label keys and values never reach rule
+// text: every set and chain name is a hash.
 package policy
 
 import (
@@ -65,6 +91,13 @@ type Input struct {
 	Profiles  map[string]model.Profile // by name
 	Tags      map[string][]string      // tag -> member CIDRs (all hosts)
 	HostPorts []HostPort
+	// Policies are every policy (Render selects the ones that apply to
+	// local endpoints); Namespaces the namespaces' labels by name; Members
+	// the member records, by namespace ("" outside any), of at least the
+	// namespaces MemberScope names.
+	Policies   []model.Policy
+	Namespaces map[string]model.Namespace
+	Members    map[string][]model.Member
 }
 
 // Output is what to program.
@@ -74,6 +107,11 @@ type Output struct {
 	// Tags are the tags the rules reference: the prefixes the daemon must
 	// follow in etcd's tag index.
 	Tags []string
+	// MemberNamespaces are the namespaces whose member records the rules
+	// read (AllMembers: every namespace's): the member index prefixes the
+	// daemon must follow.
+	MemberNamespaces []string
+	AllMembers       bool
 	// Ready lists, per host interface, the container ID whose rules this
 	// output holds (for the CNI plugin's wait).
 	Ready map[string]string
@@ -115,10 +153,12 @@ func profileChain(name string, d direction) string {
 	return "TABBY-PO-" + hash(name, 16)
 }
 
-// group is the policy group of endpoints with one ordered profile list.
+// group is the policy group of endpoints with one ordered profile list
+// and the same policies isolating them, per direction.
 type group struct {
-	id       string // hash of the profile list
+	id       string // hash of the profile and policy lists
 	profiles []string
+	in, out  []*model.Policy // isolating policies, in evaluation order
 	members  []*model.Endpoint
 }
 
@@ -162,15 +202,20 @@ func GroupSetName(id string, f iptables.Family) string {
 }
 
 // groups sorts endpoints into their policy groups, ordered by id.
-func groups(eps []model.Endpoint) []*group {
+func groups(eps []model.Endpoint) []*group { return groupsWith(eps, nil) }
+
+// groupsWith is groups given the prepared policies.
+func groupsWith(eps []model.Endpoint, prepared []model.Policy) []*group {
 	byList := map[string]*group{} // most endpoints share a few lists: hash each once
 	var out []*group
 	for i := range eps {
 		e := &eps[i]
-		list := strings.Join(e.Profiles, ",")
+		in, outP := Selecting(prepared, e)
+		inIDs, outIDs := policyIDs(in), policyIDs(outP)
+		list := strings.Join(e.Profiles, ",") + "|" + strings.Join(inIDs, ",") + "|" + strings.Join(outIDs, ",")
 		g, ok := byList[list]
 		if !ok {
-			g = &group{id: groupID(e.Profiles), profiles: e.Profiles}
+			g = &group{id: groupKeyID(e.Profiles, inIDs, outIDs), profiles: e.Profiles, in: in, out: outP}
 			byList[list] = g
 			out = append(out, g)
 		}
@@ -232,9 +277,14 @@ func Render(in Input) Output {
 	}
 	sort.Strings(usedNames)
 	out.Tags = Referenced(in.Profiles, usedNames)
-	gs := groups(eps)
-	out.Filter4 = renderFamily(in, gs, usedNames, iptables.V4)
-	out.Filter6 = renderFamily(in, gs, usedNames, iptables.V6)
+	gs := groupsWith(eps, PreparePolicies(in.Policies))
+	pc := newPolicyCtx(&in)
+	for _, g := range gs {
+		pc.scopeOf(g)
+	}
+	out.MemberNamespaces, out.AllMembers = pc.scopeList(), pc.all
+	out.Filter4 = renderFamily(in, gs, usedNames, iptables.V4, pc)
+	out.Filter6 = renderFamily(in, gs, usedNames, iptables.V6, pc)
 	for _, tag := range out.Tags {
 		var m4, m6 []string
 		for _, c := range in.Tags[tag] {
@@ -253,13 +303,21 @@ func Render(in Input) Output {
 			out.Sets = append(out.Sets, iptables.Set{Name: GroupSetName(g.id, f), Type: "hash:net,iface", Family: f, Members: g.setMembers(f)})
 		}
 	}
+	names := make([]string, 0, len(pc.sets))
+	for n := range pc.sets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		out.Sets = append(out.Sets, *pc.sets[n])
+	}
 	for _, e := range eps {
 		out.Ready[e.HostInterface] = e.ContainerID
 	}
 	return out
 }
 
-func renderFamily(in Input, gs []*group, profiles []string, fam iptables.Family) iptables.Table {
+func renderFamily(in Input, gs []*group, profiles []string, fam iptables.Family, pc *policyCtx) iptables.Table {
 	ct := "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
 	inv := "-m conntrack --ctstate INVALID -j DROP"
 	chains := []iptables.Chain{
@@ -292,8 +350,23 @@ func renderFamily(in Input, gs []*group, profiles []string, fam iptables.Family)
 		rules = append(rules, "-j DROP") // a tby interface tabby has no policy for (yet)
 		chains = append(chains, iptables.Chain{Name: dir.chain, Rules: rules})
 	}
+	pc.subs = map[string]iptables.Chain{}
 	for _, g := range gs {
 		chains = append(chains, groupChains(g, in.Profiles)...)
+		if len(g.out) > 0 {
+			chains = append(chains, pc.policyStage(g, outbound, fam))
+		}
+		if len(g.in) > 0 {
+			chains = append(chains, pc.policyStage(g, inbound, fam))
+		}
+	}
+	subs := make([]string, 0, len(pc.subs))
+	for n := range pc.subs {
+		subs = append(subs, n)
+	}
+	sort.Strings(subs)
+	for _, n := range subs {
+		chains = append(chains, pc.subs[n])
 	}
 	for _, name := range profiles {
 		p, ok := in.Profiles[name]
@@ -311,16 +384,24 @@ func renderFamily(in Input, gs []*group, profiles []string, fam iptables.Family)
 }
 
 // groupChains are a policy group's chains: its profiles in order, each
-// direction, then drop.
+// direction, then drop. A profile's allow passes the packet on: out of the
+// chain, or, in a direction the group's policies isolate, to the group's
+// policy stage, which then decides.
 func groupChains(g *group, profiles map[string]model.Profile) []iptables.Chain {
 	clear := "-j MARK --set-xmark 0x0/0x10000"
 	from, to := []string{clear}, []string{clear}
+	pass := func(d direction, isolated bool) string {
+		if isolated {
+			return "-m mark --mark " + Mark + " -g " + policyChain(g.id, d)
+		}
+		return "-m mark --mark " + Mark + " -j RETURN"
+	}
 	for _, p := range g.profiles {
 		if _, ok := profiles[p]; !ok {
 			continue // named but not defined: matches nothing
 		}
-		from = append(from, "-j "+profileChain(p, outbound), "-m mark --mark "+Mark+" -j RETURN")
-		to = append(to, "-j "+profileChain(p, inbound), "-m mark --mark "+Mark+" -j RETURN")
+		from = append(from, "-j "+profileChain(p, outbound), pass(outbound, len(g.out) > 0))
+		to = append(to, "-j "+profileChain(p, inbound), pass(inbound, len(g.in) > 0))
 	}
 	from = append(from, "-j DROP")
 	to = append(to, "-j DROP")
