@@ -240,7 +240,7 @@ func markdown(cmds []*command) string {
 	var b strings.Builder
 	b.WriteString("| command | what it does |\n|---|---|\n")
 	for _, c := range cmds {
-		fmt.Fprintf(&b, "| `tabbyctl %s` | %s |\n", strings.ReplaceAll(c.usage, "|", "\\|"), c.help)
+		fmt.Fprintf(&b, "| `tabbyctl %s` | %s |\n", strings.ReplaceAll(c.usage, "|", "\\|"), strings.ReplaceAll(c.help, "|", "\\|"))
 	}
 	b.WriteString("\nGlobal flags: ")
 	var gs []string

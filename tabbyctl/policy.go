@@ -35,7 +35,7 @@ func policyCommands() []*command {
 			flags: []flagSpec{{name: "f", value: true, help: "file to read, - for stdin"}, {name: "filename", value: true, help: "same as -f"}, forceFlag},
 			run:   withKV(policyAdd)},
 		{path: []string{"policy", "show"}, usage: "policy show [NAME] [--namespace NS|--all-namespaces]",
-			help:  "list policies in evaluation order (default: the global ones), or one policy; -o yaml|json prints what 'policy add -f' reads",
+			help:  "list policies in evaluation order (default: the global ones), or one policy; -o yaml or json prints what 'policy add -f' reads back",
 			flags: []flagSpec{nsFlag, {name: "all-namespaces", help: "policies of every namespace and the global ones"}}, run: withKV(policyShow)},
 		{path: []string{"policy", "remove"}, usage: "policy remove NAME [--namespace NS] [--force]", help: "remove a policy (global unless --namespace)",
 			flags: []flagSpec{nsFlag, forceFlag}, run: withKV(policyRemove)},
