@@ -31,6 +31,12 @@ type incremental struct {
 	count    map[string]int // tag set member -> how many tag records hold it
 	perTag   map[string]int // tag -> how many of its records members holds
 	blocks   []*net.IPNet   // this host's blocks at the last full pass
+	// policies are the prepared policies the groups were computed with;
+	// gens the change counts of the policy, namespace and followed member
+	// prefixes at that pass: any change there needs a full pass.
+	policies []model.Policy
+	gens     map[string]uint64
+	isolated map[string]bool // groups with a policy stage
 	// borrowedChanged: a patch added or removed an endpoint with an address
 	// outside the host's blocks, whose /32 BGP must (un)advertise.
 	borrowedChanged bool
@@ -60,6 +66,7 @@ func borrowed(e *model.Endpoint, blocks []*net.IPNet) bool {
 type incEndpoint struct {
 	rev              int64
 	borrowed         bool // has an address outside this host's blocks (BGP advertises it)
+	namedPorts       bool // declares named ports in an isolated group: in its named port sets
 	group            string
 	m4, m6           []string
 	iface, container string
@@ -81,17 +88,21 @@ type tagRecord struct {
 
 // rebuild records what a full pass programmed, with the revisions of what
 // it was rendered from.
-func (in *incremental) rebuild(v *view, tags []string, profRevs map[string]int64, recs map[string]tagRecord) {
+func (in *incremental) rebuild(v *view, tags []string, profRevs map[string]int64, recs map[string]tagRecord, prepared []model.Policy, gens map[string]uint64) {
 	*in = incremental{valid: true, blocks: v.blocks, eps: make(map[string]incEndpoint, len(v.endpoints)), groups: map[string]bool{}, profiles: profRevs,
-		used: map[string]bool{}, tags: tags, members: make(map[string]incTag, len(recs)), count: map[string]int{}, perTag: map[string]int{}}
+		used: map[string]bool{}, tags: tags, members: make(map[string]incTag, len(recs)), count: map[string]int{}, perTag: map[string]int{},
+		policies: prepared, gens: gens, isolated: map[string]bool{}}
 	for i := range v.endpoints {
 		e := &v.endpoints[i]
-		g := policy.GroupOf(e.Profiles)
+		g := policy.GroupOfEndpoint(e, prepared)
+		pin, pout := policy.Selecting(prepared, e)
+		in.isolated[g] = len(pin)+len(pout) > 0
 		in.groups[g] = true
 		for _, p := range e.Profiles {
 			in.used[p] = true
 		}
-		in.eps[e.Key()] = incEndpoint{rev: v.epRevs[e.Key()], borrowed: borrowed(e, v.blocks), group: g, m4: policy.GroupMembers(e, iptables.V4),
+		in.eps[e.Key()] = incEndpoint{rev: v.epRevs[e.Key()], borrowed: borrowed(e, v.blocks), group: g, namedPorts: in.isolated[g] && len(e.Ports) > 0,
+			m4: policy.GroupMembers(e, iptables.V4),
 			m6: policy.GroupMembers(e, iptables.V6), iface: e.HostInterface, container: e.ContainerID}
 	}
 	for k, r := range recs {
@@ -140,6 +151,12 @@ func (a *Agent) patchPolicy() bool {
 	if !same || n != len(in.profiles) {
 		return false
 	}
+	// Policies, namespaces, followed member records: a full pass.
+	for pre, g := range in.gens {
+		if a.cache.Gen(pre) != g {
+			return false
+		}
+	}
 	type change struct{ add, del []string }
 	changes := map[string]*change{}
 	at := func(set string) *change {
@@ -183,9 +200,12 @@ func (a *Agent) patchPolicy() bool {
 		if !ok {
 			return false
 		}
-		g := policy.GroupOf(e.Profiles)
+		g := policy.GroupOfEndpoint(&e, in.policies)
 		if !in.groups[g] {
 			return false // a new group: its chains and set come from a full pass
+		}
+		if in.isolated[g] && len(e.Ports) > 0 {
+			return false // its named ports go in its group's sets: a full pass
 		}
 		for _, p := range e.Profiles {
 			if !in.used[p] {
@@ -252,6 +272,11 @@ func (a *Agent) patchPolicy() bool {
 	}
 	// The set changes, group members first.
 	var drop []string
+	for _, k := range append(gone, changed...) {
+		if old, ok := in.eps[k]; ok && old.namedPorts {
+			return false // it leaves its group's named port sets: a full pass
+		}
+	}
 	for _, k := range append(gone, changed...) {
 		old, ok := in.eps[k]
 		if !ok {

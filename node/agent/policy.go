@@ -15,10 +15,63 @@ import (
 )
 
 // basePrefixes are what every node follows; tag prefixes come on top, for
-// the tags its local rules name.
+// the tags its local rules name, and member index prefixes, for the
+// namespaces the peers of the policies selecting its endpoints name.
+// Policies and namespaces (labels) are small: every node follows them.
 func (a *Agent) basePrefixes() []string {
 	return []string{model.PoolPrefix, model.NodePrefix, model.BGPConfigKey, model.BGPPeerPrefix, model.ProfilePrefix,
-		model.HostSubtree(a.cfg.Name), model.AffinityHostPrefix(a.cfg.Name)}
+		model.HostSubtree(a.cfg.Name), model.AffinityHostPrefix(a.cfg.Name), model.PolicyPrefix, model.NamespacePrefix}
+}
+
+// policyInputs reads the policies and namespaces from the cache. A
+// policy's namespace and name are its key's: a record cannot claim another
+// namespace (or to be global) by what it holds.
+func (a *Agent) policyInputs() ([]model.Policy, map[string]model.Namespace) {
+	byKey := watch.Decode[model.Policy](a.cache, model.PolicyPrefix, nil)
+	keys := make([]string, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	pols := make([]model.Policy, 0, len(keys))
+	for _, k := range keys {
+		p := byKey[k]
+		ns, name, _ := strings.Cut(strings.TrimPrefix(k, model.PolicyPrefix), "/")
+		if ns == model.GlobalNamespace {
+			ns = ""
+		}
+		p.Namespace, p.Name = ns, name
+		pols = append(pols, p)
+	}
+	nss := map[string]model.Namespace{}
+	for k, n := range watch.Decode[model.Namespace](a.cache, model.NamespacePrefix, nil) {
+		name := strings.TrimPrefix(k, model.NamespacePrefix)
+		n.Name = name
+		nss[name] = n
+	}
+	return pols, nss
+}
+
+// memberPrefixes are the member index prefixes to follow for a scope.
+func memberPrefixes(names []string, all bool) []string {
+	if all {
+		return []string{model.MemberPrefix}
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		out = append(out, model.MemberNamespacePrefix(n))
+	}
+	return out
+}
+
+// memberNamespace is the namespace of a member record's key ("" outside
+// any).
+func memberNamespace(k string) string {
+	ns, _, _ := strings.Cut(strings.TrimPrefix(k, model.MemberPrefix), "/")
+	if ns == model.GlobalNamespace {
+		return ""
+	}
+	return ns
 }
 
 // readiness tracks which endpoints' rules are in force, for the CNI
@@ -107,6 +160,14 @@ func (a *Agent) refreshEndpoint(ctx context.Context, key string, profiles []stri
 	defer cancel()
 	if _, err := a.cache.Refresh(rctx, keys...); err != nil {
 		a.log.Warn("ready: read ahead of the watch failed; waiting for it", "key", key, "err", err)
+		return
+	}
+	// Its member record (same transaction), when this host's rules read
+	// its namespace's members: Refresh reads it only if it is followed.
+	if e, ok := watch.DecodeKey[model.Endpoint](a.cache, model.HostSubtree(a.cfg.Name), key); ok {
+		if _, err := a.cache.Refresh(rctx, model.MemberKeyOf(&e)); err != nil {
+			a.log.Warn("ready: read ahead of the watch failed; waiting for it", "key", model.MemberKeyOf(&e), "err", err)
+		}
 	}
 }
 
@@ -138,6 +199,13 @@ func (r *readiness) wait(ctx context.Context, iface, container string) error {
 // name; rules are marked ready only once those tags are loaded.
 func (a *Agent) syncPolicy(v *view, p pass) error {
 	a.inc.valid = false
+	// Change counts first: a change after them makes the next incremental
+	// pass fall back to a full one, never miss it.
+	gens := map[string]uint64{model.PolicyPrefix: a.cache.Gen(model.PolicyPrefix), model.NamespacePrefix: a.cache.Gen(model.NamespacePrefix)}
+	pols, nss := a.policyInputs()
+	prepared := policy.PreparePolicies(pols)
+	scope, all := policy.MemberScope(v.endpoints, prepared, nss)
+	memPrefixes := memberPrefixes(scope, all)
 	profiles := map[string]model.Profile{}
 	byKey, profRevs := watch.DecodeRev[model.Profile](a.cache, model.ProfilePrefix, nil)
 	for _, p := range byKey {
@@ -152,25 +220,44 @@ func (a *Agent) syncPolicy(v *view, p pass) error {
 	for _, t := range tags {
 		want = append(want, model.TagMembersPrefix(t))
 	}
+	want = append(want, memPrefixes...)
 	a.cache.SetPrefixes(want...)
-	members := map[string][]string{}
+	// Loaded before they are read: otherwise the rules may lack members
+	// and must not be reported ready (the load wakes another pass).
+	loaded := a.cache.Synced()
+	members := map[string][]model.Member{}
+	for _, pre := range memPrefixes {
+		gens[pre] = a.cache.Gen(pre)
+		recs := watch.Decode[model.Member](a.cache, pre, nil)
+		keys := make([]string, 0, len(recs))
+		for k := range recs {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			ns := memberNamespace(k)
+			members[ns] = append(members[ns], recs[k])
+		}
+	}
+	tagMembers := map[string][]string{}
 	tagRecs := map[string]tagRecord{}
 	for _, t := range tags {
 		recs, revs := watch.DecodeRev[model.TagMember](a.cache, model.TagMembersPrefix(t), nil)
 		for k, m := range recs {
-			members[t] = append(members[t], m.Nets...)
+			tagMembers[t] = append(tagMembers[t], m.Nets...)
 			tagRecs[k] = tagRecord{tag: t, nets: m.Nets, rev: revs[k]}
 		}
-		sort.Strings(members[t])
+		sort.Strings(tagMembers[t])
 	}
-	out := policy.Render(policy.Input{Endpoints: v.endpoints, Profiles: profiles, Tags: members, HostPorts: a.cfg.HostPorts})
+	out := policy.Render(policy.Input{Endpoints: v.endpoints, Profiles: profiles, Tags: tagMembers, HostPorts: a.cfg.HostPorts,
+		Policies: prepared, Namespaces: nss, Members: members})
 	applied, refused, err := a.applyPolicy(out, v.endpoints, p)
 	if err != nil {
 		return err
 	}
-	if a.cache.Synced() {
+	if loaded && a.cache.Synced() {
 		a.ready.set(applied, refused)
-		a.inc.rebuild(v, tags, profRevs, tagRecs)
+		a.inc.rebuild(v, tags, profRevs, tagRecs, prepared, gens)
 	}
 	return nil
 }
@@ -215,8 +302,8 @@ func (a *Agent) applyPolicy(out policy.Output, eps []model.Endpoint, p pass) (ap
 	return applied, refused, nil
 }
 
-// destroyStaleSets removes tag and group sets no rule names any more (the rules that
-// named them are gone by now).
+// destroyStaleSets removes tag, group, peer and named port sets no rule
+// names any more (the rules that named them are gone by now).
 func (a *Agent) destroyStaleSets(keep []iptables.Set, p pass) {
 	wanted := map[string]bool{}
 	for _, s := range keep {
@@ -229,7 +316,7 @@ func (a *Agent) destroyStaleSets(keep []iptables.Set, p pass) {
 	}
 	for _, s := range existing {
 		ours := false
-		for _, pre := range []string{policy.TagSetPrefix4, policy.TagSetPrefix6, policy.GroupSetPrefix4, policy.GroupSetPrefix6} {
+		for _, pre := range policy.SetPrefixes {
 			ours = ours || strings.HasPrefix(s, pre)
 		}
 		if ours && !wanted[s] {
