@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tabby-net/tabby/node/internal/nstest"
+	"github.com/tabby-net/tabby/node/policy"
+	"github.com/tabby-net/tabby/node/watch"
+	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/pkg/model"
+)
+
+// policyAgent is a test agent whose cache follows an embedded etcd.
+type policyAgent struct {
+	*Agent
+	t   *testing.T
+	cli *clientv3.Client
+	ctx context.Context
+}
+
+func (p *policyAgent) put(key string, v any) {
+	p.t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if _, err := p.cli.Put(p.ctx, key, string(b)); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// settle runs full policy passes as the cache changes until cond holds:
+// every pass is woken by a change (a load, a watch event).
+func (p *policyAgent) settle(what string, cond func() bool) {
+	p.t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		if p.cache.Synced() {
+			if err := p.syncPolicy(p.snapshot(), p.pass(false)); err != nil {
+				p.t.Fatal(err)
+			}
+			if cond() {
+				return
+			}
+		}
+		select {
+		case <-p.cache.Changed():
+		case <-deadline:
+			p.t.Fatalf("timed out waiting for %s (following %v)", what, p.cache.Prefixes())
+		}
+	}
+}
+
+// cached waits until the cache holds key (under prefix) at all.
+func (p *policyAgent) cached(prefix, key string) {
+	p.t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		if _, ok := p.cache.Get(prefix, key); ok {
+			return
+		}
+		select {
+		case <-p.cache.Changed():
+		case <-deadline:
+			p.t.Fatalf("timed out waiting for %s", key)
+		}
+	}
+}
+
+func ipsetSave(t *testing.T) string {
+	out, err := exec.Command("ipset", "save").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ipset save: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+// setLines are the add lines of the sets with a name prefix.
+func setLines(t *testing.T, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(ipsetSave(t), "\n") {
+		if strings.HasPrefix(l, "add "+prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// From etcd to the kernel: the node follows the member index only of the
+// namespaces its local policies' peers resolve to, re-renders when
+// members, namespaces or policies change, and keeps the incremental path
+// for endpoints that need no policy change.
+func TestPoliciesFromEtcd(t *testing.T) {
+	// etcd and its client in the test's own netns; the agent's kernel
+	// state in a fresh one.
+	e := etcdtest.Start(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	nstest.Run(t, func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		a, _ := testAgent(t)
+		a.cfg.Name = "h1"
+		p := &policyAgent{Agent: a, t: t, cli: cli, ctx: ctx}
+		p.put(model.ProfileKey("P"), model.Profile{Name: "P", Inbound: []model.Rule{{Action: "allow"}}, Outbound: []model.Rule{{Action: "allow"}}})
+		p.put(model.NamespaceKey("prod"), model.Namespace{Name: "prod", Labels: map[string]string{"team": "a"}})
+		p.put(model.NamespaceKey("dev"), model.Namespace{Name: "dev", Labels: map[string]string{"team": "b"}})
+		p.put(model.NamespaceKey("other"), model.Namespace{Name: "other"})
+		ep := func(name string, ip string, labels map[string]string, ports []model.NamedPort) model.Endpoint {
+			return model.Endpoint{Host: "h1", Orchestrator: "k8s", Workload: "prod." + name, Name: "eth0", ContainerID: "c-" + name,
+				HostInterface: "tby" + (name + "00000000000")[:11], IPv4Nets: []string{ip + "/32"}, Profiles: []string{"P"},
+				Namespace: "prod", Labels: labels, Ports: ports}
+		}
+		addEP := func(e model.Endpoint) {
+			p.put(model.EndpointKey(e.Host, e.Orchestrator, e.Workload, e.Name), e)
+			p.put(model.MemberKeyOf(&e), model.MemberOf(&e))
+		}
+		remote := func(ns, name, ip string) string {
+			k := model.MemberKey(ns, "h2", "k8s", ns+"."+name, "eth0")
+			p.put(k, model.Member{Endpoint: model.EndpointKey("h2", "k8s", ns+"."+name, "eth0"), Nets: []string{ip + "/32"}, Labels: map[string]string{"app": "client"}})
+			return k
+		}
+		web := ep("web", "10.0.0.1", map[string]string{"app": "web"}, nil)
+		addEP(web)
+		remote("dev", "r2", "10.1.0.2")
+		remote("other", "r3", "10.1.0.3")
+		pol := model.Policy{Name: "allow", Namespace: "prod", Selector: "app=web", Types: []string{"ingress"},
+			Ingress: []model.PolicyRule{{Peers: []model.Peer{{Selector: "app=client", NamespaceSelector: ptr("team=b")}}}}}
+		p.put(model.PolicyKey("prod", "allow"), pol)
+
+		a.cache = watch.New(cli, a.log)
+		a.cache.Start(ctx, a.basePrefixes()...)
+		p.settle("web ready", func() bool { return a.ready.has(web.HostInterface, web.ContainerID) })
+		follows := func(pre string) bool { return slices.Contains(a.cache.Prefixes(), pre) }
+		if !follows(model.MemberNamespacePrefix("dev")) || follows(model.MemberNamespacePrefix("other")) ||
+			follows(model.MemberNamespacePrefix("prod")) || follows(model.MemberPrefix) {
+			t.Fatalf("follows %v", a.cache.Prefixes())
+		}
+		if s := setLines(t, policy.PeerSetPrefix4); !strings.Contains(s, " 10.1.0.2") || strings.Contains(s, "10.1.0.3") {
+			t.Fatalf("peer set:\n%s", s)
+		}
+		g := policy.GroupOfEndpoint(&web, policy.PreparePolicies([]model.Policy{pol}))
+		if rules, err := a.ipt4.Rules("filter", "TABBY-QI-"+g); err != nil || len(rules) != 4 {
+			t.Fatalf("policy stage %q %v", rules, err)
+		}
+
+		// A member of a followed namespace: a full pass (not a patch).
+		k := remote("dev", "r5", "10.1.0.5")
+		p.cached(model.MemberNamespacePrefix("dev"), k)
+		if a.patchPolicy() {
+			t.Fatal("a member change was patched")
+		}
+		p.settle("new member in the set", func() bool { return strings.Contains(setLines(t, policy.PeerSetPrefix4), " 10.1.0.5") })
+
+		// A namespace's labels change: it is followed and its members match.
+		p.put(model.NamespaceKey("other"), model.Namespace{Name: "other", Labels: map[string]string{"team": "b"}})
+		p.settle("other's members in the set", func() bool {
+			return follows(model.MemberNamespacePrefix("other")) && strings.Contains(setLines(t, policy.PeerSetPrefix4), " 10.1.0.3")
+		})
+
+		// A new endpoint of the existing isolated group, no named port, in a
+		// namespace whose members are not followed: the incremental path.
+		web2 := ep("web2", "10.0.0.2", map[string]string{"app": "web"}, nil)
+		addEP(web2)
+		p.cached(model.HostSubtree("h1"), model.EndpointKey("h1", "k8s", "prod.web2", "eth0"))
+		if !a.patchPolicy() || !a.ready.has(web2.HostInterface, web2.ContainerID) {
+			t.Fatal("the new endpoint of an existing group was not patched in")
+		}
+		if s := setLines(t, policy.GroupSetName(g, 4)); !strings.Contains(s, "10.0.0.2,"+web2.HostInterface) {
+			t.Fatalf("group set:\n%s", s)
+		}
+		// With a named port, its group's named port sets change: full pass.
+		web3 := ep("web3", "10.0.0.3", map[string]string{"app": "web"}, []model.NamedPort{{Name: "http", Protocol: "tcp", Port: 80}})
+		addEP(web3)
+		p.cached(model.HostSubtree("h1"), model.EndpointKey("h1", "k8s", "prod.web3", "eth0"))
+		if a.patchPolicy() || a.ready.has(web3.HostInterface, web3.ContainerID) {
+			t.Fatal("an endpoint with named ports in an isolated group was patched in")
+		}
+		p.settle("web3 ready", func() bool { return a.ready.has(web3.HostInterface, web3.ContainerID) })
+
+		// The policy goes: no policy stage, no member index followed, the
+		// policy sets destroyed.
+		if _, err := cli.Delete(ctx, model.PolicyKey("prod", "allow")); err != nil {
+			t.Fatal(err)
+		}
+		p.settle("policy gone", func() bool {
+			return !follows(model.MemberNamespacePrefix("dev")) && !strings.Contains(ipsetSave(t), "create "+policy.PeerSetPrefix4)
+		})
+		if rules, _ := a.ipt4.Rules("filter", "TABBY-QI-"+g); len(rules) != 0 {
+			t.Fatalf("policy stage still there: %q", rules)
+		}
+	})
+}
+
+func ptr(s string) *string { return &s }
