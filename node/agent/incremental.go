@@ -92,11 +92,11 @@ func (in *incremental) rebuild(v *view, tags []string, profRevs map[string]int64
 	*in = incremental{valid: true, blocks: v.blocks, eps: make(map[string]incEndpoint, len(v.endpoints)), groups: map[string]bool{}, profiles: profRevs,
 		used: map[string]bool{}, tags: tags, members: make(map[string]incTag, len(recs)), count: map[string]int{}, perTag: map[string]int{},
 		policies: prepared, gens: gens, isolated: map[string]bool{}}
+	groups := policy.EndpointGroups(v.endpoints, prepared)
 	for i := range v.endpoints {
 		e := &v.endpoints[i]
-		g := policy.GroupOfEndpoint(e, prepared)
-		pin, pout := policy.Selecting(prepared, e)
-		in.isolated[g] = len(pin)+len(pout) > 0
+		g := groups[i].ID
+		in.isolated[g] = groups[i].Isolated
 		in.groups[g] = true
 		for _, p := range e.Profiles {
 			in.used[p] = true

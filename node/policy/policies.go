@@ -95,9 +95,26 @@ func cloneRules(rs []model.PolicyRule) []model.PolicyRule {
 // Selecting returns, in evaluation order, the prepared policies that
 // select an endpoint and have ingress (in) or egress (out) rules.
 func Selecting(prepared []model.Policy, e *model.Endpoint) (in, out []*model.Policy) {
+	return selectingWith(prepared, parseSelectors(prepared), e)
+}
+
+// parseSelectors parses the policies' selectors once for many endpoints
+// (nil: unparsable, selects nothing).
+func parseSelectors(prepared []model.Policy) []*selector.Selector {
+	out := make([]*selector.Selector, len(prepared))
+	for i := range prepared {
+		if s, err := selector.Parse(prepared[i].Selector); err == nil {
+			out[i] = &s
+		}
+	}
+	return out
+}
+
+// selectingWith is Selecting with the selectors parsed (as p.Selects).
+func selectingWith(prepared []model.Policy, sels []*selector.Selector, e *model.Endpoint) (in, out []*model.Policy) {
 	for i := range prepared {
 		p := &prepared[i]
-		if !p.Selects(e.Namespace, e.Labels) {
+		if (p.Namespace != "" && p.Namespace != e.Namespace) || sels[i] == nil || !sels[i].Matches(e.Labels) {
 			continue
 		}
 		if p.Applies(model.PolicyIngress) {
@@ -123,6 +140,25 @@ func policyIDs(ps []*model.Policy) []string {
 func GroupOfEndpoint(e *model.Endpoint, prepared []model.Policy) string {
 	in, out := Selecting(prepared, e)
 	return groupKeyID(e.Profiles, policyIDs(in), policyIDs(out))
+}
+
+// EndpointGroup is an endpoint's policy group and whether policies
+// isolate it (in either direction).
+type EndpointGroup struct {
+	ID       string
+	Isolated bool
+}
+
+// EndpointGroups is GroupOfEndpoint for many endpoints, parsing each
+// policy's selector once.
+func EndpointGroups(eps []model.Endpoint, prepared []model.Policy) []EndpointGroup {
+	sels := parseSelectors(prepared)
+	out := make([]EndpointGroup, len(eps))
+	for i := range eps {
+		in, o := selectingWith(prepared, sels, &eps[i])
+		out[i] = EndpointGroup{ID: groupKeyID(eps[i].Profiles, policyIDs(in), policyIDs(o)), Isolated: len(in)+len(o) > 0}
+	}
+	return out
 }
 
 // groupKeyID: without policies a group keeps the id it had before
@@ -181,34 +217,34 @@ func (s nsScope) has(ns string) bool {
 
 // policyCtx is what resolving policy rules needs, shared by the families.
 type policyCtx struct {
-	in      *Input
-	sets    map[string]*iptables.Set // by name
-	subs    map[string]iptables.Chain
-	scope   map[string]bool // member namespaces the rules read
-	all     bool            // ... or every namespace
-	allMems []memberNS      // every member, with its namespace, sorted by key
-}
-
-type memberNS struct {
-	ns string
-	m  model.Member
+	in    *Input
+	sets  map[string]*iptables.Set // by name
+	subs  map[string]iptables.Chain
+	scope map[string]bool // member namespaces the rules read
+	all   bool            // ... or every namespace
 }
 
 func newPolicyCtx(in *Input) *policyCtx {
-	c := &policyCtx{in: in, sets: map[string]*iptables.Set{}, subs: map[string]iptables.Chain{}, scope: map[string]bool{}}
-	var nss []string
-	for ns := range in.Members {
-		nss = append(nss, ns)
+	return &policyCtx{in: in, sets: map[string]*iptables.Set{}, subs: map[string]iptables.Chain{}, scope: map[string]bool{}}
+}
+
+// eachMember calls f with every member of the scope's namespaces (the
+// result is sorted by the callers: the order does not matter).
+func (c *policyCtx) eachMember(sc nsScope, f func(*model.Member)) {
+	if sc.all {
+		for _, ms := range c.in.Members {
+			for i := range ms {
+				f(&ms[i])
+			}
+		}
+		return
 	}
-	sort.Strings(nss)
-	for _, ns := range nss {
-		ms := append([]model.Member(nil), in.Members[ns]...)
-		sort.Slice(ms, func(i, j int) bool { return ms[i].Endpoint < ms[j].Endpoint })
-		for _, m := range ms {
-			c.allMems = append(c.allMems, memberNS{ns: ns, m: m})
+	for _, ns := range sc.names {
+		ms := c.in.Members[ns]
+		for i := range ms {
+			f(&ms[i])
 		}
 	}
-	return c
 }
 
 func (c *policyCtx) need(s nsScope) {
@@ -243,11 +279,11 @@ func (c *policyCtx) peerSet(p *model.Policy, q *model.Peer, f iptables.Family) (
 	}
 	var members []string
 	if err == nil {
-		for _, mn := range c.allMems {
-			if sc.has(mn.ns) && sel.Matches(mn.m.Labels) {
-				members = append(members, netsOf(mn.m.Nets, f)...)
+		c.eachMember(sc, func(m *model.Member) {
+			if sel.Matches(m.Labels) {
+				members = append(members, netsOf(m.Nets, f)...)
 			}
-		}
+		})
 	}
 	c.addSet(iptables.Set{Name: name, Type: "hash:net", Family: f, Members: sortedUnique(members)})
 	return name, sc
@@ -281,16 +317,16 @@ func (c *policyCtx) egressPortSet(p *model.Policy, q *model.Peer, port model.Pol
 		return name
 	}
 	var members []string
-	for _, mn := range c.allMems {
-		if !sc.has(mn.ns) || !sel.Matches(mn.m.Labels) {
-			continue
+	c.eachMember(sc, func(m *model.Member) {
+		if !sel.Matches(m.Labels) {
+			return
 		}
-		for _, np := range mn.m.Ports {
+		for _, np := range m.Ports {
 			if np.Name == port.Name && strings.EqualFold(np.Protocol, port.Protocol) && np.Port > 0 && np.Port <= 65535 {
-				members = append(members, ipPorts(mn.m.Nets, f, port.Protocol, np.Port)...)
+				members = append(members, ipPorts(m.Nets, f, port.Protocol, np.Port)...)
 			}
 		}
-	}
+	})
 	c.sets[name] = &iptables.Set{Name: name, Type: "hash:ip,port", Family: f, Members: sortedUnique(members)}
 	if len(members) == 0 {
 		return ""

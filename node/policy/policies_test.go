@@ -91,6 +91,11 @@ func TestPolicyGroupsAndComposition(t *testing.T) {
 	if groupOf(in, 1) != web || len(map[string]bool{web: true, db: true, free: true, noprof: true}) != 4 {
 		t.Fatalf("groups web %s web2 %s db %s free %s noprof %s", web, groupOf(in, 1), db, free, noprof)
 	}
+	for i, eg := range EndpointGroups(in.Endpoints, PreparePolicies(in.Policies)) {
+		if eg.ID != groupOf(in, i) || eg.Isolated != (i != 3) {
+			t.Fatalf("EndpointGroups[%d] = %+v", i, eg)
+		}
+	}
 	// Not selected by any policy: the group and its chains are what they
 	// were before policies (profiles alone decide).
 	if free != GroupOf([]string{"P"}) {

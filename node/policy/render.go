@@ -208,9 +208,10 @@ func groups(eps []model.Endpoint) []*group { return groupsWith(eps, nil) }
 func groupsWith(eps []model.Endpoint, prepared []model.Policy) []*group {
 	byList := map[string]*group{} // most endpoints share a few lists: hash each once
 	var out []*group
+	sels := parseSelectors(prepared)
 	for i := range eps {
 		e := &eps[i]
-		in, outP := Selecting(prepared, e)
+		in, outP := selectingWith(prepared, sels, e)
 		inIDs, outIDs := policyIDs(in), policyIDs(outP)
 		list := strings.Join(e.Profiles, ",") + "|" + strings.Join(inIDs, ",") + "|" + strings.Join(outIDs, ",")
 		g, ok := byList[list]
