@@ -42,7 +42,8 @@ func (p *policyAgent) put(key string, v any) {
 // every pass is woken by a change (a load, a watch event).
 func (p *policyAgent) settle(what string, cond func() bool) {
 	p.t.Helper()
-	deadline := time.After(10 * time.Second)
+	// A load that started while etcd was away ends with its 10 s timeout.
+	deadline := time.After(30 * time.Second)
 	for {
 		if p.cache.Synced() {
 			if err := p.syncPolicy(p.snapshot(), p.pass(false)); err != nil {
@@ -205,3 +206,56 @@ func TestPoliciesFromEtcd(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// An endpoint whose policy's peers are in a namespace the node does not
+// follow yet is not reported ready until that namespace's members are
+// loaded (here: etcd is down when the pass first needs them), and then it
+// is, with the peer in its set.
+func TestPolicyReadyWaitsForPeers(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	nstest.Run(t, func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		a, _ := testAgent(t)
+		a.cfg.Name = "h1"
+		p := &policyAgent{Agent: a, t: t, cli: cli, ctx: ctx}
+		p.put(model.ProfileKey("P"), model.Profile{Name: "P", Inbound: []model.Rule{{Action: "allow"}}, Outbound: []model.Rule{{Action: "allow"}}})
+		p.put(model.NamespaceKey("third"), model.Namespace{Name: "third", Labels: map[string]string{"kubernetes.io/metadata.name": "third"}})
+		p.put(model.MemberKey("third", "h2", "k8s", "third.r", "eth0"), model.Member{Endpoint: "r", Nets: []string{"10.3.0.1/32"}, Labels: map[string]string{"app": "client"}})
+		a.cache = watch.New(cli, a.log)
+		a.cache.Start(ctx, a.basePrefixes()...)
+		p.settle("first pass", func() bool { return true })
+
+		db := model.Endpoint{Host: "h1", Orchestrator: "k8s", Workload: "prod.db", Name: "eth0", ContainerID: "c-db", HostInterface: "tbydb00000000",
+			IPv4Nets: []string{"10.0.0.9/32"}, Profiles: []string{"P"}, Namespace: "prod", Labels: map[string]string{"app": "db"}}
+		p.put(model.PolicyKey("prod", "db"), model.Policy{Name: "db", Namespace: "prod", Selector: "app=db", Types: []string{"ingress"},
+			Ingress: []model.PolicyRule{{Peers: []model.Peer{{Selector: "app=client", NamespaceSelector: ptr("kubernetes.io/metadata.name=third")}}}}})
+		epKey := model.EndpointKey(db.Host, db.Orchestrator, db.Workload, db.Name)
+		p.put(epKey, db)
+		p.cached(model.HostSubtree("h1"), epKey)
+		p.cached(model.PolicyPrefix, model.PolicyKey("prod", "db"))
+		e.Stop()
+		if err := a.syncPolicy(a.snapshot(), a.pass(false)); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(a.cache.Prefixes(), model.MemberNamespacePrefix("third")) {
+			t.Fatalf("follows %v", a.cache.Prefixes())
+		}
+		if a.ready.has(db.HostInterface, db.ContainerID) || a.patchPolicy() {
+			t.Fatal("ready before the peers' namespace was loaded")
+		}
+		// etcd listens where the test started, not in this netns.
+		restarted := make(chan struct{})
+		go func() { e.Restart(t); close(restarted) }()
+		<-restarted
+		p.settle("db ready", func() bool { return a.ready.has(db.HostInterface, db.ContainerID) })
+		if s := setLines(t, policy.PeerSetPrefix4); !strings.Contains(s, " 10.3.0.1") {
+			t.Fatalf("peer set:\n%s", s)
+		}
+	})
+}
