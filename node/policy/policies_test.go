@@ -1,6 +1,9 @@
 package policy
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -310,11 +313,42 @@ func TestPolicyUnionAndEdges(t *testing.T) {
 }
 
 // The policy chains and sets load into both families (sctp, multiport,
-// hash:ip,port, goto, sub-chains) and read back byte for byte as rendered:
-// a second Apply changes nothing.
+// hash:ip,port, goto, sub-chains) and read back byte for byte as rendered,
+// with iptables-nft and iptables-legacy: a second Apply changes nothing.
 func TestPolicyRulesApplyAndAreCanonical(t *testing.T) {
+	for _, mode := range []string{"nft", "legacy"} {
+		t.Run(mode, func(t *testing.T) {
+			// iptables --version picks the mode in an empty netns.
+			dir := t.TempDir()
+			for _, b := range []string{"iptables", "ip6tables"} {
+				target, err := exec.LookPath(b + "-" + mode)
+				if err != nil {
+					t.Skipf("no %s-%s", b, mode)
+				}
+				if err := os.Symlink(target, filepath.Join(dir, b)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+			roundTrip(t, mode)
+		})
+	}
+}
+
+func roundTrip(t *testing.T, mode string) {
 	nstest.Run(t, func() {
-		out := Render(policySample())
+		in := policySample()
+		// More forms only here: multiport for sctp and udp, a lone range,
+		// a whole protocol, ICMP, an egress named port to a selector peer,
+		// an IPv6 CIDR with an exception.
+		in.Policies = append(in.Policies, model.Policy{Name: "extra", Namespace: "prod", Selector: "app=db", Types: []string{"egress"}, Egress: []model.PolicyRule{
+			{Ports: []model.PolicyPort{{Protocol: "sctp", Port: 9000}, {Protocol: "sctp", Port: 9100, EndPort: 9200}, {Protocol: "udp", Port: 53}, {Protocol: "udp", Port: 5353}}},
+			{Ports: []model.PolicyPort{{Protocol: "tcp", Port: 1000, EndPort: 2000}, {Protocol: "sctp"}}, Peers: []model.Peer{{CIDR: "fd00:77::/48", Except: []string{"fd00:77:1::/64"}}}},
+			{Protocol: "icmp", Peers: []model.Peer{{Selector: "app=client", NamespaceSelector: ptr("team in (a,b)")}}},
+			{Action: "deny", Protocol: "udp"},
+			{Ports: []model.PolicyPort{{Protocol: "tcp", Name: "http"}}, Peers: []model.Peer{{Selector: "app=web"}}},
+		}})
+		out := Render(in)
 		var sets iptables.Sets
 		if _, err := sets.Sync(out.Sets...); err != nil {
 			t.Fatal(err)
@@ -329,6 +363,9 @@ func TestPolicyRulesApplyAndAreCanonical(t *testing.T) {
 			b, err := iptables.Detect(fam.f)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if b.Mode != mode {
+				t.Fatalf("backend %s, want %s", b.Mode, mode)
 			}
 			if err := b.Apply(fam.t); err != nil {
 				t.Fatal(err)
