@@ -1,6 +1,9 @@
 // tabby-kube-controllers keeps tabby's records in etcd in step with a
-// Kubernetes cluster: for now every Namespace's profile k8s_ns.<namespace>,
-// which the CNI plugin gives the namespace's pods. It runs as a one-replica
+// Kubernetes cluster: every Namespace's profile k8s_ns.<namespace>, which
+// the CNI plugin gives the namespace's pods, and its labels (namespace
+// selectors); every pod's labels, named ports and profiles, which the CNI
+// plugin reads at ADD, and its endpoints' labels after that; every
+// NetworkPolicy as a policy. It runs as a one-replica
 // Deployment (conf/k8s/tabby.yaml); one at a time is enough because every
 // write is idempotent and compared before it is made, and a second replica
 // briefly running during a rollout writes the same values.
@@ -12,22 +15,24 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/tabby-net/tabby/kube-controllers/internal/ctrl"
+	"github.com/tabby-net/tabby/kube-controllers/internal/namespace"
+	"github.com/tabby-net/tabby/kube-controllers/internal/netpol"
+	"github.com/tabby-net/tabby/kube-controllers/internal/pod"
 	"github.com/tabby-net/tabby/pkg/cliflags"
 )
 
 // Version is set at build time.
 var Version = "dev"
-
-var everything = labels.Everything()
 
 func main() {
 	prog := cliflags.NewProgram("tabby-kube-controllers", Version)
@@ -62,12 +67,22 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	f := informers.NewSharedInformerFactory(cs, *resync)
-	nc := NewNamespaceController(f, kv, log)
-	nc.Resync = *resync
+	ctrls := []*ctrl.Controller{namespace.New(f, kv, log), pod.New(f, kv, log), netpol.New(f, kv, log)}
+	for _, c := range ctrls {
+		c.Resync = *resync
+	}
+	caughtUp := func() bool {
+		for _, c := range ctrls {
+			if !c.CaughtUp() {
+				return false
+			}
+		}
+		return true
+	}
 	if *health != "" {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-			if !nc.CaughtUp() {
+			if !caughtUp() {
 				http.Error(w, "not caught up", http.StatusServiceUnavailable)
 				return
 			}
@@ -83,7 +98,11 @@ func main() {
 	}
 	f.Start(ctx.Done())
 	log.Info("started", "version", Version)
-	nc.Run(ctx)
+	var wg sync.WaitGroup
+	for _, c := range ctrls {
+		wg.Go(func() { c.Run(ctx) })
+	}
+	wg.Wait()
 	f.Shutdown()
 	log.Info("stopped")
 }

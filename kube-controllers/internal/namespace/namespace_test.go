@@ -1,4 +1,4 @@
-package main
+package namespace
 
 import (
 	"context"
@@ -44,8 +44,8 @@ func TestNamespaceProfile(t *testing.T) {
 		{map[string]string{AnnotationAllowFrom: "b"}, iso, true},
 		{map[string]string{AnnotationIsolation: "namespace", AnnotationAllowFrom: "b/../x"}, iso, true},
 	} {
-		got, err := namespaceProfile(ns("a", c.ann))
-		if (err != nil) != c.wantErr || !reflect.DeepEqual(normalize(got), normalize(c.want)) {
+		got, err := Render(ns("a", c.ann))
+		if (err != nil) != c.wantErr || !Equal(got, c.want) {
 			t.Errorf("%v: got %+v, %v; want %+v (error %v)", c.ann, got, err, c.want, c.wantErr)
 		}
 	}
@@ -73,7 +73,7 @@ func TestNamespaceController(t *testing.T) {
 	}
 	cs := fake.NewSimpleClientset(ns("default", nil), ns("kube-system", nil))
 	f := informers.NewSharedInformerFactory(cs, 0)
-	c := NewNamespaceController(f, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := New(f, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	f.Start(ctx.Done())
 	go c.Run(ctx)
 
@@ -122,7 +122,7 @@ func TestNamespaceController(t *testing.T) {
 	}
 	eventually("isolated tenant profile", func() error {
 		p, err := profile("k8s_ns.tenant")
-		if err == nil && (p == nil || !reflect.DeepEqual(normalize(*p), normalize(model.DefaultProfile("k8s_ns.tenant")))) {
+		if err == nil && (p == nil || !Equal(*p, model.DefaultProfile("k8s_ns.tenant"))) {
 			err = fmt.Errorf("got %+v", p)
 		}
 		return err
