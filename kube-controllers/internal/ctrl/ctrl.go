@@ -120,7 +120,27 @@ func (c *Controller) Run(ctx context.Context) {
 		case <-time.After(c.RetryDelay):
 		}
 	}
-	go wait.UntilWithContext(ctx, func(ctx context.Context) {
+	if c.Resync > 0 {
+		go c.resyncLoop(ctx)
+	}
+	workers := max(c.Workers, 1)
+	done := make(chan struct{})
+	for range workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for c.next(ctx) {
+			}
+		}()
+	}
+	for range workers {
+		<-done
+	}
+}
+
+// resyncLoop compares everything again every Resync and queues the keys
+// that differ; the workers write them.
+func (c *Controller) resyncLoop(ctx context.Context) {
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		// The first pass just ran: skip the immediate call.
 		select {
 		case <-ctx.Done():
@@ -139,18 +159,6 @@ func (c *Controller) Run(ctx context.Context) {
 			c.queue.Add(k)
 		}
 	}, 0)
-	workers := max(c.Workers, 1)
-	done := make(chan struct{})
-	for range workers {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for c.next(ctx) {
-			}
-		}()
-	}
-	for range workers {
-		<-done
-	}
 }
 
 func (c *Controller) firstPass(ctx context.Context) (int, int, error) {
