@@ -10,16 +10,9 @@ import (
 // netpolSuite is Kubernetes' own NetworkPolicy suite
 // (test/e2e/network/netpol): namespaces x, y and z with pods a, b and c
 // serving TCP and UDP on 80 and 81, the whole reachability matrix probed
-// for every policy. SCTPConnectivity is skipped (no SCTP in this kernel);
+// for every policy, run by TestUpstreamNetworking. SCTPConnectivity is skipped (no SCTP in this kernel);
 // the two cases that check that SCTP rules do not open TCP still run.
 var netpolSuite = suite{name: "Netpol", focus: `Netpol`, skip: `SCTPConnectivity`, want: 48, timeout: 60 * time.Minute, procs: 3}
-
-// TestUpstreamNetworkPolicy runs the upstream NetworkPolicy suite against
-// tabby's enforcement.
-func TestUpstreamNetworkPolicy(t *testing.T) {
-	e := newEnv(t, 3)
-	e.runUpstream(t, netpolSuite)
-}
 
 // TestNetworkPolicyTabbyCases are tabby's own cases next to the upstream
 // suite: a pod that a policy isolates has no window between its ADD and its

@@ -37,6 +37,7 @@ type suite struct {
 var upstreamSuites = []suite{
 	{name: "Networking Granular Checks: Pods", focus: `\[sig-network\] Networking Granular Checks: Pods`, skip: `SCTPConnectivity`, want: 4, timeout: 15 * time.Minute},
 	{name: "Services [Conformance]", focus: `\[sig-network\] Services .*\[Conformance\]`, want: 15, timeout: 30 * time.Minute},
+	netpolSuite,
 }
 
 var ranRe = regexp.MustCompile(`Ran (\d+) of (\d+) Specs`)
