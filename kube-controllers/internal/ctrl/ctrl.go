@@ -20,6 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/tabby-net/tabby/pkg/store"
 )
 
 // Reconciler is what a controller does with its keys.
@@ -86,6 +88,42 @@ func (c *Controller) Watch(inf cache.SharedIndexInformer, keyOf func(obj any) []
 		DeleteFunc: enqueue,
 	})
 	c.synced = append(c.synced, inf.HasSynced)
+}
+
+// Base is what a controller's Reconciler holds (embedded): the store, the
+// lister of its informer's cache and the controller's logger. Register
+// fills it in.
+type Base[L any] struct {
+	KV     store.KV
+	Lister L
+	Log    *slog.Logger
+}
+
+func (b *Base[L]) base() *Base[L] { return b }
+
+// Informer is a typed informer of client-go's informer factories.
+type Informer[L any] interface {
+	Informer() cache.SharedIndexInformer
+	Lister() L
+}
+
+// Register makes the controller named name for r (a Reconciler embedding
+// Base, which it fills in with kv, inf's lister and the controller's
+// logger) and feeds it inf's events: an object of type T is the one key
+// keyOf names, other objects are no key.
+func Register[L, T any](name string, kv store.KV, log *slog.Logger, inf Informer[L], r interface {
+	Reconciler
+	base() *Base[L]
+}, keyOf func(T) string) *Controller {
+	c := New(name, log, r)
+	*r.base() = Base[L]{KV: kv, Lister: inf.Lister(), Log: c.Log()}
+	c.Watch(inf.Informer(), func(obj any) []string {
+		if o, ok := obj.(T); ok {
+			return []string{keyOf(o)}
+		}
+		return nil
+	})
+	return c
 }
 
 // Enqueue asks for key to be synced.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/store"
@@ -102,6 +103,26 @@ func Delete(ctx context.Context, kv store.KV, key string, guard Guard) (bool, er
 		}
 	}
 	return false, fmt.Errorf("delete %s: %w", key, store.ErrConflict)
+}
+
+// Write is Put of a record of any owner that logs msg (with args) when it
+// wrote.
+func Write[T any](ctx context.Context, kv store.KV, log *slog.Logger, key string, want T, msg string, args ...any) error {
+	wrote, err := Put(ctx, kv, key, want, nil)
+	if wrote {
+		log.Info(msg, args...)
+	}
+	return err
+}
+
+// Remove is Delete of a record of any owner that logs msg (with args) when
+// it deleted.
+func Remove(ctx context.Context, kv store.KV, log *slog.Logger, key string, msg string, args ...any) error {
+	gone, err := Delete(ctx, kv, key, nil)
+	if gone {
+		log.Info(msg, args...)
+	}
+	return err
 }
 
 // List reads every record under prefix into a map by key.

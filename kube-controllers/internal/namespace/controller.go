@@ -28,39 +28,27 @@ func Record(ns *corev1.Namespace) model.Namespace {
 // model.Namespace record at model.NamespaceKey. Its queue keys are
 // namespace names.
 type Reconciler struct {
-	kv     store.KV
-	log    *slog.Logger
-	lister listers.NamespaceLister
+	ctrl.Base[listers.NamespaceLister]
 }
 
 // New registers the namespace controller's informer with f.
 func New(f informers.SharedInformerFactory, kv store.KV, log *slog.Logger) *ctrl.Controller {
-	inf := f.Core().V1().Namespaces()
-	r := &Reconciler{kv: kv, lister: inf.Lister()}
-	c := ctrl.New("namespace", log, r)
-	r.log = c.Log()
-	c.Watch(inf.Informer(), func(obj any) []string {
-		if ns, ok := obj.(*corev1.Namespace); ok {
-			return []string{ns.Name}
-		}
-		return nil
-	})
-	return c
+	return ctrl.Register("namespace", kv, log, f.Core().V1().Namespaces(), &Reconciler{}, func(ns *corev1.Namespace) string { return ns.Name })
 }
 
 // Diff compares the k8s_ns.* profiles and the namespace records with the
 // namespaces: a namespace whose records differ or are missing, and one
 // that is gone but still has a record, is a key to sync.
 func (r *Reconciler) Diff(ctx context.Context) ([]string, int, error) {
-	nss, err := r.lister.List(labels.Everything())
+	nss, err := r.Lister.List(labels.Everything())
 	if err != nil {
 		return nil, 0, err
 	}
-	profiles, err := ctrl.List(ctx, r.kv, model.ProfileKey(ProfilePrefix))
+	profiles, err := ctrl.List(ctx, r.KV, model.ProfileKey(ProfilePrefix))
 	if err != nil {
 		return nil, 0, err
 	}
-	records, err := ctrl.List(ctx, r.kv, model.NamespacePrefix)
+	records, err := ctrl.List(ctx, r.KV, model.NamespacePrefix)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -95,14 +83,12 @@ func (r *Reconciler) Diff(ctx context.Context) ([]string, int, error) {
 // or removes them when it is gone.
 func (r *Reconciler) Sync(ctx context.Context, name string) error {
 	pk, nk := model.ProfileKey(ProfileName(name)), model.NamespaceKey(name)
-	ns, err := r.lister.Get(name)
+	ns, err := r.Lister.Get(name)
 	if apierrors.IsNotFound(err) {
 		var errs []error
 		for _, k := range []string{pk, nk} {
-			if gone, err := ctrl.Delete(ctx, r.kv, k, nil); err != nil {
+			if err := ctrl.Remove(ctx, r.KV, r.Log, k, "namespace gone: record deleted", "namespace", name, "key", k); err != nil {
 				errs = append(errs, err)
-			} else if gone {
-				r.log.Info("namespace gone: record deleted", "namespace", name, "key", k)
 			}
 		}
 		return errors.Join(errs...)
@@ -112,17 +98,13 @@ func (r *Reconciler) Sync(ctx context.Context, name string) error {
 	}
 	p, perr := Render(ns)
 	if perr != nil {
-		r.log.Warn("namespace annotation", "namespace", name, "err", perr)
+		r.Log.Warn("namespace annotation", "namespace", name, "err", perr)
 	}
-	if wrote, err := ctrl.Put(ctx, r.kv, pk, p, nil); err != nil {
+	if err := ctrl.Write(ctx, r.KV, r.Log, pk, p, "namespace profile written", "namespace", name, "inbound", len(p.Inbound)); err != nil {
 		return err
-	} else if wrote {
-		r.log.Info("namespace profile written", "namespace", name, "inbound", len(p.Inbound))
 	}
-	if wrote, err := ctrl.Put(ctx, r.kv, nk, Record(ns), nil); err != nil {
+	if err := ctrl.Write(ctx, r.KV, r.Log, nk, Record(ns), "namespace labels written", "namespace", name, "labels", len(ns.Labels)); err != nil {
 		return fmt.Errorf("namespace %s: %w", name, err)
-	} else if wrote {
-		r.log.Info("namespace labels written", "namespace", name, "labels", len(ns.Labels))
 	}
 	return nil
 }

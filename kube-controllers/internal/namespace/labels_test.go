@@ -1,24 +1,18 @@
 package namespace
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"maps"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/kube-controllers/internal/ctrltest"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
 func labeled(name string, l map[string]string) *corev1.Namespace {
@@ -35,34 +29,17 @@ func labeled(name string, l map[string]string) *corev1.Namespace {
 // start, one that is out of date is fixed, and labels changed or a
 // namespace deleted later follow.
 func TestNamespaceLabels(t *testing.T) {
-	e := etcdtest.Start(t)
-	kv, err := etcdv3.New(store.Config{Endpoints: e.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kv.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx, kv := ctrltest.Store(t)
 	for _, n := range []model.Namespace{{Name: "gone", Labels: map[string]string{"a": "b"}}, {Name: "y", Labels: map[string]string{"old": "1"}}} {
 		if err := store.PutJSON(ctx, kv, model.NamespaceKey(n.Name), n); err != nil {
 			t.Fatal(err)
 		}
 	}
 	cs := fake.NewSimpleClientset(labeled("x", map[string]string{"ns": "x"}), labeled("y", map[string]string{"ns": "y"}))
-	f := informers.NewSharedInformerFactory(cs, 0)
-	c := New(f, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	f.Start(ctx.Done())
-	go c.Run(ctx)
+	ctrltest.Run(t, ctx, cs, kv, New)
 
 	record := func(name string) (*model.Namespace, error) {
-		var n model.Namespace
-		if _, err := store.GetJSON(ctx, kv, model.NamespaceKey(name), &n); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, nil
-			}
-			return nil, err
-		}
-		return &n, nil
+		return ctrltest.Get[model.Namespace](ctx, kv, model.NamespaceKey(name))
 	}
 	is := func(name string, want map[string]string) error {
 		n, err := record(name)
@@ -76,12 +53,6 @@ func TestNamespaceLabels(t *testing.T) {
 		}
 		return nil
 	}
-	eventually(t, "caught up", func() error {
-		if !c.CaughtUp() {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
 	for name, want := range map[string]map[string]string{
 		"x":    {"ns": "x", "kubernetes.io/metadata.name": "x"},
 		"y":    {"ns": "y", "kubernetes.io/metadata.name": "y"},
@@ -94,13 +65,13 @@ func TestNamespaceLabels(t *testing.T) {
 	if _, err := cs.CoreV1().Namespaces().Update(ctx, labeled("x", map[string]string{"ns": "x", "team": "blue"}), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "x relabeled", func() error {
+	ctrltest.Eventually(t, "x relabeled", func() error {
 		return is("x", map[string]string{"ns": "x", "team": "blue", "kubernetes.io/metadata.name": "x"})
 	})
 	if err := cs.CoreV1().Namespaces().Delete(ctx, "y", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "y gone", func() error {
+	ctrltest.Eventually(t, "y gone", func() error {
 		if err := is("y", nil); err != nil {
 			return err
 		}
@@ -109,19 +80,4 @@ func TestNamespaceLabels(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-func eventually(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

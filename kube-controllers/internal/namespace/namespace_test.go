@@ -1,24 +1,17 @@
 package namespace
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"reflect"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/kube-controllers/internal/ctrltest"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
 func ns(name string, ann map[string]string) *corev1.Namespace {
@@ -56,14 +49,7 @@ func TestNamespaceProfile(t *testing.T) {
 // deleted; a stale k8s_ns.* profile left from before the start goes; a
 // profile of tabby's own users is never touched.
 func TestNamespaceController(t *testing.T) {
-	e := etcdtest.Start(t)
-	kv, err := etcdv3.New(store.Config{Endpoints: e.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kv.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx, kv := ctrltest.Store(t)
 	mine := model.DefaultProfile("PROF_A")
 	stale := model.DefaultProfile("k8s_ns.gone")
 	for _, p := range []model.Profile{mine, stale} {
@@ -72,41 +58,11 @@ func TestNamespaceController(t *testing.T) {
 		}
 	}
 	cs := fake.NewSimpleClientset(ns("default", nil), ns("kube-system", nil))
-	f := informers.NewSharedInformerFactory(cs, 0)
-	c := New(f, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	f.Start(ctx.Done())
-	go c.Run(ctx)
+	ctrltest.Run(t, ctx, cs, kv, New)
 
 	profile := func(name string) (*model.Profile, error) {
-		var p model.Profile
-		if _, err := store.GetJSON(ctx, kv, model.ProfileKey(name), &p); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, nil
-			}
-			return nil, err
-		}
-		return &p, nil
+		return ctrltest.Get[model.Profile](ctx, kv, model.ProfileKey(name))
 	}
-	eventually := func(what string, f func() error) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			err := f()
-			if err == nil {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %v", what, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	eventually("caught up", func() error {
-		if !c.CaughtUp() {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
 	// Caught up means written: no waiting past this point for the start's namespaces.
 	for _, n := range []string{"default", "kube-system"} {
 		if p, err := profile("k8s_ns." + n); err != nil || p == nil || len(p.Inbound) != 1 || p.Inbound[0].SrcTag != "" {
@@ -120,7 +76,7 @@ func TestNamespaceController(t *testing.T) {
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, ns("tenant", map[string]string{AnnotationIsolation: "namespace"}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually("isolated tenant profile", func() error {
+	ctrltest.Eventually(t, "isolated tenant profile", func() error {
 		p, err := profile("k8s_ns.tenant")
 		if err == nil && (p == nil || !Equal(*p, model.DefaultProfile("k8s_ns.tenant"))) {
 			err = fmt.Errorf("got %+v", p)
@@ -131,7 +87,7 @@ func TestNamespaceController(t *testing.T) {
 	if _, err := cs.CoreV1().Namespaces().Update(ctx, ns("tenant", nil), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually("tenant not isolated", func() error {
+	ctrltest.Eventually(t, "tenant not isolated", func() error {
 		p, err := profile("k8s_ns.tenant")
 		if err == nil && (p == nil || len(p.Inbound) != 1 || p.Inbound[0].SrcTag != "") {
 			err = fmt.Errorf("got %+v", p)
@@ -141,7 +97,7 @@ func TestNamespaceController(t *testing.T) {
 	if err := cs.CoreV1().Namespaces().Delete(ctx, "tenant", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually("tenant profile deleted", func() error {
+	ctrltest.Eventually(t, "tenant profile deleted", func() error {
 		p, err := profile("k8s_ns.tenant")
 		if err == nil && p != nil {
 			err = fmt.Errorf("still %+v", p)

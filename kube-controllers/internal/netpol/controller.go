@@ -24,24 +24,13 @@ import (
 // policy that no NetworkPolicy can have made (another name, the global
 // namespace) is a key too, and goes.
 type Reconciler struct {
-	kv     store.KV
-	log    *slog.Logger
-	lister listers.NetworkPolicyLister
+	ctrl.Base[listers.NetworkPolicyLister]
 }
 
 // New registers the NetworkPolicy controller's informer with f.
 func New(f informers.SharedInformerFactory, kv store.KV, log *slog.Logger) *ctrl.Controller {
-	inf := f.Networking().V1().NetworkPolicies()
-	r := &Reconciler{kv: kv, lister: inf.Lister()}
-	c := ctrl.New("networkpolicy", log, r)
-	r.log = c.Log()
-	c.Watch(inf.Informer(), func(obj any) []string {
-		if np, ok := obj.(*networkingv1.NetworkPolicy); ok {
-			return []string{Key(np.Namespace, np.Name)}
-		}
-		return nil
-	})
-	return c
+	return ctrl.Register("networkpolicy", kv, log, f.Networking().V1().NetworkPolicies(), &Reconciler{},
+		func(np *networkingv1.NetworkPolicy) string { return Key(np.Namespace, np.Name) })
 }
 
 // ours says whether a stored policy is this controller's to change: one
@@ -64,11 +53,11 @@ func splitKey(key string) (ns, name string, ok bool) {
 // NetworkPolicy whose copy is missing or differs, and of a k8s-owned
 // policy with no NetworkPolicy, is returned.
 func (r *Reconciler) Diff(ctx context.Context) ([]string, int, error) {
-	nps, err := r.lister.List(labels.Everything())
+	nps, err := r.Lister.List(labels.Everything())
 	if err != nil {
 		return nil, 0, err
 	}
-	stored, err := ctrl.List(ctx, r.kv, model.PolicyPrefix)
+	stored, err := ctrl.List(ctx, r.KV, model.PolicyPrefix)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -96,7 +85,7 @@ func (r *Reconciler) Sync(ctx context.Context, key string) error {
 	var np *networkingv1.NetworkPolicy
 	if ns, name, ok := splitKey(key); ok {
 		var err error
-		np, err = r.lister.NetworkPolicies(ns).Get(name)
+		np, err = r.Lister.NetworkPolicies(ns).Get(name)
 		if apierrors.IsNotFound(err) {
 			np = nil
 		} else if err != nil {
@@ -104,31 +93,31 @@ func (r *Reconciler) Sync(ctx context.Context, key string) error {
 		}
 	}
 	if np == nil {
-		gone, err := ctrl.Delete(ctx, r.kv, key, ours)
+		gone, err := ctrl.Delete(ctx, r.KV, key, ours)
 		if errors.Is(err, ctrl.ErrNotOurs) {
 			return nil
 		}
 		if gone {
-			r.log.Info("policy deleted: no such NetworkPolicy", "key", key)
+			r.Log.Info("policy deleted: no such NetworkPolicy", "key", key)
 		}
 		return err
 	}
 	p, terr := Translate(np)
 	if terr != nil {
-		r.log.Error("networkpolicy not translated; isolating its pods instead", "networkpolicy", np.Namespace+"/"+np.Name, "err", terr)
+		r.Log.Error("networkpolicy not translated; isolating its pods instead", "networkpolicy", np.Namespace+"/"+np.Name, "err", terr)
 	}
-	wrote, err := ctrl.Put(ctx, r.kv, key, p, ours)
+	wrote, err := ctrl.Put(ctx, r.KV, key, p, ours)
 	if errors.Is(err, ctrl.ErrNotOurs) {
 		// Not retried: the record's owner must remove it (tabbyctl policy
 		// remove); its next change or the next resync tries again.
-		r.log.Error("networkpolicy not written: a policy of another owner has its name", "networkpolicy", np.Namespace+"/"+np.Name, "key", key)
+		r.Log.Error("networkpolicy not written: a policy of another owner has its name", "networkpolicy", np.Namespace+"/"+np.Name, "key", key)
 		return nil
 	}
 	if err != nil {
 		return err
 	}
 	if wrote {
-		r.log.Info("policy written", "networkpolicy", np.Namespace+"/"+np.Name, "types", p.Types, "ingress", len(p.Ingress), "egress", len(p.Egress))
+		r.Log.Info("policy written", "networkpolicy", np.Namespace+"/"+np.Name, "types", p.Types, "ingress", len(p.Ingress), "egress", len(p.Egress))
 	}
 	return nil
 }

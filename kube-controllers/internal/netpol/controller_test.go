@@ -1,23 +1,16 @@
 package netpol
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
-	"time"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/kube-controllers/internal/ctrltest"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
 // TestNetworkPolicyController runs the controller against a fake API
@@ -27,14 +20,7 @@ import (
 // written, policies of other owners stay, even one at a NetworkPolicy's
 // name. Later: create, update and delete follow.
 func TestNetworkPolicyController(t *testing.T) {
-	e := etcdtest.Start(t)
-	kv, err := etcdv3.New(store.Config{Endpoints: e.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kv.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx, kv := ctrltest.Store(t)
 
 	denyIn := networkingv1.NetworkPolicySpec{PolicyTypes: ingress}
 	right, _ := Translate(np("right", denyIn))
@@ -61,23 +47,10 @@ func TestNetworkPolicyController(t *testing.T) {
 	revRight, revOutdated, revUsers, revTaken := rev(Key("x", "right")), rev(Key("x", "outdated")), rev(model.PolicyKey("x", "users")), rev(Key("x", "taken"))
 
 	cs := fake.NewSimpleClientset(np("right", denyIn), np("outdated", denyIn), np("taken", denyIn))
-	f := informers.NewSharedInformerFactory(cs, 0)
-	c := New(f, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	f.Start(ctx.Done())
-	go c.Run(ctx)
+	ctrltest.Run(t, ctx, cs, kv, New)
 
-	get := func(key string) (*model.Policy, error) {
-		var p model.Policy
-		if _, err := store.GetJSON(ctx, kv, key, &p); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, nil
-			}
-			return nil, err
-		}
-		return &p, nil
-	}
 	is := func(key string, want *model.Policy) error {
-		got, err := get(key)
+		got, err := ctrltest.Get[model.Policy](ctx, kv, key)
 		if err != nil {
 			return err
 		}
@@ -92,12 +65,6 @@ func TestNetworkPolicyController(t *testing.T) {
 		}
 		return nil
 	}
-	eventually(t, "caught up", func() error {
-		if !c.CaughtUp() {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
 	wantOutdated := pol("outdated", "", []string{"ingress"}, nil, nil)
 	for k, want := range map[string]*model.Policy{
 		Key("x", "right"): &right, Key("x", "outdated"): &wantOutdated, Key("x", "gone"): nil,
@@ -124,43 +91,28 @@ func TestNetworkPolicyController(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := pol("allow-b", "pod=a", []string{"ingress"}, []model.PolicyRule{{Action: allow, Peers: []model.Peer{{Selector: "pod=b"}}}}, nil)
-	eventually(t, "created", func() error { return is(Key("x", "allow-b"), &want) })
+	ctrltest.Eventually(t, "created", func() error { return is(Key("x", "allow-b"), &want) })
 	n.Spec.Ingress[0].From[0].PodSelector = sel(map[string]string{"pod": "c"})
 	if _, err := cs.NetworkingV1().NetworkPolicies("x").Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	want.Ingress[0].Peers[0].Selector = "pod=c"
-	eventually(t, "updated", func() error { return is(Key("x", "allow-b"), &want) })
+	ctrltest.Eventually(t, "updated", func() error { return is(Key("x", "allow-b"), &want) })
 	for _, name := range []string{"allow-b", "taken"} {
 		if err := cs.NetworkingV1().NetworkPolicies("x").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "deleted", func() error { return is(Key("x", "allow-b"), nil) })
+	ctrltest.Eventually(t, "deleted", func() error { return is(Key("x", "allow-b"), nil) })
 	// The one worker takes keys in order: once a policy created after the
 	// deletes is written, the delete of "taken" has been handled.
 	if _, err := cs.NetworkingV1().NetworkPolicies("x").Create(ctx, np("last", denyIn), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	last, _ := Translate(np("last", denyIn))
-	eventually(t, "last", func() error { return is(Key("x", "last"), &last) })
+	ctrltest.Eventually(t, "last", func() error { return is(Key("x", "last"), &last) })
 	// The squatter is still not ours to delete.
 	if err := is(Key("x", "taken"), &squatter); err != nil {
 		t.Error(err)
-	}
-}
-
-func eventually(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

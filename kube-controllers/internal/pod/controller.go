@@ -24,9 +24,7 @@ import (
 // Reconciler keeps the K8sPod records and the pods' endpoints' labels and
 // named ports. Its queue keys are "namespace/pod".
 type Reconciler struct {
-	kv     store.KV
-	log    *slog.Logger
-	lister listers.PodLister
+	ctrl.Base[listers.PodLister]
 }
 
 // New registers the pod controller's informer with f. Pods are many; the
@@ -39,16 +37,8 @@ func New(f informers.SharedInformerFactory, kv store.KV, log *slog.Logger) *ctrl
 		}
 		return obj, nil
 	})
-	r := &Reconciler{kv: kv, lister: inf.Lister()}
-	c := ctrl.New("pod", log, r)
+	c := ctrl.Register("pod", kv, log, inf, &Reconciler{}, func(p *corev1.Pod) string { return p.Namespace + "/" + p.Name })
 	c.Workers = 4
-	r.log = c.Log()
-	c.Watch(inf.Informer(), func(obj any) []string {
-		if p, ok := obj.(*corev1.Pod); ok {
-			return []string{p.Namespace + "/" + p.Name}
-		}
-		return nil
-	})
 	return c
 }
 
@@ -68,11 +58,11 @@ func endpointDiffers(ep *model.Endpoint, rec *model.K8sPod) bool {
 // and a pod with an endpoint or member record that drifted are keys.
 // Endpoints are read once per node that runs pods, not once per pod.
 func (r *Reconciler) Diff(ctx context.Context) ([]string, int, error) {
-	pods, err := r.lister.List(labels.Everything())
+	pods, err := r.Lister.List(labels.Everything())
 	if err != nil {
 		return nil, 0, err
 	}
-	records, err := ctrl.List(ctx, r.kv, model.K8sPodPrefix)
+	records, err := ctrl.List(ctx, r.KV, model.K8sPodPrefix)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -104,12 +94,12 @@ func (r *Reconciler) Diff(ctx context.Context) ([]string, int, error) {
 		}
 	}
 	if len(byNode) > 0 {
-		members, err := ctrl.List(ctx, r.kv, model.MemberPrefix)
+		members, err := ctrl.List(ctx, r.KV, model.MemberPrefix)
 		if err != nil {
 			return nil, 0, err
 		}
 		for node, recs := range byNode {
-			eps, err := ctrl.List(ctx, r.kv, model.HostWorkloadPrefix(node)+model.OrchestratorK8s+"/")
+			eps, err := ctrl.List(ctx, r.KV, model.HostWorkloadPrefix(node)+model.OrchestratorK8s+"/")
 			if err != nil {
 				return nil, 0, err
 			}
@@ -142,26 +132,19 @@ func (r *Reconciler) Sync(ctx context.Context, key string) error {
 		return nil
 	}
 	rk := model.K8sPodKey(ns, name)
-	p, err := r.lister.Pods(ns).Get(name)
+	p, err := r.Lister.Pods(ns).Get(name)
 	if apierrors.IsNotFound(err) || err == nil && !wanted(p) {
-		if gone, err := ctrl.Delete(ctx, r.kv, rk, nil); err != nil {
-			return err
-		} else if gone {
-			r.log.Info("pod record deleted", "pod", key)
-		}
-		return nil
+		return ctrl.Remove(ctx, r.KV, r.Log, rk, "pod record deleted", "pod", key)
 	}
 	if err != nil {
 		return err
 	}
 	rec, aerr := Record(p)
 	if aerr != nil {
-		r.log.Warn("pod annotation", "pod", key, "err", aerr)
+		r.Log.Warn("pod annotation", "pod", key, "err", aerr)
 	}
-	if wrote, err := ctrl.Put(ctx, r.kv, rk, rec, nil); err != nil {
+	if err := ctrl.Write(ctx, r.KV, r.Log, rk, rec, "pod record written", "pod", key, "labels", len(rec.Labels), "ports", len(rec.Ports), "profiles", len(rec.Profiles)); err != nil {
 		return err
-	} else if wrote {
-		r.log.Info("pod record written", "pod", key, "labels", len(rec.Labels), "ports", len(rec.Ports), "profiles", len(rec.Profiles))
 	}
 	if p.Spec.NodeName == "" {
 		return nil
@@ -177,7 +160,7 @@ func (r *Reconciler) syncEndpoints(ctx context.Context, host string, rec *model.
 	ctx, cancel := context.WithTimeout(ctx, ctrl.CallTimeout)
 	defer cancel()
 	prefix := WorkloadPrefix(host, rec.Namespace, rec.Name)
-	kvs, _, err := r.kv.List(ctx, prefix, false)
+	kvs, _, err := r.KV.List(ctx, prefix, false)
 	if err != nil {
 		return fmt.Errorf("list %s: %w", prefix, err)
 	}
@@ -198,13 +181,13 @@ func (r *Reconciler) syncEndpoint(ctx context.Context, cur store.KeyValue, rec *
 		var ep model.Endpoint
 		if err := store.DecodeRecord(cur.Key, cur.Value, &ep); err != nil {
 			// Not a record this controller can fix; the node reports it.
-			r.log.Warn("endpoint unreadable; left alone", "key", cur.Key, "err", err)
+			r.Log.Warn("endpoint unreadable; left alone", "key", cur.Key, "err", err)
 			return nil
 		}
 		mk := model.MemberKeyOf(&ep)
 		if !endpointDiffers(&ep, rec) {
 			// The endpoint is right; its member record may still lag.
-			m, err := r.kv.Get(ctx, mk)
+			m, err := r.KV.Get(ctx, mk)
 			if err != nil && !errors.Is(err, store.ErrNotFound) {
 				return fmt.Errorf("read %s: %w", mk, err)
 			}
@@ -213,16 +196,16 @@ func (r *Reconciler) syncEndpoint(ctx context.Context, cur store.KeyValue, rec *
 			}
 		}
 		ep.Labels, ep.Ports = rec.Labels, rec.Ports
-		res, err := r.kv.Txn(ctx, []store.Cmp{{Key: cur.Key, ModRev: cur.ModRev}},
+		res, err := r.KV.Txn(ctx, []store.Cmp{{Key: cur.Key, ModRev: cur.ModRev}},
 			[]store.Op{store.Put(cur.Key, store.MustJSON(&ep)), store.Put(mk, store.MustJSON(model.MemberOf(&ep)))})
 		if err != nil {
 			return fmt.Errorf("write %s: %w", cur.Key, err)
 		}
 		if res.Succeeded {
-			r.log.Info("endpoint labels written", "endpoint", cur.Key, "labels", len(ep.Labels), "ports", len(ep.Ports))
+			r.Log.Info("endpoint labels written", "endpoint", cur.Key, "labels", len(ep.Labels), "ports", len(ep.Ports))
 			return nil
 		}
-		next, err := r.kv.Get(ctx, cur.Key)
+		next, err := r.KV.Get(ctx, cur.Key)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil // deleted meanwhile (CNI DEL)
 		}

@@ -1,11 +1,7 @@
 package pod
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"maps"
 	"reflect"
 	"slices"
@@ -15,13 +11,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/kube-controllers/internal/ctrltest"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
-	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 	"github.com/tabby-net/tabby/pkg/workload"
 )
 
@@ -62,14 +56,7 @@ func endpoint(host, ns, pod string, labels map[string]string) *model.Endpoint {
 // start, a label change carried to the endpoint and its member record in
 // one transaction within well under a second, a deleted pod's record gone.
 func TestPodController(t *testing.T) {
-	e := etcdtest.Start(t)
-	kv, err := etcdv3.New(store.Config{Endpoints: e.Endpoints()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kv.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx, kv := ctrltest.Store(t)
 
 	// Before the start: a record of a pod deleted meanwhile, one of a host
 	// network pod, an endpoint of x/a with labels out of date, an endpoint
@@ -104,20 +91,10 @@ func TestPodController(t *testing.T) {
 		pod("x", "b", "n1", map[string]string{"app": "b"}, nil),
 		pod("x", "pending", "", map[string]string{"app": "p"}, nil), // not scheduled yet
 		hn)
-	f := informers.NewSharedInformerFactory(cs, 0)
-	c := New(f, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	f.Start(ctx.Done())
-	go c.Run(ctx)
+	ctrltest.Run(t, ctx, cs, kv, New)
 
 	record := func(ns, name string) (*model.K8sPod, error) {
-		var r model.K8sPod
-		if _, err := store.GetJSON(ctx, kv, model.K8sPodKey(ns, name), &r); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, nil
-			}
-			return nil, err
-		}
-		return &r, nil
+		return ctrltest.Get[model.K8sPod](ctx, kv, model.K8sPodKey(ns, name))
 	}
 	// labelsAre checks an endpoint and its member record.
 	labelsAre := func(ep *model.Endpoint, want map[string]string, ports []model.NamedPort) error {
@@ -140,12 +117,6 @@ func TestPodController(t *testing.T) {
 		}
 		return nil
 	}
-	eventually(t, "caught up", func() error {
-		if !c.CaughtUp() {
-			return fmt.Errorf("not yet")
-		}
-		return nil
-	})
 	httpPort := []model.NamedPort{{Name: "http", Protocol: "tcp", Port: 80}}
 	for _, n := range []string{"a", "b", "pending"} {
 		if r, err := record("x", n); err != nil || r == nil || r.UID != "uid-"+n {
@@ -174,7 +145,7 @@ func TestPodController(t *testing.T) {
 	if _, err := cs.CoreV1().Pods("x").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "relabeled endpoint", func() error {
+	ctrltest.Eventually(t, "relabeled endpoint", func() error {
 		return labelsAre(epA, map[string]string{"app": "a", "role": "db"}, httpPort)
 	})
 	if d := time.Since(start); d > 500*time.Millisecond {
@@ -188,7 +159,7 @@ func TestPodController(t *testing.T) {
 	if _, err := cs.CoreV1().Pods("x").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "named port on endpoint", func() error {
+	ctrltest.Eventually(t, "named port on endpoint", func() error {
 		return labelsAre(epA, map[string]string{"app": "a", "role": "db"}, append(httpPort, model.NamedPort{Name: "metrics", Protocol: "tcp", Port: 9090}))
 	})
 
@@ -206,13 +177,13 @@ func TestPodController(t *testing.T) {
 	if _, err := cs.CoreV1().Pods("x").Update(ctx, pp, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "scheduled pod's endpoint", func() error { return labelsAre(epP, map[string]string{"app": "p"}, nil) })
+	ctrltest.Eventually(t, "scheduled pod's endpoint", func() error { return labelsAre(epP, map[string]string{"app": "p"}, nil) })
 
 	// Deleted: the record goes; the endpoint is the CNI plugin's to remove.
 	if err := cs.CoreV1().Pods("x").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "record of deleted pod gone", func() error {
+	ctrltest.Eventually(t, "record of deleted pod gone", func() error {
 		r, err := record("x", "a")
 		if err == nil && r != nil {
 			err = fmt.Errorf("still %+v", r)
@@ -221,20 +192,5 @@ func TestPodController(t *testing.T) {
 	})
 	if _, err := kv.Get(ctx, epA.Key()); err != nil {
 		t.Errorf("endpoint of the deleted pod: %v", err)
-	}
-}
-
-func eventually(t *testing.T, what string, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
