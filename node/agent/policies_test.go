@@ -27,6 +27,28 @@ type policyAgent struct {
 	ctx context.Context
 }
 
+// withPolicyAgent runs f with a policy agent named h1 whose etcd holds
+// profile P (allow all); its cache is not started. etcd and its client
+// run in the test's own netns, the agent's kernel state in a fresh one.
+func withPolicyAgent(t *testing.T, f func(p *policyAgent, e *etcdtest.Etcd)) {
+	t.Helper()
+	e := etcdtest.Start(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	nstest.Run(t, func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		a, _ := testAgent(t)
+		a.cfg.Name = "h1"
+		p := &policyAgent{Agent: a, t: t, cli: cli, ctx: ctx}
+		p.put(model.ProfileKey("P"), model.Profile{Name: "P", Inbound: []model.Rule{{Action: "allow"}}, Outbound: []model.Rule{{Action: "allow"}}})
+		f(p, e)
+	})
+}
+
 func (p *policyAgent) put(key string, v any) {
 	p.t.Helper()
 	b, err := json.Marshal(v)
@@ -101,21 +123,8 @@ func setLines(t *testing.T, prefix string) string {
 // members, namespaces or policies change, and keeps the incremental path
 // for endpoints that need no policy change.
 func TestPoliciesFromEtcd(t *testing.T) {
-	// etcd and its client in the test's own netns; the agent's kernel
-	// state in a fresh one.
-	e := etcdtest.Start(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	nstest.Run(t, func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		a, _ := testAgent(t)
-		a.cfg.Name = "h1"
-		p := &policyAgent{Agent: a, t: t, cli: cli, ctx: ctx}
-		p.put(model.ProfileKey("P"), model.Profile{Name: "P", Inbound: []model.Rule{{Action: "allow"}}, Outbound: []model.Rule{{Action: "allow"}}})
+	withPolicyAgent(t, func(p *policyAgent, _ *etcdtest.Etcd) {
+		a, cli, ctx := p.Agent, p.cli, p.ctx
 		p.put(model.NamespaceKey("prod"), model.Namespace{Name: "prod", Labels: map[string]string{"team": "a"}})
 		p.put(model.NamespaceKey("dev"), model.Namespace{Name: "dev", Labels: map[string]string{"team": "b"}})
 		p.put(model.NamespaceKey("other"), model.Namespace{Name: "other"})
@@ -212,19 +221,8 @@ func ptr(s string) *string { return &s }
 // loaded (here: etcd is down when the pass first needs them), and then it
 // is, with the peer in its set.
 func TestPolicyReadyWaitsForPeers(t *testing.T) {
-	e := etcdtest.Start(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	nstest.Run(t, func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		a, _ := testAgent(t)
-		a.cfg.Name = "h1"
-		p := &policyAgent{Agent: a, t: t, cli: cli, ctx: ctx}
-		p.put(model.ProfileKey("P"), model.Profile{Name: "P", Inbound: []model.Rule{{Action: "allow"}}, Outbound: []model.Rule{{Action: "allow"}}})
+	withPolicyAgent(t, func(p *policyAgent, e *etcdtest.Etcd) {
+		a, cli, ctx := p.Agent, p.cli, p.ctx
 		p.put(model.NamespaceKey("third"), model.Namespace{Name: "third", Labels: map[string]string{"kubernetes.io/metadata.name": "third"}})
 		p.put(model.MemberKey("third", "h2", "k8s", "third.r", "eth0"), model.Member{Endpoint: "r", Nets: []string{"10.3.0.1/32"}, Labels: map[string]string{"app": "client"}})
 		a.cache = watch.New(cli, a.log)

@@ -348,44 +348,19 @@ func roundTrip(t *testing.T, mode string) {
 			{Action: "deny", Protocol: "udp"},
 			{Ports: []model.PolicyPort{{Protocol: "tcp", Name: "http"}}, Peers: []model.Peer{{Selector: "app=web"}}},
 		}})
-		out := Render(in)
-		var sets iptables.Sets
-		if _, err := sets.Sync(out.Sets...); err != nil {
-			t.Fatal(err)
-		}
-		if n, err := sets.Sync(out.Sets...); err != nil || n != 0 {
-			t.Fatalf("re-syncing unchanged sets rewrote %d (%v)", n, err)
-		}
-		for _, fam := range []struct {
-			f iptables.Family
-			t iptables.Table
-		}{{iptables.V4, out.Filter4}, {iptables.V6, out.Filter6}} {
-			b, err := iptables.Detect(fam.f)
-			if err != nil {
-				t.Fatal(err)
-			}
+		applyTwice(t, Render(in), func(f iptables.Family, b *iptables.Backend, tab iptables.Table) {
 			if b.Mode != mode {
 				t.Fatalf("backend %s, want %s", b.Mode, mode)
 			}
-			if err := b.Apply(fam.t); err != nil {
-				t.Fatal(err)
-			}
-			for _, c := range fam.t.Chains {
+			for _, c := range tab.Chains {
 				have, err := b.Rules("filter", c.Name)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if strings.Join(have, "\n") != strings.Join(c.Rules, "\n") {
-					t.Errorf("IPv%d chain %s reads back as\n%s\nnot\n%s", fam.f, c.Name, strings.Join(have, "\n"), strings.Join(c.Rules, "\n"))
+					t.Errorf("IPv%d chain %s reads back as\n%s\nnot\n%s", f, c.Name, strings.Join(have, "\n"), strings.Join(c.Rules, "\n"))
 				}
 			}
-			before := b.Changes
-			if err := b.Apply(fam.t); err != nil {
-				t.Fatal(err)
-			}
-			if b.Changes != before {
-				t.Fatalf("IPv%d: re-applying unchanged rules rewrote chains", fam.f)
-			}
-		}
+		})
 	})
 }

@@ -80,40 +80,50 @@ func TestRenderShape(t *testing.T) {
 // to what was rendered: a second Apply changes nothing.
 func TestRenderedRulesApplyAndAreCanonical(t *testing.T) {
 	nstest.Run(t, func() {
-		out := Render(sample())
-		var sets iptables.Sets
-		if _, err := sets.Sync(out.Sets...); err != nil {
+		applyTwice(t, Render(sample()), nil)
+	})
+}
+
+// applyTwice loads out's sets and both families' filter tables into the
+// kernel, then again: the second time must change nothing. loaded (nil:
+// none) sees each family's backend and table after the first Apply.
+func applyTwice(t *testing.T, out Output, loaded func(f iptables.Family, b *iptables.Backend, tab iptables.Table)) {
+	t.Helper()
+	var sets iptables.Sets
+	if _, err := sets.Sync(out.Sets...); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := sets.Sync(out.Sets...); err != nil || n != 0 {
+		t.Fatalf("re-syncing unchanged sets rewrote %d (%v)", n, err)
+	}
+	for _, fam := range []struct {
+		f iptables.Family
+		t iptables.Table
+	}{{iptables.V4, out.Filter4}, {iptables.V6, out.Filter6}} {
+		b, err := iptables.Detect(fam.f)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if n, err := sets.Sync(out.Sets...); err != nil || n != 0 {
-			t.Fatalf("re-syncing unchanged sets rewrote %d (%v)", n, err)
+		if err := b.Apply(fam.t); err != nil {
+			t.Fatal(err)
 		}
-		for _, fam := range []struct {
-			f iptables.Family
-			t iptables.Table
-		}{{iptables.V4, out.Filter4}, {iptables.V6, out.Filter6}} {
-			b, err := iptables.Detect(fam.f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := b.Apply(fam.t); err != nil {
-				t.Fatal(err)
-			}
-			before := b.Changes
-			if err := b.Apply(fam.t); err != nil {
-				t.Fatal(err)
-			}
-			if b.Changes != before {
-				for _, c := range fam.t.Chains {
-					have, _ := b.Rules("filter", c.Name)
-					if strings.Join(have, "\n") != strings.Join(c.Rules, "\n") {
-						t.Errorf("chain %s reads back as\n%s\nnot\n%s", c.Name, strings.Join(have, "\n"), strings.Join(c.Rules, "\n"))
-					}
+		if loaded != nil {
+			loaded(fam.f, b, fam.t)
+		}
+		before := b.Changes
+		if err := b.Apply(fam.t); err != nil {
+			t.Fatal(err)
+		}
+		if b.Changes != before {
+			for _, c := range fam.t.Chains {
+				have, _ := b.Rules("filter", c.Name)
+				if strings.Join(have, "\n") != strings.Join(c.Rules, "\n") {
+					t.Errorf("chain %s reads back as\n%s\nnot\n%s", c.Name, strings.Join(have, "\n"), strings.Join(c.Rules, "\n"))
 				}
-				t.Fatalf("IPv%d: re-applying unchanged rules rewrote chains", fam.f)
 			}
+			t.Fatalf("IPv%d: re-applying unchanged rules rewrote chains", fam.f)
 		}
-	})
+	}
 }
 
 // Set names are kernel state that outlives a restart: the same tag must
