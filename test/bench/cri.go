@@ -24,7 +24,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/model"
@@ -64,7 +63,7 @@ func (b *bench) findCRITools() (criTools, string) {
 	look(&t.ctr, "ctr", "make deps installs containerd")
 	look(&t.crictl, "crictl", "make tools builds it", filepath.Join(b.p.bin, "tools", "crictl"), filepath.Join(b.p.root, "bin", "tools", "crictl"))
 	look(&t.nsenter, "nsenter", "util-linux") // lab.StartEntering runs it from $PATH
-	look(&t.unshare, "unshare", "util-linux")
+	look(&t.unshare, "unshare", "util-linux") // lab.InMounts runs it from $PATH
 	if !isExec(filepath.Join(b.p.cniDir, "loopback")) {
 		missing = append(missing, "loopback in "+b.p.cniDir+" (containernetworking-plugins; containerd's CRI runs it for every pod)")
 	}
@@ -260,46 +259,12 @@ func (cb *criBench) start(key, name, short, binDir string, plugin map[string]any
 	if err := os.WriteFile(filepath.Join(rt.dir, "conf", "10-"+key+".conflist"), list, 0o644); err != nil {
 		return nil, err
 	}
-	// restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE, and CRI's
-	// oom_score_adj -998 for the pause container makes runc fail.
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-plugin_dir = ""
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  level = "warn"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %q
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = %q
-        Root = %q
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %q
-    conf_dir = %q
-    max_conf_num = 1
-`, filepath.Join(rt.dir, "root"), filepath.Join(rt.dir, "state"), rt.sock, rt.sock+".ttrpc", filepath.Join(rt.dir, "opt"),
-		criPauseImage, cb.tools.runc, filepath.Join(rt.dir, "runc"), binDir, filepath.Join(rt.dir, "conf"))
+	cc := lab.ContainerdIn(rt.dir)
+	cc.DebugLevel = "warn"
+	cc.SandboxImage, cc.RuncBinary = criPauseImage, cb.tools.runc
+	cc.CNIBinDir, cc.CNIConfDir = binDir, filepath.Join(rt.dir, "conf")
 	cfgPath := filepath.Join(rt.dir, "containerd.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+	if err := cc.Write(cfgPath); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(rt.dir, "crictl.yaml"), fmt.Appendf(nil,
@@ -307,13 +272,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 		return nil, err
 	}
 	rt.crictlCfg = filepath.Join(rt.dir, "crictl.yaml")
-	// nsenter into host2, then a private mount namespace with the
-	// runtime's own /run/containerd and /run/netns (not ip netns exec,
-	// which remounts /sys and hides the cgroups runc needs).
-	script := fmt.Sprintf("set -e\nmount --bind '%s' /run/containerd\nmount --bind '%s' /run/netns\nexec \"$@\"",
-		filepath.Join(rt.dir, "run"), filepath.Join(rt.dir, "netns"))
-	rt.proc = b.l.StartEntering(filepath.Join(rt.dir, "logs", "containerd.log"), "nsenter", "--net="+h.NSPath,
-		cb.tools.unshare, "--mount", "--propagation", "private", "sh", "-c", script, "sh", cb.tools.containerd, "--config", cfgPath)
+	// host2's network namespace and a private mount namespace with the
+	// runtime's own /run/containerd and /run/netns.
+	rt.proc = b.l.StartEntering(filepath.Join(rt.dir, "logs", "containerd.log"), lab.InMounts(h,
+		[][2]string{{filepath.Join(rt.dir, "run"), "/run/containerd"}, {filepath.Join(rt.dir, "netns"), "/run/netns"}},
+		cb.tools.containerd, "--config", cfgPath)...)
 	return rt, nil
 }
 
@@ -496,7 +459,7 @@ func (cb *criBench) cleanup() error {
 				}
 			}
 			_ = rt.proc.Stop(10 * time.Second)
-			if pids := killShims(rt.sock); len(pids) > 0 {
+			if pids := lab.KillShims(rt.sock); len(pids) > 0 {
 				errs = append(errs, fmt.Errorf("%s: containerd shims left running, killed: %v", rt.name, pids))
 			}
 		}
@@ -506,28 +469,6 @@ func (cb *criBench) cleanup() error {
 		cb.cleanupErr = errors.Join(errs...)
 	})
 	return cb.cleanupErr
-}
-
-// killShims kills the containerd shims of the containerd whose socket is
-// sock (unique to this run): they outlive it, re-parented, and carry the
-// socket's path on their command line.
-func killShims(sock string) []int {
-	ents, _ := os.ReadDir("/proc")
-	var killed []int
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cl, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cl, []byte("containerd-shim")) || !bytes.Contains(cl, []byte(sock)) {
-			continue
-		}
-		if syscall.Kill(pid, syscall.SIGKILL) == nil {
-			killed = append(killed, pid)
-		}
-	}
-	return killed
 }
 
 func containerdVersion(bin string) string {

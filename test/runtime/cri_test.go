@@ -40,59 +40,22 @@ func (e *env) startContainerd(h *lab.Host, cni *cniDirs, extra ...[2]string) *co
 			e.t.Fatal(err)
 		}
 	}
-	disabled := `"io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"`
-	cri := ""
+	cc := lab.ContainerdIn(c.dir)
+	cc.DebugLevel = "info"
 	if cni == nil {
-		disabled += `, "io.containerd.grpc.v1.cri"`
+		cc.NoCRI = true
 	} else {
-		// restrict_oom_score_adj: this machine's root lacks CAP_SYS_RESOURCE,
-		// and CRI's oom_score_adj -998 for the pause container makes runc
-		// fail ("can't get final child's PID from pipe: EOF").
-		cri = fmt.Sprintf(`
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %q
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = %q
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %q
-    conf_dir = %q
-    max_conf_num = 1
-`, pauseImage, filepath.Join(c.dir, "runc"), cni.bin, cni.conf)
+		cc.SandboxImage = pauseImage
+		cc.CNIBinDir, cc.CNIConfDir = cni.bin, cni.conf
 	}
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-plugin_dir = ""
-disabled_plugins = [%s]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  level = "info"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
-%s`, filepath.Join(c.dir, "root"), filepath.Join(c.dir, "state"), disabled, c.sock, c.sock+".ttrpc", filepath.Join(c.dir, "opt"), cri)
 	cfgPath := filepath.Join(c.dir, "containerd.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+	if err := cc.Write(cfgPath); err != nil {
 		e.t.Fatal(err)
 	}
 	e.privateMounts("/run/containerd", "/run/netns")
 	binds := append([][2]string{{filepath.Join(c.dir, "run-containerd"), "/run/containerd"}, {filepath.Join(c.dir, "netns"), "/run/netns"}}, extra...)
 	c.d = e.startDaemon("containerd on "+h.Name, filepath.Join(c.dir, "logs", "containerd.log"),
-		inHost(h, binds, "containerd", "--config", cfgPath)...)
+		lab.InMounts(h, binds, "containerd", "--config", cfgPath)...)
 	e.t.Cleanup(c.stop)
 	e.waitFor("containerd on "+h.Name, 20*time.Second, c.d, func() error {
 		_, err := c.ctr("version")
@@ -155,7 +118,7 @@ func (c *containerd) stop() {
 		}
 	}
 	c.d.stop(10 * time.Second)
-	if pids := killShims(c.sock); len(pids) > 0 {
+	if pids := lab.KillShims(c.sock); len(pids) > 0 {
 		t.Logf("cleanup: killed containerd shims %v", pids)
 	}
 	if t.Failed() || os.Getenv("TABBY_RT_LOGS") != "" {

@@ -107,7 +107,7 @@ func (e *env) startDocker(h *lab.Host) *dockerHost {
 	if err := os.WriteFile(cfg, []byte("{}\n"), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
-	dh.d = e.startDaemon("dockerd on "+h.Name, filepath.Join(dh.dir, "logs", "dockerd.log"), joinMounts(dh.ctrd.d.cmd.Process.Pid,
+	dh.d = e.startDaemon("dockerd on "+h.Name, filepath.Join(dh.dir, "logs", "dockerd.log"), lab.JoinMounts(dh.ctrd.d.cmd.Process.Pid,
 		"dockerd", "--config-file", cfg, "--data-root", filepath.Join(dh.dir, "docker-root"),
 		"--exec-root", filepath.Join(dh.dir, "docker-exec"), "--pidfile", filepath.Join(dh.dir, "dockerd.pid"),
 		"-H", "unix://"+dh.sock, "--containerd", dh.ctrd.sock, "--containerd-namespace", "tabby-moby",

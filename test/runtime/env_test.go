@@ -36,7 +36,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -143,9 +142,9 @@ type daemon struct {
 	log  string
 }
 
-// startDaemon runs argv (nsenter into a lab host, see inHost and
-// joinMounts) with its output in logPath, in its own process group (a
-// Ctrl-C reaches only the test, which stops daemons in order).
+// startDaemon runs argv (nsenter into a lab host, see lab.InMounts and
+// lab.JoinMounts) with its output in logPath, in its own process group
+// (a Ctrl-C reaches only the test, which stops daemons in order).
 func (e *env) startDaemon(name, logPath string, argv ...string) *daemon {
 	e.t.Helper()
 	p := e.l.StartEntering(logPath, argv...)
@@ -167,57 +166,11 @@ func tail(path string, n int) string { return lab.Tail(path, n) }
 func (e *env) privateMounts(targets ...string) {
 	e.t.Helper()
 	for _, t := range targets {
-		_, err := os.Stat(t)
-		existed := err == nil
-		if !existed {
-			if err := os.MkdirAll(t, 0o755); err != nil {
-				e.t.Fatal(err)
-			}
-		}
-		if !existed || t == "/run/containerd" || t == "/run/docker" {
+		lab.EnsureMountPoint(e.t, t)
+		if t == "/run/containerd" || t == "/run/docker" {
 			e.t.Cleanup(func() { _ = os.Remove(t) }) // fails unless empty
 		}
 	}
-}
-
-// inHost is argv run in host h's network namespace and a new private mount
-// namespace in which each binds[i] = {source, target} is bind mounted.
-func inHost(h *lab.Host, binds [][2]string, argv ...string) []string {
-	var s strings.Builder
-	s.WriteString("set -e\n")
-	for _, b := range binds {
-		fmt.Fprintf(&s, "mount --bind '%s' '%s'\n", b[0], b[1])
-	}
-	s.WriteString(`exec "$@"`)
-	return append([]string{"nsenter", "--net=" + h.NSPath, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", s.String(), "sh"}, argv...)
-}
-
-// joinMounts is argv run in the network and mount namespaces of process pid.
-func joinMounts(pid int, argv ...string) []string {
-	return append([]string{"nsenter", "-t", strconv.Itoa(pid), "--net", "--mount"}, argv...)
-}
-
-// killShims kills leftover containerd shims of the containerd whose socket
-// is sock: they are re-parented away from it but carry the socket's path
-// on their command line, which is unique to this test.
-func killShims(sock string) []int {
-	ents, _ := os.ReadDir("/proc")
-	var killed []int
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cl, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cl, []byte("containerd-shim")) || !bytes.Contains(cl, []byte(sock)) {
-			continue
-		}
-		if syscall.Kill(pid, syscall.SIGKILL) == nil {
-			killed = append(killed, pid)
-		}
-	}
-	return killed
 }
 
 // run runs a command of the test (a runtime's CLI) and returns its stdout.

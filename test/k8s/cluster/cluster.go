@@ -258,7 +258,8 @@ func (c *Cluster) startNode(h *lab.Host, opts Options) *Node {
 	t := c.t
 	t.Helper()
 	n := &Node{c: c, Host: h, Name: h.Name, Dir: filepath.Join(c.Dir, h.Name)}
-	n.Sock = filepath.Join(n.Dir, "containerd.sock")
+	cc := lab.ContainerdIn(n.Dir) // its files in n.Dir: root, state, runc, opt, the socket
+	n.Sock = cc.Socket
 	for _, d := range []string{"root", "state", "runc", "opt", "logs", "apiserver"} {
 		must(t, os.MkdirAll(filepath.Join(n.Dir, d), 0o755))
 	}
@@ -266,7 +267,7 @@ func (c *Cluster) startNode(h *lab.Host, opts Options) *Node {
 	for _, p := range nodePaths {
 		src := filepath.Join(n.Dir, p.name)
 		must(t, os.MkdirAll(src, 0o755))
-		ensureMountPoint(t, p.target)
+		lab.EnsureMountPoint(t, p.target)
 		binds = append(binds, [2]string{src, p.target})
 	}
 	// A node comes with the standard plugins (loopback is the one CRI
@@ -274,43 +275,12 @@ func (c *Cluster) startNode(h *lab.Host, opts Options) *Node {
 	for _, p := range []string{"loopback", "host-local", "ptp", "portmap"} {
 		must(t, copyFile(filepath.Join("/usr/lib/cni", p), filepath.Join(n.Dir, "cni-bin", p), 0o755))
 	}
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = %q
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %q
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # root here lacks CAP_SYS_RESOURCE: the pause container's oom_score_adj
-  # -998 makes runc fail.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = %q
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-    max_conf_num = 1
-`, filepath.Join(n.Dir, "root"), filepath.Join(n.Dir, "state"), n.Sock, n.Sock+".ttrpc",
-		filepath.Join(n.Dir, "opt"), opts.SandboxImage, filepath.Join(n.Dir, "runc"))
+	cc.SandboxImage = opts.SandboxImage
+	// The node's own, bound over these paths in its mount namespace.
+	cc.CNIBinDir, cc.CNIConfDir = "/opt/cni/bin", "/etc/cni/net.d"
 	cfgPath := filepath.Join(n.Dir, "containerd.toml")
-	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
-	n.containerdArgv = inMounts(h, binds, "containerd", "--config", cfgPath)
+	must(t, cc.Write(cfgPath))
+	n.containerdArgv = lab.InMounts(h, binds, "containerd", "--config", cfgPath)
 	n.startContainerd()
 	// Cleanups run last-registered first: the node's processes and their
 	// cgroups go before the lab (and its etcd) does.
@@ -400,12 +370,12 @@ func (n *Node) Reboot() {
 	for _, p := range []*lab.Proc{n.Kubelet, n.Proxy} {
 		_ = p.Kill(syscall.SIGKILL)
 	}
-	killShims(n.Sock)
+	lab.KillShims(n.Sock)
 	_ = n.Containerd.Kill(syscall.SIGKILL)
 	for _, p := range []*lab.Proc{n.Kubelet, n.Proxy, n.Containerd} {
 		_ = p.WaitTimeout(10 * time.Second)
 	}
-	killShims(n.Sock)
+	lab.KillShims(n.Sock)
 	// The pod namespaces were mounted only in the node's mount namespace,
 	// now gone; their veths went with them. A host's own interfaces and
 	// routes stay (a reboot of a real host loses those too, and tabby-node
@@ -424,7 +394,7 @@ func (n *Node) Reboot() {
 // the node like its kubelet.
 func (n *Node) StartProxy() {
 	c := n.c
-	n.Proxy = c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "kube-proxy.log"), joinMounts(n.Containerd.PID,
+	n.Proxy = c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "kube-proxy.log"), lab.JoinMounts(n.Containerd.PID,
 		filepath.Join(c.Bin, "kube-proxy"),
 		"--kubeconfig="+filepath.Join(c.Dir, "system-kube-proxy.kubeconfig"),
 		"--hostname-override="+n.Name, "--proxy-mode=iptables",
@@ -446,7 +416,7 @@ func (n *Node) Ctr(args ...string) (string, error) {
 // InNode runs argv in the node's network and mount namespaces (what a shell
 // on that machine would see).
 func (n *Node) InNode(ctx context.Context, argv ...string) (string, error) {
-	return run(ctx, nil, joinMounts(n.Containerd.PID, argv...)...)
+	return run(ctx, nil, lab.JoinMounts(n.Containerd.PID, argv...)...)
 }
 
 // WriteCNIConfig puts a CNI configuration on the node as an admin would.
@@ -474,7 +444,7 @@ func (n *Node) StopKubelet() {
 
 // StartKubelet starts the node's kubelet (again).
 func (n *Node) StartKubelet() {
-	n.Kubelet = n.c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "kubelet.log"), joinMounts(n.Containerd.PID, n.kubeletArgv...)...)
+	n.Kubelet = n.c.Lab.StartEntering(filepath.Join(n.Dir, "logs", "kubelet.log"), lab.JoinMounts(n.Containerd.PID, n.kubeletArgv...)...)
 }
 
 // stop ends the node: kubelet and kube-proxy, every container (their shims
@@ -486,11 +456,11 @@ func (n *Node) stop() {
 			_ = p.Stop(5 * time.Second)
 		}
 	}
-	killShims(n.Sock)
+	lab.KillShims(n.Sock)
 	if n.Containerd != nil {
 		_ = n.Containerd.Stop(5 * time.Second)
 	}
-	killShims(n.Sock)
+	lab.KillShims(n.Sock)
 	if n.cgroupRoot == "" {
 		return
 	}
@@ -582,105 +552,6 @@ func tailLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
-}
-
-// inMounts is argv run in host h's network namespace and a new private
-// mount namespace in which each binds[i] = {source, target} is bound.
-func inMounts(h *lab.Host, binds [][2]string, argv ...string) []string {
-	var s strings.Builder
-	s.WriteString("set -e\n")
-	for _, b := range binds {
-		fmt.Fprintf(&s, "mount --bind '%s' '%s'\n", b[0], b[1])
-	}
-	s.WriteString(`exec "$@"`)
-	return append([]string{"nsenter", "--net=" + h.NSPath, "unshare", "--mount", "--propagation", "private",
-		"sh", "-c", s.String(), "sh"}, argv...)
-}
-
-// joinMounts is argv run in the network and mount namespaces of pid.
-func joinMounts(pid int, argv ...string) []string {
-	return append([]string{"nsenter", "-t", strconv.Itoa(pid), "--net", "--mount"}, argv...)
-}
-
-// ensureMountPoint makes a bind target exist in the machine's tree; one
-// the cluster created is removed again at the end if empty.
-func ensureMountPoint(t testing.TB, target string) {
-	// Every directory made here, parents included, goes again (last
-	// first; os.Remove refuses a directory that is not empty).
-	var made []string
-	for d := target; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
-		}
-		made = append(made, d)
-	}
-	must(t, os.MkdirAll(target, 0o755))
-	t.Cleanup(func() {
-		for _, d := range made {
-			_ = os.Remove(d)
-		}
-	})
-}
-
-// killShims kills the containerd shims of the containerd at sock (they
-// outlive it, re-parented, and carry its socket path in their arguments)
-// and with them the containers they hold.
-func killShims(sock string) {
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cl, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || !bytes.Contains(cl, []byte("containerd-shim")) || !bytes.Contains(cl, []byte(sock)) {
-			continue
-		}
-		// The shim's children (the containers) are in its cgroup subtree,
-		// not reliably its process group: kill the tree by parentage.
-		for _, child := range descendants(pid) {
-			_ = syscall.Kill(child, syscall.SIGKILL)
-		}
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-}
-
-// descendants lists the process tree under pid (not pid itself).
-func descendants(pid int) []int {
-	parent := map[int]int{}
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		p, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Field 4 follows the command, which is in parentheses and may hold spaces.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 {
-			pp, _ := strconv.Atoi(f[1])
-			parent[p] = pp
-		}
-	}
-	var out []int
-	var walk func(int)
-	walk = func(p int) {
-		for c, pp := range parent {
-			if pp == p {
-				out = append(out, c)
-				walk(c)
-			}
-		}
-	}
-	walk(pid)
-	return out
 }
 
 // cgroupHierarchies lists the machine's cgroup v1 hierarchies.
