@@ -210,6 +210,7 @@ func (rep *Report) judge() {
 	stat(cfgPolicy, fmt.Sprintf("packet filter reconcile from nothing, 1,000 endpoints and 100 profiles: < %.0f s", reconcileGoal/1000), keyPolicy("reconcile-cold"), "max", true, reconcileGoal, "ms")
 	stat(cfgPolicy, fmt.Sprintf("profile append to effect on another host: < %.0f s", appendGoal/1000), keyPolicy("append"), "max", true, appendGoal, "ms")
 	minRatio(cfgPolicy, fmt.Sprintf("64-byte UDP with 1,000 vs 10 endpoints per host: >= %.2f (close to 1)", ppsRatioMin), keyPolicy("pps-1000"), ppsRatioMin, "10 endpoints")
+	minRatio(cfgPolicy, "64-byte UDP with 1,000 policies selecting every endpoint vs none: >= 0.95", keyPolicy("pps-1000-policies"), 0.95, "no policy")
 	minRatio(cfgPolicy, fmt.Sprintf("TCP with policy on (1,000 endpoints per host) vs hooks removed: >= %.2f", policyTputMin), keyPolicy("tcp-on-off"), policyTputMin, "hooks removed")
 
 	for _, v := range rep.Verdicts {

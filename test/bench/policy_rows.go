@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tabby-net/tabby/node/iptables"
@@ -326,6 +327,16 @@ func packetRows(nb *nodeBench, aNS, sIP string) ([]Row, error) {
 	base := Row{Key: keyPolicy("pps-10"), Name: "64-byte UDP, container to container across hosts, 10 endpoints per host",
 		Section: "node", Mode: "policy on", Op: "iperf3 -u", Unit: "kpps"}
 	base.setStats(scale(few, 1e-3))
+	withPolicies, err := policiesPPS(nb, measure)
+	if err != nil {
+		return nil, err
+	}
+	pr := round2(median(withPolicies) / median(many))
+	pol := Row{Key: keyPolicy("pps-1000-policies"), Name: "64-byte UDP, container to container across hosts, 1,000 policies selecting every endpoint (1,000 endpoints per host)",
+		Section: "node", Mode: "policy on", Op: "iperf3 -u", Unit: "kpps"}
+	pol.setStats(scale(withPolicies, 1e-3))
+	pol.RatioP50 = &pr
+	pol.Note = fmt.Sprintf("vs %.1f kpps with no policy; every endpoint isolated, its first packet of a flow walks 1,000 policies' rules (999 selector sets that match nothing, then an allow)", median(many)/1e3)
 
 	// TCP throughput with the hooks in, then with them out (and back).
 	on, err := tcpRuns(nb, aNS, sIP, reps, secs)
@@ -352,7 +363,61 @@ func packetRows(nb *nodeBench, aNS, sIP string) ([]Row, error) {
 	tcp.setStats(on)
 	tcp.RatioP50 = &tr
 	tcp.Note = fmt.Sprintf("policy off: %.2f Gbit/s (median of %d)", median(off), len(off))
-	return []Row{base, pps, tcp}, nil
+	return []Row{base, pps, pol, tcp}, nil
+}
+
+// policiesPPS writes 1,000 global policies that select every endpoint
+// (999 admit only peers labelled bench-peer=p<i>, which none is; the last,
+// ordered after them, admits all), waits until both hosts have them in
+// force, measures, and removes them again.
+func policiesPPS(nb *nodeBench, measure func() ([]float64, error)) ([]float64, error) {
+	const n = 1000
+	var ops []store.Op
+	for i := 0; i < n; i++ {
+		p := model.Policy{Name: fmt.Sprintf("bench-%04d", i), Order: i, Types: []string{model.PolicyIngress},
+			Ingress: []model.PolicyRule{{Peers: []model.Peer{{Selector: fmt.Sprintf("bench-peer=p%d", i)}}}}}
+		if i == n-1 {
+			p.Ingress = []model.PolicyRule{{}}
+		}
+		if err := p.Validate(); err != nil {
+			return nil, err
+		}
+		ops = append(ops, store.Put(model.PolicyKey("", p.Name), store.MustJSON(p)))
+	}
+	for len(ops) > 0 {
+		k := min(len(ops), 100)
+		if _, err := nb.kv.Txn(ctxBG(), nil, ops[:k]); err != nil {
+			return nil, err
+		}
+		ops = ops[k:]
+	}
+	sets := func(h *lab.Host) int {
+		out, _ := nb.l.Exec(h.NS, "iptables-save", "-t", "filter")
+		return strings.Count(out, "--match-set "+policy.PeerSetPrefix4)
+	}
+	t0 := time.Now()
+	for _, h := range nb.l.Hosts {
+		for sets(h) < n-1 {
+			if time.Since(t0) > 2*time.Minute {
+				return nil, fmt.Errorf("%s: %d policy selector rules in force after 2 min, want %d", h.Name, sets(h), n-1)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	progress("policy rows: 1,000 policies in force on both hosts %.1f s after they were written", time.Since(t0).Seconds())
+	v, err := measure()
+	if _, derr := nb.kv.Txn(ctxBG(), nil, []store.Op{{Kind: store.OpDelete, Key: model.PolicyPrefix, Prefix: true}}); derr != nil && err == nil {
+		err = derr
+	}
+	for _, h := range nb.l.Hosts {
+		for sets(h) > 0 && err == nil {
+			if time.Since(t0) > 4*time.Minute {
+				err = fmt.Errorf("%s: policy rules still in force after the policies were deleted", h.Name)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return v, err
 }
 
 func tcpRuns(nb *nodeBench, aNS, sIP string, reps, secs int) ([]float64, error) {
