@@ -158,6 +158,7 @@ func TestBenchPodStartup(t *testing.T) {
 	}
 	const rounds = 3
 	results := map[string][]startupRound{}
+	var policyRows string
 	// One cluster at a time (each subtest's cleanup stops its cluster), so
 	// neither pays for the other's daemons.
 	for _, cni := range []string{"tabby", "ptp + host-local"} {
@@ -182,6 +183,9 @@ func TestBenchPodStartup(t *testing.T) {
 			for i := 1; i <= rounds; i++ {
 				results[cni] = append(results[cni], b.podStartup(t, i))
 			}
+			if cni == "tabby" {
+				policyRows = policyTable(policyEnforcement(t, c, 10))
+			}
 		})
 	}
 	if len(results["tabby"]) != rounds || len(results["ptp + host-local"]) != rounds {
@@ -203,6 +207,7 @@ func TestBenchPodStartup(t *testing.T) {
 	tbl.WriteString(row("apply to all 30 pods Ready", func(r startupRound) time.Duration { return r.allReady }))
 	tbl.WriteString(row("pod startup p50 (created to running)", func(r startupRound) time.Duration { return quantile(r.startup, 0.5) }))
 	tbl.WriteString(row("pod startup p99", func(r startupRound) time.Duration { return quantile(r.startup, 0.99) }))
+	tbl.WriteString(policyRows)
 	t.Logf("\n%s", tbl.String())
 	if err := os.WriteFile(out, []byte(tbl.String()), 0o644); err != nil {
 		t.Fatal(err)
