@@ -63,20 +63,9 @@ spec:
 		}
 		return err
 	})
-	reach := func(from, to pod) error {
-		_, err := e.exec(from, "/agnhost", "connect", to.IP+":8080", "--timeout=2s")
-		return err
-	}
 	expect := func(what string, from, to pod, want bool) {
 		t.Helper()
-		// Profile changes propagate through etcd to every node: wait for
-		// the expected state, then require it to hold.
-		e.Eventually(15*time.Second, func() error {
-			if err := reach(from, to); (err == nil) != want {
-				return fmt.Errorf("%s: %s/%s -> %s/%s reachable=%v, want %v", what, from.Namespace, from.Name, to.Namespace, to.Name, err == nil, want)
-			}
-			return nil
-		})
+		e.expectReach(what, from, to, want)
 	}
 	expect("same isolated namespace, across nodes", peer, srvA, true)
 	expect("other namespace into an isolated one", srvB, srvA, false)
@@ -108,4 +97,18 @@ spec:
 	expect("quarantined pod", srvB, q, false)
 	expect("quarantined pod's neighbour", srvB, srvC, true)
 	expect("quarantined pod sends", q, srvB, true)
+}
+
+// expectReach waits until from reaches to's port 8080 (TCP) or not, as
+// want says. Profile and policy changes propagate through etcd to every
+// node: wait for the expected state (15 s at most), then it holds.
+func (e *env) expectReach(what string, from, to pod, want bool) {
+	e.t.Helper()
+	e.Eventually(15*time.Second, func() error {
+		_, err := e.exec(from, "/agnhost", "connect", to.IP+":8080", "--timeout=2s")
+		if (err == nil) != want {
+			return fmt.Errorf("%s: %s/%s -> %s/%s reachable=%v, want %v", what, from.Namespace, from.Name, to.Namespace, to.Name, err == nil, want)
+		}
+		return nil
+	})
 }

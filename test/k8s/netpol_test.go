@@ -39,19 +39,7 @@ spec:
 `))
 	for i, node := range n {
 		name := fmt.Sprintf("locked-%d", i)
-		e.Apply(fmt.Appendf(nil, `apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: np-b, labels: {role: locked}}
-spec:
-  nodeName: %s
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: first
-    image: %s
-    imagePullPolicy: Never
-    command: ["/bin/sh", "-c", "if /agnhost connect %s:8080 --timeout=3s; then echo FIRST-TRY-REACHED; else echo FIRST-TRY-BLOCKED; fi"]
-`, name, node.Name, AgnhostImage, srvA.IP))
+		e.Apply(firstTryPod(name, "locked", node.Name, srvA.IP))
 		var logs string
 		e.Eventually(2*time.Minute, func() error {
 			out, err := e.Kubectl("-n", "np-b", "logs", name)
@@ -67,19 +55,7 @@ spec:
 	}
 	// The same pod without the label goes through: the block above was the
 	// policy, not the network.
-	e.Apply(fmt.Appendf(nil, `apiVersion: v1
-kind: Pod
-metadata: {name: free, namespace: np-b, labels: {role: free}}
-spec:
-  nodeName: %s
-  restartPolicy: Never
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: first
-    image: %s
-    imagePullPolicy: Never
-    command: ["/bin/sh", "-c", "if /agnhost connect %s:8080 --timeout=3s; then echo FIRST-TRY-REACHED; else echo FIRST-TRY-BLOCKED; fi"]
-`, n[2].Name, AgnhostImage, srvA.IP))
+	e.Apply(firstTryPod("free", "free", n[2].Name, srvA.IP))
 	e.Eventually(2*time.Minute, func() error {
 		out, err := e.Kubectl("-n", "np-b", "logs", "free")
 		if err != nil || !strings.Contains(out, "FIRST-TRY-REACHED") {
@@ -91,18 +67,9 @@ spec:
 	// 2. Composition: a policy cannot widen what the namespace's profile
 	// allows. np-a isolated by annotation (its profile admits only np-a);
 	// a NetworkPolicy in np-a admitting np-b does not let np-b in...
-	reach := func(from, to pod) error {
-		_, err := e.exec(from, "/agnhost", "connect", to.IP+":8080", "--timeout=2s")
-		return err
-	}
 	expect := func(what string, from, to pod, want bool) {
 		t.Helper()
-		e.Eventually(15*time.Second, func() error {
-			if err := reach(from, to); (err == nil) != want {
-				return fmt.Errorf("%s: %s/%s -> %s/%s reachable=%v, want %v", what, from.Namespace, from.Name, to.Namespace, to.Name, err == nil, want)
-			}
-			return nil
-		})
+		e.expectReach(what, from, to, want)
 	}
 	expect("open namespaces, no policy", srvB, srvA, true)
 	e.MustKubectl("annotate", "namespace", "np-a", "tabby.io/isolation=namespace")
@@ -146,4 +113,23 @@ spec:
 	t.Logf("label change to enforcement (kubectl label, then probes until allowed): %s", time.Since(start).Round(time.Millisecond))
 	e.MustKubectl("-n", "np-b", "label", "pod", srvB.Name, "role-")
 	expect("label removed", srvB, srvA, false)
+}
+
+// firstTryPod is a pod in np-b labelled role=<role> whose one container
+// tries, as the very first thing it does, to reach ip:8080 and says
+// whether that first try got through.
+func firstTryPod(name, role, node, ip string) []byte {
+	return fmt.Appendf(nil, `apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: np-b, labels: {role: %s}}
+spec:
+  nodeName: %s
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: first
+    image: %s
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "if /agnhost connect %s:8080 --timeout=3s; then echo FIRST-TRY-REACHED; else echo FIRST-TRY-BLOCKED; fi"]
+`, name, role, node, AgnhostImage, ip)
 }
