@@ -113,8 +113,16 @@ func (d *Driver) resolveLater(host, id string) {
 	if d.Docker == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	d.mu.Lock()
+	if _, running := d.resolvers[id]; running {
+		// A repeated CreateNetwork (dockerd retrying): one lookup is
+		// enough, and a second would replace the first's cancel, leaving
+		// it running past Close (found by FuzzHandler: Close waited a
+		// minute).
+		d.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	if d.resolvers == nil {
 		d.resolvers = map[string]context.CancelFunc{}
 	}

@@ -126,7 +126,9 @@ func (p *parser) requirement() (Requirement, error) {
 	var vals []string
 	p.space()
 	if p.take(")") {
-		return Requirement{}, fmt.Errorf("label %s: %s needs at least one value", k, op)
+		// As Kubernetes reads it: the one value "" (the canonical text of
+		// a requirement whose only value is empty).
+		return Requirement{Key: k, Op: o, Values: []string{""}}, nil
 	}
 	for {
 		p.space()
