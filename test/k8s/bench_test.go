@@ -177,6 +177,9 @@ func TestBenchPodStartup(t *testing.T) {
 					}
 					return err
 				})
+				// The same cluster as tabby's but for the CNI: it runs
+				// cluster DNS too.
+				c.DeployDNS()
 			}
 			b := &benchCluster{c}
 			b.podStartup(t, 0) // warm-up: first sandboxes, image unpack
