@@ -36,7 +36,7 @@ func (c *call) identify(ctx context.Context, ep *model.Endpoint) error {
 	// whose rule matches decides, and the pod's choice is the narrower one
 	// (a quarantine profile that denies must not come after the
 	// namespace's allow-all).
-	nsProfile := "k8s_ns." + ep.Namespace
+	nsProfile := model.K8sNamespaceProfile(ep.Namespace)
 	var out []string
 	for _, p := range ep.Profiles {
 		if p == nsProfile {

@@ -111,7 +111,7 @@ func (k *Sets) sync(useKnown bool, sets []Set) (changed int, err error) {
 			want = append(want, hostForm(m))
 		}
 		sort.Strings(want)
-		want = dedup(want)
+		want = slices.Compact(want)
 		have, exists := cur[s.Name]
 		next[s.Name] = want
 		if exists && equal(have, want) {
@@ -337,16 +337,6 @@ func sortedNames(sets map[string][]string) []string {
 	}
 	sort.Strings(names)
 	return names
-}
-
-func dedup(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 // hostForm writes a host prefix the way `ipset save` prints it (10.0.0.1, not

@@ -20,6 +20,14 @@ const (
 	K8sPodPrefix    = Prefix + "k8s/pod/"
 )
 
+// K8sNamespaceProfilePrefix starts the profile every pod of a Kubernetes
+// namespace has (k8s_ns.<namespace>): the CNI plugin gives it, and
+// tabby-kube-controllers keeps its rules.
+const K8sNamespaceProfilePrefix = "k8s_ns."
+
+// K8sNamespaceProfile is the profile of the pods of namespace ns.
+func K8sNamespaceProfile(ns string) string { return K8sNamespaceProfilePrefix + ns }
+
 // GlobalNamespace is the key segment of global policies and of the member
 // records of endpoints outside any namespace. It is not a valid Kubernetes
 // namespace name, so it cannot collide with one.

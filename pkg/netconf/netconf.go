@@ -354,7 +354,7 @@ func ParseArgs(cniArgs string, c *NetConf) (*Args, error) {
 		if a.Workload == "" {
 			a.Workload = a.K8sNamespace + "." + a.K8sPod
 		}
-		a.Profiles = append(a.Profiles, "k8s_ns."+a.K8sNamespace)
+		a.Profiles = append(a.Profiles, model.K8sNamespaceProfile(a.K8sNamespace))
 	}
 	switch a.Orchestrator {
 	case model.OrchestratorCNI, model.OrchestratorK8s, model.OrchestratorDock:

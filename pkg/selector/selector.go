@@ -18,6 +18,7 @@ package selector
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -59,7 +60,7 @@ func New(reqs ...Requirement) (Selector, error) {
 			return Selector{}, err
 		}
 		sort.Strings(r.Values)
-		r.Values = dedup(r.Values)
+		r.Values = slices.Compact(r.Values)
 		out = append(out, r)
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -179,16 +180,6 @@ func opName(o Op) string {
 		return "!key (does not exist)"
 	}
 	return string(o)
-}
-
-func dedup(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 func dedupReqs(rs []Requirement) []Requirement {

@@ -29,10 +29,10 @@ const (
 
 // ProfilePrefix starts every profile this controller owns; profiles named
 // otherwise belong to tabby's users and are never touched.
-const ProfilePrefix = "k8s_ns."
+const ProfilePrefix = model.K8sNamespaceProfilePrefix
 
 // ProfileName is the profile of the pods of namespace ns.
-func ProfileName(ns string) string { return ProfilePrefix + ns }
+func ProfileName(ns string) string { return model.K8sNamespaceProfile(ns) }
 
 // AnnotationError says why a namespace's annotations could not be read. The
 // namespace is then isolated, not opened: a user who wrote an annotation
