@@ -7,6 +7,17 @@
 // It prints "READY <client-url>" on stdout once etcd serves requests and
 // exits cleanly (status 0) on SIGTERM or SIGINT. Logs go to stderr at level
 // warn, so a healthy run is silent.
+//
+// Its backend quota defaults to 8 GiB (etcd's suggested maximum) and a
+// transaction may hold 2,048 operations, so that the scale harness
+// (test/scale) can load 1,000,000 workloads' records; lab data is thrown
+// away after every run, so the room costs nothing.
+//
+//	etcd-lab grpc-proxy --endpoints URL --listen ADDR
+//
+// runs etcd's own gRPC proxy (go.etcd.io/etcd/server/v3/proxy/grpcproxy,
+// the code behind `etcd grpc-proxy`) in front of that etcd: identical
+// watches of its clients share one watch upstream. It also prints READY.
 package main
 
 import (
@@ -34,12 +45,18 @@ func main() {
 }
 
 func run() error {
+	if len(os.Args) > 1 && os.Args[1] == "grpc-proxy" {
+		return runProxy(os.Args[2:])
+	}
 	listen := flag.String("listen-client", "http://127.0.0.1:2379", "comma-separated client URLs to listen on (and advertise)")
 	dataDir := flag.String("data-dir", "", "data directory (required)")
 	name := flag.String("name", "lab", "member name")
 	peer := flag.String("listen-peer", "", "peer URL; default http://127.0.0.1:<free port>")
 	logLevel := flag.String("log-level", "warn", "etcd log level: debug, info, warn, error")
 	readyTimeout := flag.Duration("ready-timeout", time.Minute, "give up if etcd is not ready within this time")
+	quota := flag.Int64("quota-backend-bytes", 8<<30, "backend size quota (bytes)")
+	maxTxnOps := flag.Uint("max-txn-ops", 2048, "most operations in one transaction")
+	maxRequest := flag.Uint("max-request-bytes", 8<<20, "largest request (bytes)")
 	flag.Parse()
 	if *dataDir == "" {
 		return fmt.Errorf("--data-dir is required")
@@ -69,6 +86,9 @@ func run() error {
 	cfg.ListenPeerUrls = peerURLs
 	cfg.AdvertisePeerUrls = peerURLs
 	cfg.InitialCluster = cfg.InitialClusterFromName(*name)
+	cfg.QuotaBackendBytes = *quota
+	cfg.MaxTxnOps = *maxTxnOps
+	cfg.MaxRequestBytes = *maxRequest
 	var closing atomic.Bool
 	lg, err := newLogger(*logLevel, &closing)
 	if err != nil {
