@@ -259,6 +259,7 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 			res, ok, err := store.CommitFrom(ctx, a.KV, seed, a.decide(ctx, req, hkey, m, d), extra)
 			if err == nil && ok {
 				a.updateCache(cache, nil, nil, d.written, res.Revision)
+				a.saveNote(hkey, d.ops, res.Revision)
 				return &Assignment{Handle: d.handle, Assigned: d.out, Extras: res.Gets, Created: true}, nil
 			}
 			if err != nil && store.IsUnavailable(err) {
@@ -293,6 +294,7 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 			return nil, err
 		}
 		a.updateCache(&hostCache{}, m.poolKVs, d.read, d.written, rev)
+		a.saveNote(hkey, d.ops, rev)
 		return &Assignment{Handle: d.handle, Assigned: d.out, Extras: refreshExtras(extra, extras, d.read), Created: true}, nil
 	}
 	return nil, store.ErrConflict
@@ -561,6 +563,7 @@ type decision struct {
 	out     []Assigned
 	written map[string]*model.Block // blocks the commit writes
 	read    map[string]*store.KeyValue
+	ops     []store.Op // what the commit writes, for the attachment's note
 }
 
 // decide returns the modify function of an allocation: it reads through the
@@ -622,7 +625,7 @@ func (a *IPAM) decide(ctx context.Context, req Request, hkey string, m *meta, d 
 			}
 			ops = append(ops, more...)
 		}
-		d.handle, d.out, d.written, d.read = h, al.out, map[string]*model.Block{}, rs.Values()
+		d.handle, d.out, d.written, d.read, d.ops = h, al.out, map[string]*model.Block{}, rs.Values(), ops
 		for key, b := range al.blocks {
 			if touched(al.out, key) {
 				d.written[key] = b
@@ -657,13 +660,35 @@ func (a *IPAM) ReleaseWith(ctx context.Context, network, containerID string, key
 		return err
 	}
 	defer unlock()
-	written, rev, err := release(ctx, a.KV, model.HandleKey(network, containerID), nil, a.Host, keys, also)
-	if err == nil && len(written) > 0 {
-		if c := a.loadCache(); c != nil {
-			a.updateCache(c, nil, nil, written, rev)
+	hkey := model.HandleKey(network, containerID)
+	defer a.dropNote(hkey)
+	// The common case: this host's ADD left a note of what it wrote, and
+	// the host cache holds the blocks; decide from them, one round trip.
+	if seed := a.noteSeed(hkey, keys); seed != nil {
+		var written map[string]*model.Block
+		res, ok, err := store.CommitFrom(ctx, a.KV, seed, releaseOps(hkey, nil, a.Host, also, &written), nil)
+		if err != nil && store.IsUnavailable(err) {
+			return err
+		}
+		if err == nil && ok {
+			a.afterRelease(written, res.Revision)
+			return nil
 		}
 	}
+	written, rev, err := release(ctx, a.KV, hkey, nil, a.Host, keys, also)
+	if err == nil {
+		a.afterRelease(written, rev)
+	}
 	return err
+}
+
+func (a *IPAM) afterRelease(written map[string]*model.Block, rev int64) {
+	if len(written) == 0 {
+		return
+	}
+	if c := a.loadCache(); c != nil {
+		a.updateCache(c, nil, nil, written, rev)
+	}
 }
 
 // releaseHandle frees the handle's addresses; with only set, just those
@@ -678,8 +703,15 @@ func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) e
 // host holds is left alone (a DEL for a container ID that is another host's).
 func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host string, keys []string, also func(rs *store.ReadSet) ([]store.Op, error)) (map[string]*model.Block, int64, error) {
 	var written map[string]*model.Block
-	rev, err := store.ReadModifyWrite(ctx, kv, append([]string{hkey}, keys...), func(rs *store.ReadSet) ([]store.Op, error) {
-		written = nil
+	rev, err := store.ReadModifyWrite(ctx, kv, append([]string{hkey}, keys...), releaseOps(hkey, only, host, also, &written))
+	return written, rev, err
+}
+
+// releaseOps is the modify function of a release; written gets the blocks
+// the commit writes (nil: deleted).
+func releaseOps(hkey string, only net.IP, host string, also func(rs *store.ReadSet) ([]store.Op, error), written *map[string]*model.Block) func(rs *store.ReadSet) ([]store.Op, error) {
+	return func(rs *store.ReadSet) ([]store.Op, error) {
+		*written = nil
 		var extra []store.Op
 		if also != nil {
 			var err error
@@ -728,14 +760,15 @@ func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host st
 			}
 		}
 		var ops []store.Op
-		written = map[string]*model.Block{}
+		w := map[string]*model.Block{}
+		*written = w
 		for key, b := range blocks {
 			if empty(b) {
 				ops = append(ops, store.Delete(key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR)))
-				written[key] = nil
+				w[key] = nil
 			} else {
 				ops = append(ops, store.Put(key, store.MustJSON(b)))
-				written[key] = b
+				w[key] = b
 			}
 		}
 		if len(keepIPs) == 0 {
@@ -745,8 +778,7 @@ func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host st
 			ops = append(ops, store.Put(hkey, store.MustJSON(&h)))
 		}
 		return append(ops, extra...), nil
-	})
-	return written, rev, err
+	}
 }
 
 func empty(b *model.Block) bool {
@@ -814,9 +846,11 @@ func (a *IPAM) GC(ctx context.Context, network string, valid []Attachment) ([]st
 		if keep[h.ContainerID] {
 			continue
 		}
-		if err := releaseHandle(ctx, a.KV, model.HandleKey(network, h.ContainerID), nil); err != nil {
+		hkey := model.HandleKey(network, h.ContainerID)
+		if err := releaseHandle(ctx, a.KV, hkey, nil); err != nil {
 			return released, fmt.Errorf("release %s: %w", h.ID, err)
 		}
+		a.dropNote(hkey)
 		released = append(released, h.ID)
 	}
 	return released, nil

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -413,5 +415,74 @@ func TestSameContainerIDOnTwoHosts(t *testing.T) {
 	}
 	if al, _, _ := Lookup(ctx, kv, out[0].IP); al == nil || al.Host != "h1" {
 		t.Fatalf("h2's DEL released h1's address: %+v", al)
+	}
+}
+
+// A DEL after this host's ADD is one round trip: the attachment's note and
+// the host cache hold all it reads. A note gone stale (the caller's record
+// edited since, the block written by another ADD) falls back to reading and
+// still releases exactly what the handle holds.
+func TestReleaseOneRoundTrip(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	ckv := &countingKV{KV: kv}
+	a := &IPAM{KV: ckv, Host: "h1", LockDir: t.TempDir()}
+	recKey := func(id string) string { return "/tabby/v1/test/record/" + id }
+	assign := func(id string) net.IP {
+		t.Helper()
+		r := req(id)
+		r.Also = func(rs *store.ReadSet, out []Assigned) ([]store.Op, error) {
+			return []store.Op{store.Put(recKey(id), []byte(`{"ip":"`+out[0].IP.String()+`"}`))}, nil
+		}
+		as, err := a.AssignWith(ctx, r, []store.Op{store.Get(recKey(id))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return as.Assigned[0].IP
+	}
+	var forgot []string
+	release := func(id string) int {
+		t.Helper()
+		ckv.n = 0
+		err := a.ReleaseWith(ctx, "net", id, []string{recKey(id)}, func(rs *store.ReadSet) ([]store.Op, error) {
+			forgot = append(forgot, id)
+			return []store.Op{store.Delete(recKey(id))}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ckv.n
+	}
+	ip1, ip2, ip3 := assign("one"), assign("two"), assign("three")
+	if n := release("two"); n != 1 {
+		t.Fatalf("release with a fresh note took %d round trips, want 1", n)
+	}
+	// The record edited behind the note's back: the note is stale.
+	if _, err := kv.Txn(ctx, nil, []store.Op{store.Put(recKey("one"), []byte(`{"edited":true}`))}); err != nil {
+		t.Fatal(err)
+	}
+	if n := release("one"); n < 2 {
+		t.Fatalf("release with a stale note took %d round trips: it cannot have read", n)
+	}
+	release("one") // repeated: no note, nothing left to release
+	for _, id := range []string{"one", "two"} {
+		if kv, err := kv.Get(ctx, recKey(id)); err == nil && kv != nil {
+			t.Fatalf("record of %s still there", id)
+		}
+		if kv, err := kv.Get(ctx, model.HandleKey("net", id)); err == nil && kv != nil {
+			t.Fatalf("handle of %s still there", id)
+		}
+	}
+	for _, ip := range []net.IP{ip1, ip2} {
+		if al, _, err := Lookup(ctx, kv, ip); err != nil || al != nil {
+			t.Fatalf("%s still allocated: %+v %v", ip, al, err)
+		}
+	}
+	if al, _, err := Lookup(ctx, kv, ip3); err != nil || al == nil {
+		t.Fatalf("%s of a live attachment released: %v", ip3, err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(a.LockDir, notesDir)); len(entries) != 1 {
+		t.Fatalf("notes left: %d, want 1 (three's)", len(entries))
 	}
 }
