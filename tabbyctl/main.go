@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/cnierr"
+	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 )
 
@@ -96,8 +97,31 @@ func withKV(fn func(context.Context, store.KV, *ctx) error) func(*ctx) error {
 		defer kv.Close()
 		cx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
+		if err := checkSchema(cx, kv, c); err != nil {
+			return err
+		}
 		return fn(cx, kv, c)
 	}
+}
+
+// checkSchema keeps a binary from writing to a datastore whose schema only
+// newer binaries may write (model.EnsureSchema), and writes the schema
+// record when there is none. Commands that only read still run against a
+// newer schema (records' unknown fields are ignored), with a warning.
+func checkSchema(cx context.Context, kv store.KV, c *ctx) error {
+	switch c.cmd.path[len(c.cmd.path)-1] {
+	case "show", "check", "status":
+		s, ok, err := model.ReadSchema(cx, kv)
+		if err == nil && ok {
+			err = s.Check()
+		}
+		if err != nil && !store.IsUnavailable(err) {
+			fmt.Fprintf(os.Stderr, "tabbyctl: warning: %v\n", err)
+		}
+		return nil
+	}
+	_, err := model.EnsureSchema(cx, kv)
+	return err
 }
 
 func needArgs(c *ctx, n int, what string) error {

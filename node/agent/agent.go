@@ -39,11 +39,20 @@ type Config struct {
 	StateDir    string
 	MetricsAddr string
 	BGPPort     int
+	// BGPHoldTime and BGPRestartTime are the BGP hold time and graceful
+	// restart time (0: the bgp package's defaults, 90 s and 120 s). Short
+	// values make a partition between hosts visible sooner; long ones ride
+	// out longer ones.
+	BGPHoldTime, BGPRestartTime time.Duration
 	// ResyncEvery is the periodic full reconcile that repairs tampering.
 	ResyncEvery time.Duration
 	// HostPorts are the host's ports local workloads may reach.
 	HostPorts []policy.HostPort
-	Version   string
+	// RouteReflector is this host's route reflector cluster ID, written to
+	// its host record: "" keeps what the record says (tabbyctl node set),
+	// "off" makes it an ordinary host.
+	RouteReflector string
+	Version        string
 	Log       *slog.Logger
 }
 
@@ -72,6 +81,7 @@ type Agent struct {
 	status    nodestatus.Status
 	kick      chan struct{}
 	regKick   chan struct{}
+	fatal     chan error // stops Run: the datastore became unwritable for this binary
 	hostRecMu sync.Mutex
 	tunnels   tunnelAddrs
 	rtTun     tunnelAddrs // the tunnel addresses a.rt was opened with
@@ -94,6 +104,11 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.BGPPort == 0 {
 		cfg.BGPPort = 179
 	}
+	if rr := cfg.RouteReflector; rr != "" && rr != "off" {
+		if err := model.ValidClusterID(rr); err != nil {
+			return nil, fmt.Errorf("--route-reflector: %w", err)
+		}
+	}
 	if cfg.IPv4 == "" || cfg.IPv4 == "autodetect" {
 		a, err := defaultRouteAddr()
 		if err != nil {
@@ -115,7 +130,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), regKick: make(chan struct{}, 1), ready: newReadiness(),
+	a := &Agent{cfg: cfg, log: cfg.Log, kv: kv, kick: make(chan struct{}, 1), regKick: make(chan struct{}, 1), fatal: make(chan error, 1), ready: newReadiness(),
 		sets: new(iptables.Sets)}
 	a.metrics = newMetrics(a.peersEstablished)
 	a.status.Name, a.status.IPv4, a.status.Version = cfg.Name, cfg.IPv4, cfg.Version
@@ -145,6 +160,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = os.WriteFile(filepath.Join(a.cfg.StateDir, "mtu"), []byte(fmt.Sprintf("%d\n", mtu)), 0o644)
 	} else {
 		a.log.Warn("cannot find the uplink MTU; the CNI plugin will probe it", "err", err)
+	}
+	// Before the kernel is touched: a datastore only newer binaries may
+	// write is refused here (etcd away: registerOnce checks again).
+	if err := a.checkSchema(ctx); err != nil && !store.IsUnavailable(err) {
+		return err
 	}
 	a.ipipOK = routes.IPIPSupported()
 	if !a.ipipOK {
@@ -181,7 +201,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		asn = a.clusterBGP(ctx).ASNumber
 	}
 	bcfg := bgp.Config{RouterID: ip4.String(), ASN: asn, ListenPort: int32(a.cfg.BGPPort), ListenAddrs: listen,
-		Restarting: restarting, Logger: a.log.With("part", "bgp")}
+		Restarting: restarting, Logger: a.log.With("part", "bgp"),
+		HoldTime: a.cfg.BGPHoldTime, GracefulRestartTime: a.cfg.BGPRestartTime}
 	if a.cfg.IPv6 != "" {
 		bcfg.NextHop6 = addrOf(a.cfg.IPv6)
 	}
@@ -245,6 +266,8 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				continue
 			}
+		case err := <-a.fatal:
+			return err
 		case <-rest:
 		case <-a.kick:
 		case <-tick.C:
@@ -566,6 +589,9 @@ func (a *Agent) hostRecord() model.Host {
 	if a.tunnels.ipip != nil {
 		h.IPIPTunnelAddr = a.tunnels.ipip.String()
 	}
+	if a.cfg.RouteReflector != "off" {
+		h.RouteReflectorClusterID = a.cfg.RouteReflector
+	}
 	return h
 }
 
@@ -592,10 +618,28 @@ func (a *Agent) register(ctx context.Context) {
 	}
 }
 
+// checkSchema writes the datastore's schema record when there is none and
+// fails when this binary may not write to the store (model.EnsureSchema).
+func (a *Agent) checkSchema(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, err := model.EnsureSchema(cctx, a.kv)
+	return err
+}
+
 // tunnelHandle names the tunnel address allocation of a host.
 func tunnelHandle(kind, host string) (string, string) { return "tabby-tunnel", kind + "-" + host }
 
 func (a *Agent) registerOnce(ctx context.Context) error {
+	if err := a.checkSchema(ctx); err != nil {
+		if !store.IsUnavailable(err) {
+			select {
+			case a.fatal <- err:
+			default:
+			}
+		}
+		return err
+	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	pools, err := ipam.Pools(cctx, a.kv)
@@ -643,6 +687,12 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 	a.mu.Unlock()
 	rec := a.hostRecord()
 	return store.Update(cctx, a.kv, model.NodeKey(a.cfg.Name), func(cur *model.Host, exists bool) (*model.Host, error) {
+		rec := rec
+		if exists && a.cfg.RouteReflector == "" {
+			// Without the flag the role is the operator's (tabbyctl node
+			// set), not the daemon's: keep it.
+			rec.RouteReflectorClusterID = cur.RouteReflectorClusterID
+		}
 		if exists && *cur == rec {
 			return nil, store.ErrAbort
 		}
