@@ -90,23 +90,45 @@ func (g *KV) Get(ctx context.Context, key string) (*store.KeyValue, error) {
 	return &store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}, nil
 }
 
+// ListPage is how many keys one range request of List returns. A prefix
+// that holds a whole cluster's records (a million endpoints) read in one
+// request would hold etcd's read transaction and hundreds of MB of memory
+// at once, and lift every other client's latency for its duration; pages
+// read at the first page's revision give the same consistent snapshot.
+var ListPage int64 = 2000
+
 // List implements store.KV.
 func (g *KV) List(ctx context.Context, prefix string, keysOnly bool) ([]store.KeyValue, int64, error) {
-	ctx, cancel := g.ctx(ctx)
-	defer cancel()
-	opts := []clientv3.OpOption{clientv3.WithPrefix()}
-	if keysOnly {
-		opts = append(opts, clientv3.WithKeysOnly())
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var out []store.KeyValue
+	var rev int64
+	for key := prefix; ; {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ListPage)}
+		if keysOnly {
+			opts = append(opts, clientv3.WithKeysOnly())
+		}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		// The call bound is per page: a long list is not a dead etcd.
+		pctx, cancel := g.ctx(ctx)
+		r, err := g.Client.Get(pctx, key, opts...)
+		cancel()
+		if err != nil {
+			return nil, 0, g.wrap(err)
+		}
+		if rev == 0 {
+			rev = r.Header.Revision
+			out = make([]store.KeyValue, 0, len(r.Kvs))
+		}
+		for _, k := range r.Kvs {
+			out = append(out, store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision})
+		}
+		if !r.More || len(r.Kvs) == 0 {
+			return out, rev, nil
+		}
+		key = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
 	}
-	r, err := g.Client.Get(ctx, prefix, opts...)
-	if err != nil {
-		return nil, 0, g.wrap(err)
-	}
-	out := make([]store.KeyValue, len(r.Kvs))
-	for i, k := range r.Kvs {
-		out[i] = store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}
-	}
-	return out, r.Header.Revision, nil
 }
 
 // Txn implements store.KV.
