@@ -25,8 +25,16 @@ type view struct {
 	epRevs    map[string]int64 // endpoint key -> the revision read
 }
 
-// peers is the desired BGP peer set: the full mesh (unless off) plus global
-// and per-host peers.
+// peers is the desired BGP peer set: tabby hosts by the peering rule, plus
+// global and per-host peers.
+//
+// The rule: with the full mesh on, every host peers with every other (a
+// host's route reflector cluster ID changes nothing). With the mesh off
+// and at least one reflector registered, every ordinary host peers with
+// every reflector and nothing else, and reflectors peer with each other as
+// a mesh and treat the ordinary hosts as route reflector clients: one
+// session per reflector on a client, n-1 on a reflector. With the mesh off
+// and no reflector, only the configured peers.
 func (v *view) peers() []bgp.Peer {
 	var out []bgp.Peer
 	seen := map[string]bool{}
@@ -38,22 +46,40 @@ func (v *view) peers() []bgp.Peer {
 		out = append(out, p)
 	}
 	own := map[string]bool{addrOf(v.self.IPv4): true, addrOf(v.self.IPv6): true}
-	if v.bgp.Mesh {
-		names := make([]string, 0, len(v.nodes))
-		for n := range v.nodes {
-			names = append(names, n)
+	names := make([]string, 0, len(v.nodes))
+	anyReflector := false
+	for n, h := range v.nodes {
+		names = append(names, n)
+		anyReflector = anyReflector || h.IsReflector()
+	}
+	sort.Strings(names)
+	useReflectors := !v.bgp.Mesh && anyReflector
+	for _, n := range names {
+		h := v.nodes[n]
+		if n == v.me || h.IPv4 == "" || own[addrOf(h.IPv4)] {
+			continue
 		}
-		sort.Strings(names)
-		for _, n := range names {
-			h := v.nodes[n]
-			if n == v.me || h.IPv4 == "" || own[addrOf(h.IPv4)] {
-				continue
+		// One side of each tabby pair only listens: after a session drops,
+		// two sides dialling each other keep colliding.
+		p := bgp.Peer{Address: addrOf(h.IPv4), ASN: asOf(h, v.bgp), Port: int32(h.BGPPort), Kind: "mesh",
+			Passive: bgp.MeshPassive(addrOf(v.self.IPv4), addrOf(h.IPv4))}
+		switch {
+		case v.bgp.Mesh:
+		case !useReflectors:
+			continue
+		case h.IsReflector():
+			p.Kind = "reflector"
+		case v.self.IsReflector():
+			p.Kind, p.ReflectorClient = "rr-client", true
+			// A cluster ID written by hand that GoBGP would refuse must not
+			// stop every session: the router ID stands in for it.
+			if model.ValidClusterID(v.self.RouteReflectorClusterID) == nil {
+				p.ClusterID = v.self.RouteReflectorClusterID
 			}
-			// One side of each mesh pair only listens: after a session
-			// drops, two sides dialling each other keep colliding.
-			add(bgp.Peer{Address: addrOf(h.IPv4), ASN: asOf(h, v.bgp), Port: int32(h.BGPPort), Kind: "mesh",
-				Passive: bgp.MeshPassive(addrOf(v.self.IPv4), addrOf(h.IPv4))})
+		default:
+			continue // two clients: the reflectors carry their routes
 		}
+		add(p)
 	}
 	for _, p := range v.hostPeers {
 		if !own[p.IP] {

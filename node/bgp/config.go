@@ -171,10 +171,20 @@ type Peer struct {
 	Address string
 	ASN     uint32 // 0 means our own AS (iBGP)
 	Port    int32  // 0 means 179
-	// Kind is for status display only: "mesh", "global" or "node".
+	// Kind is for status display only: "mesh", "global", "node",
+	// "reflector" (a session to a route reflector) or "rr-client" (a
+	// reflector's session to its client).
 	Kind string
 	// Passive: never connect, only accept the peer's connection.
 	Passive bool
+	// ReflectorClient makes this speaker a route reflector for the peer
+	// (RFC 4456): routes learned from any iBGP peer are reflected to it,
+	// and its routes to every iBGP peer, next hops unchanged.
+	ReflectorClient bool
+	// ClusterID is this reflector's cluster ID (an IPv4 address) on a
+	// ReflectorClient session; "" means the router ID. GoBGP keeps it per
+	// neighbour.
+	ClusterID string
 }
 
 // Route is a best route learned from a peer.

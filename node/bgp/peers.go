@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strings"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
@@ -41,6 +42,14 @@ func (s *Speaker) SetPeers(peers []Peer) error {
 		}
 		if p.Port == 0 {
 			p.Port = DefaultListenPort
+		}
+		if p.ClusterID != "" {
+			if !p.ReflectorClient {
+				return fmt.Errorf("peer %s: a cluster ID without route reflector client", p.Address)
+			}
+			if id := net.ParseIP(p.ClusterID); id == nil || id.To4() == nil || strings.Contains(p.ClusterID, ":") {
+				return fmt.Errorf("peer %s: cluster ID %q is not an IPv4 address", p.Address, p.ClusterID)
+			}
 		}
 		if own[p.Address] {
 			continue
@@ -88,7 +97,8 @@ func (s *Speaker) setPeers(want map[string]Peer) error {
 
 // sameSession: a change in any of these needs a new session.
 func sameSession(a, b Peer) bool {
-	return a.ASN == b.ASN && a.Port == b.Port && a.Passive == b.Passive
+	return a.ASN == b.ASN && a.Port == b.Port && a.Passive == b.Passive &&
+		a.ReflectorClient == b.ReflectorClient && a.ClusterID == b.ClusterID
 }
 
 func (s *Speaker) addPeer(p Peer) error {
@@ -118,8 +128,13 @@ func (s *Speaker) apiPeer(p Peer) *api.Peer {
 			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}},
 		}
 	}
+	var rr *api.RouteReflector
+	if p.ReflectorClient {
+		rr = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: p.ClusterID}
+	}
 	return &api.Peer{
-		Conf: &api.PeerConf{NeighborAddress: p.Address, PeerAsn: p.ASN},
+		Conf:           &api.PeerConf{NeighborAddress: p.Address, PeerAsn: p.ASN},
+		RouteReflector: rr,
 		Transport: &api.Transport{
 			RemotePort:   uint32(p.Port),
 			LocalAddress: s.cfg.localAddrFor(net.ParseIP(p.Address)),

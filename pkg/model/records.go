@@ -166,6 +166,23 @@ type Host struct {
 	IPIPSupported   bool   `json:"ipipSupported"`
 	BGPPort         int    `json:"bgpPort,omitempty"` // 0 = 179
 	Version         string `json:"version,omitempty"`
+	// RouteReflectorClusterID makes the host a BGP route reflector with
+	// this cluster ID (an IPv4 dotted quad); "" is an ordinary host.
+	// Records written before reflectors existed lack it and read as "".
+	RouteReflectorClusterID string `json:"routeReflectorClusterID,omitempty"`
+}
+
+// IsReflector reports whether the host is a BGP route reflector.
+func (h Host) IsReflector() bool { return h.RouteReflectorClusterID != "" }
+
+// ValidClusterID checks a route reflector cluster ID: an IPv4 address in
+// dotted form, as Calico's routeReflectorClusterID and GoBGP take it.
+func ValidClusterID(id string) error {
+	ip := net.ParseIP(id)
+	if ip == nil || ip.To4() == nil || strings.Contains(id, ":") {
+		return fmt.Errorf("cluster ID %q: want an IPv4 address such as 244.0.0.1", id)
+	}
+	return nil
 }
 
 // Endpoint is a workload's interface as the CNI plugin recorded it.
