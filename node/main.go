@@ -41,6 +41,7 @@ func main() {
 	stateDir := fs.String("state-dir", env("TABBY_STATE_DIR", "/var/run/tabby"), "state dir: nodename, status socket, locks (env TABBY_STATE_DIR)")
 	metrics := fs.String("metrics-addr", env("TABBY_METRICS_ADDR", "127.0.0.1:9099"), "Prometheus metrics address; empty to disable")
 	bgpPort := fs.Int("bgp-port", 179, "BGP port to listen on")
+	rr := fs.String("route-reflector", env("TABBY_ROUTE_REFLECTOR", ""), "make this host a BGP route reflector with this cluster ID (an IPv4 address), or off; default: as tabbyctl node set left it (env TABBY_ROUTE_REFLECTOR)")
 	hostPorts := fs.String("workload-host-ports", env("TABBY_WORKLOAD_HOST_PORTS", ""), "host ports local workloads may reach, e.g. udp:53,tcp:53 (default none)")
 	log := prog.Parse(os.Args[1:]).With("node", *name)
 	slog.SetDefault(log)
@@ -53,7 +54,7 @@ func main() {
 	}
 	a, err := agent.New(agent.Config{Name: *name, IPv4: *ip, IPv6: *ip6, ASN: uint32(*as), StateDir: *stateDir,
 		MetricsAddr: *metrics, BGPPort: *bgpPort, Version: Version, Log: log, HostPorts: hp,
-		Etcd: prog.Etcd.Config()})
+		RouteReflector: *rr, Etcd: prog.Etcd.Config()})
 	if err != nil {
 		prog.Exit(2, err)
 	}

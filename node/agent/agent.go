@@ -53,7 +53,7 @@ type Config struct {
 	// "off" makes it an ordinary host.
 	RouteReflector string
 	Version        string
-	Log       *slog.Logger
+	Log            *slog.Logger
 }
 
 // Agent is one running node daemon.
