@@ -14,6 +14,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/workload"
+	"github.com/tabby-net/tabby/test/plot"
 )
 
 const (
@@ -66,28 +67,39 @@ func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error)
 			ContainerID: fmt.Sprintf("many%d", i), HostInterface: fmt.Sprintf("tbm%011x", i),
 			IPv4Nets: []string{fmt.Sprintf("10.60.%d.%d/32", i/250, i%250+1)}, Profiles: []string{nodeProfile}}
 	}
-	txns := func(next func(*model.Endpoint) []store.Op) error {
+	// committed, when set, is told how many endpoints are in etcd after
+	// each transaction (the timeline of the write).
+	txns := func(next func(*model.Endpoint) []store.Op, committed func(n int)) error {
 		for i := 0; i < len(eps); i += manyPerTxn {
 			var ops []store.Op
-			for _, e := range eps[i:min(i+manyPerTxn, len(eps))] {
+			end := min(i+manyPerTxn, len(eps))
+			for _, e := range eps[i:end] {
 				ops = append(ops, next(e)...)
 			}
 			if _, err := b.kv.Txn(ctx, nil, ops); err != nil {
 				return err
 			}
+			if committed != nil {
+				committed(end)
+			}
 		}
 		return nil
 	}
 	progress("deployed case: %s endpoints on %s at once", manyLabel, h.Name)
+	wrote := plot.Series{Name: "written to etcd (each transaction's commit)", X: []float64{0}, Y: []float64{0}}
+	seen := plot.Series{Name: "ready on tabby-node (each /ready answer, asked in write order after the last write)"}
 	t0 := time.Now()
-	if err := txns(func(e *model.Endpoint) []store.Op { return workload.Ops(nil, e) }); err != nil {
+	if err := txns(func(e *model.Endpoint) []store.Op { return workload.Ops(nil, e) }, func(n int) {
+		wrote.X, wrote.Y = append(wrote.X, ms(time.Since(t0))), append(wrote.Y, float64(n))
+	}); err != nil {
 		return nil, "", fmt.Errorf("write endpoints: %w", err)
 	}
 	written := time.Now()
-	for _, e := range eps {
+	for i, e := range eps {
 		if err := nodestatus.WaitReady(ctx, b.node.stateDir(h), e.HostInterface, e.ContainerID, 30*time.Second); err != nil {
 			return nil, "", fmt.Errorf("endpoint %s not programmed: %w", e.HostInterface, err)
 		}
+		seen.X, seen.Y = append(seen.X, ms(time.Since(t0))), append(seen.Y, float64(i+1))
 	}
 	ready := time.Now()
 	prog := Row{Key: keyNode("program-1000"), Name: fmt.Sprintf("tabby-node programs %s endpoints written at once (from the last write to every one ready)", manyLabel),
@@ -96,6 +108,8 @@ func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error)
 	prog.P50, prog.P99, prog.Mean, prog.Max = round2(v), round2(v), round2(v), round2(v)
 	prog.Note = fmt.Sprintf("written in %d transactions of %d endpoints, %.0f ms; ready = tabby-node's /ready for each endpoint (what the CNI plugin waits for); %.0f ms from the first write",
 		(manyEndpoints+manyPerTxn-1)/manyPerTxn, manyPerTxn, ms(written.Sub(t0)), ms(ready.Sub(t0)))
+	prog.Timeline = &Timeline{Title: fmt.Sprintf("tabby-node on host2: %s endpoint records written at once", manyLabel),
+		XLabel: "time since the first write (ms)", YLabel: "endpoints", Series: []plot.Series{wrote, seen}}
 
 	progress("deployed case with %s endpoints on %s: %d iterations of ADD+DEL", manyLabel, h.Name, n)
 	rows, err := b.sequential(cases, n, modeMany)
@@ -105,7 +119,7 @@ func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error)
 	for i := range rows {
 		rows[i].Mode = fmt.Sprintf("sequential, %s endpoints on host2", manyLabel)
 	}
-	if err := txns(func(e *model.Endpoint) []store.Op { return workload.Ops(e, nil) }); err != nil {
+	if err := txns(func(e *model.Endpoint) []store.Op { return workload.Ops(e, nil) }, nil); err != nil {
 		return nil, "", fmt.Errorf("remove endpoints: %w", err)
 	}
 	if _, err := b.kv.Txn(ctx, nil, []store.Op{store.Delete(model.PoolKey(manyPool))}); err != nil {

@@ -33,6 +33,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 	"github.com/tabby-net/tabby/test/lab"
+	"github.com/tabby-net/tabby/test/plot"
 )
 
 const (
@@ -268,6 +269,14 @@ func (nb *nodeBench) joinRows() ([]Row, error) {
 	join := Row{Key: keyNode("bgp-join"), Name: fmt.Sprintf("BGP convergence: host %d of %d joins, until every other host routes its block", len(hosts), len(hosts)),
 		Section: "node", Mode: "full mesh", Op: "join", Unit: "ms"}
 	join.setStats(took)
+	// The count of hosts routing the block over time: a step at each
+	// host's time, in order.
+	arrive := plot.Series{Name: "hosts routing the joining host's block", X: []float64{0}, Y: []float64{0}}
+	for i, t := range slices.Sorted(slices.Values(took)) {
+		arrive.X, arrive.Y = append(arrive.X, t), append(arrive.Y, float64(i+1))
+	}
+	join.Timeline = &Timeline{Title: fmt.Sprintf("BGP convergence: host %d of %d joins the full mesh", len(hosts), len(hosts)),
+		XLabel: "time since its tabby-node started (ms)", YLabel: "other hosts routing its block", Series: []plot.Series{arrive}}
 	join.Note = fmt.Sprintf("n = the other hosts (p99 = the last of them); one join; the joining daemon itself had its %d sessions up and settled %.0f ms after start; cold start of the %d-host mesh before it: %.0f ms",
 		len(hosts)-1, ms(selfSettled), len(hosts)-1, ms(cold))
 

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/tabby-net/tabby/test/plot"
 )
 
 // Row is one line of the report. Timing rows carry milliseconds per call;
@@ -47,6 +49,21 @@ type Row struct {
 	Unit string `json:"unit,omitempty"`
 	// Goal is the verdict of the goals judged on this row (judge).
 	Goal string `json:"goal,omitempty"`
+	// Samples are the row's values in the order measured (setStats), kept
+	// so that charts.go can draw their distribution, also on -render.
+	Samples []float64 `json:"samples,omitempty"`
+	// Timeline is a count over time behind the row (charts.go draws it):
+	// e.g. endpoints written and ready after the 1,000 are written.
+	Timeline *Timeline `json:"timeline,omitempty"`
+}
+
+// Timeline is a chart of counts over time: each series' X is ms since the
+// event the row starts at, Y the count reached then.
+type Timeline struct {
+	Title  string        `json:"title"`
+	XLabel string        `json:"x_label"`
+	YLabel string        `json:"y_label"`
+	Series []plot.Series `json:"series"`
 }
 
 // callRow computes a row from process samples.
@@ -73,6 +90,7 @@ func (r *Row) setStats(ms []float64) {
 	if r.N == 0 {
 		return
 	}
+	r.Samples = slices.Clone(ms)
 	s := slices.Clone(ms)
 	slices.Sort(s)
 	var sum float64
@@ -141,7 +159,7 @@ func (rep *Report) write(dir string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("create output dir: %w", err)
 	}
-	md := rep.markdown()
+	md := rep.markdown(rep.drawCharts(dir))
 	if err := os.WriteFile(filepath.Join(dir, "report.md"), []byte(md), 0o644); err != nil {
 		return "", fmt.Errorf("write report.md: %w", err)
 	}
@@ -165,7 +183,7 @@ var sectionTitles = []struct{ id, title string }{
 	{"startup", "Process start-up baseline"},
 }
 
-func (rep *Report) markdown() string {
+func (rep *Report) markdown(charts []chart) string {
 	var b strings.Builder
 	b.WriteString("# tabby benchmark\n\n")
 	for _, k := range slices.Sorted(maps.Keys(rep.Meta)) {
@@ -186,6 +204,7 @@ func (rep *Report) markdown() string {
 	b.WriteString(rep.nodeTable())
 	b.WriteString(rep.goals())
 	b.WriteString(rep.breakdown())
+	b.WriteString(chartsSection(charts))
 	if len(rep.Notes) > 0 {
 		b.WriteString("\n## Notes\n\n")
 		for _, n := range rep.Notes {

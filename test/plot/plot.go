@@ -33,8 +33,9 @@ const (
 
 // Series is one named curve: point i is (X[i], Y[i]).
 type Series struct {
-	Name string
-	X, Y []float64
+	Name string    `json:"name"`
+	X    []float64 `json:"x"`
+	Y    []float64 `json:"y"`
 }
 
 // Option changes one aspect of a chart.
