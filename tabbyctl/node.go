@@ -20,6 +20,9 @@ func nodeCommands() []*command {
 	hostFlag := flagSpec{name: "host", value: true, help: "only this host"}
 	return []*command{
 		{path: []string{"node", "show"}, usage: "node show", help: "list registered hosts", run: withKV(nodeShow)},
+		{path: []string{"node", "set"}, usage: "node set NAME --route-reflector CLUSTER_ID|off",
+			help:  "make host NAME a BGP route reflector with CLUSTER_ID (an IPv4 address), or an ordinary host again; reflectors serve when the mesh is off",
+			flags: []flagSpec{{name: "route-reflector", value: true}}, run: withKV(nodeSet)},
 		{path: []string{"node", "status"}, usage: "node status [--state-dir DIR]", help: "this host's daemon: state and BGP peers (from its status socket)",
 			flags: []flagSpec{{name: "state-dir", value: true, help: "the daemon's state dir (default /var/run/tabby)"}}, run: nodeStatus},
 		{path: []string{"bgp", "peer", "add"}, usage: "bgp peer add IP --as N [--host H]", help: "add a BGP peer for every host, or for host H",
@@ -49,9 +52,51 @@ func nodeShow(cx context.Context, kv store.KV, c *ctx) error {
 		if h.ASNumber != 0 {
 			as = strconv.FormatUint(uint64(h.ASNumber), 10)
 		}
-		rows = append(rows, []string{h.Name, orDash(h.IPv4), orDash(h.IPv6), as, orDash(h.VXLANTunnelAddr), strconv.FormatBool(h.IPIPSupported)})
+		rows = append(rows, []string{h.Name, orDash(h.IPv4), orDash(h.IPv6), as, orDash(h.VXLANTunnelAddr), strconv.FormatBool(h.IPIPSupported),
+			orDash(h.RouteReflectorClusterID)})
 	}
-	return c.emit(hosts, []string{"NAME", "IPV4", "IPV6", "AS", "VXLAN-ADDR", "IPIP"}, rows)
+	return c.emit(hosts, []string{"NAME", "IPV4", "IPV6", "AS", "VXLAN-ADDR", "IPIP", "RR-CLUSTER"}, rows)
+}
+
+// nodeSet changes what the operator decides about a registered host: for
+// now whether it is a route reflector. The host's daemon keeps the role
+// unless it runs with --route-reflector itself.
+func nodeSet(cx context.Context, kv store.KV, c *ctx) error {
+	if err := needArgs(c, 1, "one host name"); err != nil {
+		return err
+	}
+	name := c.args[0]
+	if err := model.ValidName(name); err != nil {
+		return usagef("host: %v", err)
+	}
+	if !c.has("route-reflector") {
+		return usagef("give --route-reflector CLUSTER_ID|off")
+	}
+	id := c.flag("route-reflector", "")
+	if id == "off" {
+		id = ""
+	} else if err := model.ValidClusterID(id); err != nil {
+		return usagef("--route-reflector: %v", err)
+	}
+	err := store.Update(cx, kv, model.NodeKey(name), func(cur *model.Host, exists bool) (*model.Host, error) {
+		if !exists {
+			return nil, fmt.Errorf("no host %s registered (tabbyctl node show lists them)", name)
+		}
+		if cur.RouteReflectorClusterID == id {
+			return nil, store.ErrAbort
+		}
+		cur.RouteReflectorClusterID = id
+		return cur, nil
+	})
+	if err != nil && !errors.Is(err, store.ErrAbort) {
+		return fmt.Errorf("set host %s: %w", name, err)
+	}
+	if id == "" {
+		fmt.Fprintf(c.out, "host %s: not a route reflector\n", name)
+	} else {
+		fmt.Fprintf(c.out, "host %s: route reflector, cluster ID %s\n", name, id)
+	}
+	return nil
 }
 
 func nodeStatus(c *ctx) error {
