@@ -28,38 +28,50 @@ const (
 // drawCharts draws every chart this report has the data for into dir.
 func (rep *Report) drawCharts(dir string) []chart {
 	var out []chart
-	cdf := func(file, title, xLabel string, series []struct{ name, key string }) {
+	// A series' colour says which implementation (tabby red, the
+	// reference blue) and its dashes which op or phase (solid: ADD, or
+	// before; dashed: DEL, or with the extra load).
+	const (
+		tabbyC, refC, otherC = 0, 2, 1
+		solid, dashed        = 0, 1
+	)
+	type named = struct {
+		name, key      string
+		colour, dashes int
+	}
+	cdf := func(file, title, xLabel string, series []named) {
 		samples := map[string][]float64{}
+		style := map[string]named{}
 		for _, s := range series {
 			if r := rep.row(s.key); r != nil && len(r.Samples) > 0 {
-				samples[s.name] = r.Samples
+				samples[s.name], style[s.name] = r.Samples, s
 			}
 		}
 		if len(samples) == 0 {
 			return
 		}
-		err := plot.CDF(filepath.Join(dir, file), title, xLabel, samples)
+		err := plot.CDF(filepath.Join(dir, file), title, xLabel, samples,
+			plot.Style(func(_ int, name string) (int, int) { return style[name].colour, style[name].dashes }))
 		out = append(out, chart{file: file, caption: title, err: err})
 	}
-	type named = struct{ name, key string }
 
 	// ADD and DEL of the deployed case against ptp + host-local, one chart
 	// per load level the run measured.
 	for _, m := range rep.cniModes() {
-		cdf("latency-"+m.key+".png", "CNI ADD and DEL under cnitool, "+m.label+": "+deployedName+" vs "+refName,
+		cdf("latency-"+m.key+".png", "CNI ADD and DEL under cnitool, "+m.label,
 			"wall time per call (ms)", []named{
-				{deployedName + ", ADD", keyCNI("tabby-node", m.key, "ADD")},
-				{deployedName + ", DEL", keyCNI("tabby-node", m.key, "DEL")},
-				{refName + ", ADD", keyCNI("ptp-host-local", m.key, "ADD")},
-				{refName + ", DEL", keyCNI("ptp-host-local", m.key, "DEL")},
+				{deployedName + ", ADD", keyCNI("tabby-node", m.key, "ADD"), tabbyC, solid},
+				{deployedName + ", DEL", keyCNI("tabby-node", m.key, "DEL"), tabbyC, dashed},
+				{refName + ", ADD", keyCNI("ptp-host-local", m.key, "ADD"), refC, solid},
+				{refName + ", DEL", keyCNI("ptp-host-local", m.key, "DEL"), refC, dashed},
 			})
 	}
-	cdf("add-latency-1000-endpoints.png", "ADD before and with 1,000 more endpoints on host2 (sequential, the two cases alone)",
+	cdf("add-latency-1000-endpoints.png", "ADD before and with 1,000 more endpoints on host2 (sequential)",
 		"wall time per ADD (ms)", []named{
-			{"tabby deployed, before", keyCNI("tabby-node", modeFew, "ADD")},
-			{"tabby deployed, with 1,000 endpoints", keyCNI("tabby-node", modeMany, "ADD")},
-			{refName + " (host1), before", keyCNI("ptp-host-local", modeFew, "ADD")},
-			{refName + " (host1), with", keyCNI("ptp-host-local", modeMany, "ADD")},
+			{"tabby deployed, before", keyCNI("tabby-node", modeFew, "ADD"), tabbyC, solid},
+			{"tabby deployed, with 1,000 endpoints on its host", keyCNI("tabby-node", modeMany, "ADD"), tabbyC, dashed},
+			{refName + " (host1), before", keyCNI("ptp-host-local", modeFew, "ADD"), refC, solid},
+			{refName + " (host1), meanwhile", keyCNI("ptp-host-local", modeMany, "ADD"), refC, dashed},
 		})
 	foreign := "foreign records"
 	if r := rep.row(keyCNI("tabby-node", modeEtcdForeign, "ADD")); r != nil && r.Records > 0 {
@@ -67,20 +79,20 @@ func (rep *Report) drawCharts(dir string) []chart {
 	}
 	cdf("add-latency-foreign-records.png", "ADD before and with "+foreign+" in etcd (sequential)",
 		"wall time per ADD (ms)", []named{
-			{"tabby deployed, before", keyCNI("tabby-node", modeEtcdBase, "ADD")},
-			{"tabby deployed, with " + foreign, keyCNI("tabby-node", modeEtcdForeign, "ADD")},
-			{refName + ", before", keyCNI("ptp-host-local", modeEtcdBase, "ADD")},
-			{refName + ", with " + foreign, keyCNI("ptp-host-local", modeEtcdForeign, "ADD")},
+			{"tabby deployed, before", keyCNI("tabby-node", modeEtcdBase, "ADD"), tabbyC, solid},
+			{"tabby deployed, with " + foreign, keyCNI("tabby-node", modeEtcdForeign, "ADD"), tabbyC, dashed},
+			{refName + ", before", keyCNI("ptp-host-local", modeEtcdBase, "ADD"), refC, solid},
+			{refName + ", with " + foreign, keyCNI("ptp-host-local", modeEtcdForeign, "ADD"), refC, dashed},
 		})
 	cdf("add-to-first-echo.png", "Reachability: ADD on host2 returns -> first echo answered from host1",
 		"time after the ADD returned (ms)", []named{
-			{"address in a block host1 already routes", keyNode("add-ping/routed-block")},
-			{"address in a new block (learnt over BGP)", keyNode("add-ping/new-block")},
+			{"address in a block host1 already routes", keyNode("add-ping/routed-block"), tabbyC, solid},
+			{"address in a new block (learnt over BGP)", keyNode("add-ping/new-block"), otherC, dashed},
 		})
 	cdf("policy-to-effect.png", "Policy: profile change for a container on host2 -> effect on its echoes to host1",
 		"time after tabbyctl returned (ms)", []named{
-			{"profile append -> first echo answered", keyPolicy("append")},
-			{"profile remove -> first echo lost", keyPolicy("remove")},
+			{"profile append -> first echo answered", keyPolicy("append"), tabbyC, solid},
+			{"profile remove -> first echo lost", keyPolicy("remove"), otherC, dashed},
 		})
 
 	for _, r := range rep.Rows {

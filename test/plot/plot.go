@@ -53,6 +53,7 @@ type config struct {
 	yRangeSet     bool
 	xMin, xMax    float64
 	xRangeSet     bool
+	style         func(i int, name string) (colour, dashes int)
 }
 
 // LogX draws the X axis on a log10 scale (scale curves over 10..10,000 hosts).
@@ -71,6 +72,14 @@ func NoPoints() Option { return func(c *config) { c.noPoints = true } }
 // Legend places the legend in a corner of the data area.
 func Legend(top, left bool) Option {
 	return func(c *config) { c.legendTop, c.legendLeft, c.legendSet = top, left, true }
+}
+
+// Style picks each series' colour and dash pattern (indexes into gonum's
+// plotutil palettes) from its position and name, so that related series can
+// share a colour (e.g. one per implementation, solid ADD and dashed DEL).
+// By default series i gets colour i and dashes i.
+func Style(f func(i int, name string) (colour, dashes int)) Option {
+	return func(c *config) { c.style = f }
 }
 
 // Size sets the image size.
@@ -272,10 +281,14 @@ func addSeries(p *gonum.Plot, i int, s Series, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	line.Color = plotutil.Color(i)
+	colour, dashes := i, i
+	if cfg.style != nil {
+		colour, dashes = cfg.style(i, s.Name)
+	}
+	line.Color = plotutil.Color(colour)
 	line.Width = vg.Points(1.5)
 	// Dashes tell series apart in a greyscale print; the first stays solid.
-	line.Dashes = plotutil.Dashes(i)
+	line.Dashes = plotutil.Dashes(dashes)
 	if cfg.steps {
 		line.StepStyle = plotter.PostStep
 	}
@@ -288,7 +301,7 @@ func addSeries(p *gonum.Plot, i int, s Series, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	pts.Color = plotutil.Color(i)
+	pts.Color = plotutil.Color(colour)
 	pts.Shape = plotutil.Shape(i)
 	pts.Radius = vg.Points(2.5)
 	p.Add(pts)

@@ -191,3 +191,36 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestStyle: two series given one colour draw no pixel in the colour the
+// second would get by default (plotutil's second colour is green).
+func TestStyle(t *testing.T) {
+	greenish := func(img image.Image) int {
+		n := 0
+		b := img.Bounds()
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			for x := b.Min.X; x < b.Max.X; x++ {
+				r, g, bl, _ := img.At(x, y).RGBA()
+				if g > r+0x2000 && g > bl+0x2000 {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	series := map[string][]float64{"a": {1, 2, 3}, "b": {2, 3, 4}}
+	dir := t.TempDir()
+	def, styled := filepath.Join(dir, "default.png"), filepath.Join(dir, "styled.png")
+	if err := CDF(def, "t", "ms", series); err != nil {
+		t.Fatal(err)
+	}
+	if err := CDF(styled, "t", "ms", series, Style(func(i int, _ string) (int, int) { return 0, i })); err != nil {
+		t.Fatal(err)
+	}
+	if n := greenish(decode(t, def, DefaultWidth, DefaultHeight)); n < 50 {
+		t.Fatalf("default colours: only %d green pixels for the second series", n)
+	}
+	if n := greenish(decode(t, styled, DefaultWidth, DefaultHeight)); n != 0 {
+		t.Fatalf("Style gave both series colour 0, yet %d pixels are green", n)
+	}
+}
