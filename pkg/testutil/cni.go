@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"syscall"
 	"time"
 )
 
@@ -16,6 +17,11 @@ type Call struct {
 	Timeout                                         time.Duration
 	Wrap                                            []string // command prefix, e.g. ip netns exec HOST
 	Env                                             []string // extra environment
+	// KillAfter > 0 sends the process SIGKILL that long after it started
+	// (a runtime's process killed at a random point of the verb). Wrap
+	// must exec in place (ip netns exec does) for the signal to reach the
+	// plugin itself.
+	KillAfter time.Duration
 }
 
 // Outcome is what the runtime sees.
@@ -26,6 +32,7 @@ type Outcome struct {
 	ErrCode  int    // CNI error object's code, 0 when none
 	ErrMsg   string // its message
 	Took     time.Duration
+	Killed   bool // the process died of KillAfter's SIGKILL before it finished
 }
 
 // Run executes bin as a CNI plugin.
@@ -53,10 +60,20 @@ func Run(bin string, c Call) Outcome {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		if c.KillAfter > 0 {
+			kill := time.AfterFunc(c.KillAfter, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
+			defer kill.Stop()
+		}
+		err = cmd.Wait()
+	}
 	o := Outcome{Stdout: out.Bytes(), Stderr: errb.Bytes(), Took: time.Since(start)}
 	if ee, ok := err.(*exec.ExitError); ok {
 		o.ExitCode = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			o.Killed = true
+		}
 	} else if err != nil {
 		o.ExitCode = -1
 	}
