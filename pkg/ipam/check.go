@@ -50,13 +50,24 @@ func Check(ctx context.Context, kv store.KV) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	nodes, _, err := kv.List(ctx, model.NodePrefix, true)
+	nodes, _, err := kv.List(ctx, model.NodePrefix, false)
 	if err != nil {
 		return nil, err
 	}
 	hosts := map[string]bool{}
+	// A host's VXLAN and IPIP tunnel addresses are allocations that no
+	// endpoint uses but its host record does: not leaks.
+	epIPs := map[string]bool{}
 	for _, r := range nodes {
 		hosts[strings.TrimPrefix(r.Key, model.NodePrefix)] = true
+		var h model.Host
+		if store.DecodeJSON(r.Value, &h) == nil {
+			for _, a := range []string{h.VXLANTunnelAddr, h.IPIPTunnelAddr} {
+				if ip := net.ParseIP(a); ip != nil {
+					epIPs[ip.String()] = true
+				}
+			}
+		}
 	}
 	hostKVs, _, err := kv.List(ctx, model.HostPrefix, false)
 	if err != nil {
@@ -72,7 +83,6 @@ func Check(ctx context.Context, kv store.KV) (*Report, error) {
 		}
 	}
 	rep := &Report{Blocks: len(blocks), Handles: len(handles), Endpoints: len(eps)}
-	epIPs := map[string]bool{}
 	for _, e := range eps {
 		for _, n := range e.Nets() {
 			ip, _, _ := net.ParseCIDR(n)
