@@ -13,6 +13,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdauth"
 )
 
 // Version is set at build time.
@@ -26,6 +27,7 @@ func commands() []*command {
 	cmds = append(cmds, containerCommands()...)
 	cmds = append(cmds, nodeCommands()...)
 	cmds = append(cmds, ipamCommands()...)
+	cmds = append(cmds, authCommands()...)
 	cmds = append(cmds, &command{path: []string{"version"}, usage: "version", help: "print the version", run: func(c *ctx) error {
 		fmt.Fprintln(c.out, "tabbyctl", Version)
 		return nil
@@ -72,6 +74,9 @@ func run(argv []string) int {
 		return 2
 	}
 	fmt.Fprintf(os.Stderr, "tabbyctl: %v\n", err)
+	if etcdauth.IsPermissionDenied(err) {
+		fmt.Fprintln(os.Stderr, "tabbyctl: etcd refused this to the user named by the client certificate's CN (--etcd-cert-file); 'tabbyctl auth show' lists what each role may write")
+	}
 	if store.IsUnavailable(err) {
 		return 3
 	}

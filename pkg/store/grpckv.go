@@ -52,6 +52,9 @@ type grpcStatusError struct {
 }
 
 func (e *grpcStatusError) Error() string {
+	if e.code == 7 { // PERMISSION_DENIED: say who is refused, not only that
+		return fmt.Sprintf("etcd: %s: the user its client certificate's CN names has no role that may do this (grpc status 7)", e.msg)
+	}
 	return fmt.Sprintf("etcd: %s (grpc status %d)", e.msg, e.code)
 }
 

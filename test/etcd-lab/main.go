@@ -4,6 +4,11 @@
 //
 //	etcd-lab --listen-client http://198.19.0.254:2379 --data-dir DIR [--name lab]
 //
+// With --cert-file and --key-file (and https:// client URLs) it serves TLS;
+// --trusted-ca-file with --client-cert-auth requires client certificates,
+// and etcd then takes a client's user from its certificate's CN once
+// authentication is enabled (tabbyctl auth setup --enable).
+//
 // It prints "READY <client-url>" on stdout once etcd serves requests and
 // exits cleanly (status 0) on SIGTERM or SIGINT. Logs go to stderr at level
 // warn, so a healthy run is silent.
@@ -32,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -53,6 +59,10 @@ func run() error {
 	name := flag.String("name", "lab", "member name")
 	peer := flag.String("listen-peer", "", "peer URL; default http://127.0.0.1:<free port>")
 	logLevel := flag.String("log-level", "warn", "etcd log level: debug, info, warn, error")
+	certFile := flag.String("cert-file", "", "server certificate for https:// client URLs")
+	keyFile := flag.String("key-file", "", "server key")
+	caFile := flag.String("trusted-ca-file", "", "CA bundle that client certificates must chain to")
+	clientCertAuth := flag.Bool("client-cert-auth", false, "require a client certificate signed by --trusted-ca-file")
 	readyTimeout := flag.Duration("ready-timeout", time.Minute, "give up if etcd is not ready within this time")
 	quota := flag.Int64("quota-backend-bytes", 8<<30, "backend size quota (bytes)")
 	maxTxnOps := flag.Uint("max-txn-ops", 2048, "most operations in one transaction")
@@ -86,6 +96,17 @@ func run() error {
 	cfg.ListenPeerUrls = peerURLs
 	cfg.AdvertisePeerUrls = peerURLs
 	cfg.InitialCluster = cfg.InitialClusterFromName(*name)
+	if *certFile != "" || *keyFile != "" || *caFile != "" || *clientCertAuth {
+		if *certFile == "" || *keyFile == "" {
+			return fmt.Errorf("TLS needs both --cert-file and --key-file")
+		}
+		if *clientCertAuth && *caFile == "" {
+			return fmt.Errorf("--client-cert-auth needs --trusted-ca-file")
+		}
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: *certFile, KeyFile: *keyFile,
+			TrustedCAFile: *caFile, ClientCertAuth: *clientCertAuth}
+		cfg.ClientAutoTLS = false
+	}
 	cfg.QuotaBackendBytes = *quota
 	cfg.MaxTxnOps = *maxTxnOps
 	cfg.MaxRequestBytes = *maxRequest

@@ -90,8 +90,14 @@ func (e *Env) Plugin(h *Host, c testutil.Call) testutil.Outcome {
 }
 
 // Ctl runs tabbyctl, pointed at the lab's etcd, inside host h's namespace.
+// With Options.EtcdTLS it presents the test's own client certificate;
+// flags in args come later and win.
 func (e *Env) Ctl(h *Host, args ...string) (string, error) {
-	return e.Lab.Exec(h.NS, append([]string{testutil.Bin(e.T, "tabbyctl"), "--etcd-endpoints", e.Lab.EtcdURL}, args...)...)
+	argv := []string{testutil.Bin(e.T, "tabbyctl"), "--etcd-endpoints", e.Lab.EtcdURL}
+	if t := e.Lab.opts.EtcdTLS; t != nil {
+		argv = append(argv, "--etcd-ca-cert-file", t.CA, "--etcd-cert-file", t.ClientCert, "--etcd-key-file", t.ClientKey)
+	}
+	return e.Lab.Exec(h.NS, append(argv, args...)...)
 }
 
 // MustCtl is Ctl that fails the test on error.

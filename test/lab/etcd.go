@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -16,12 +17,30 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tabby-net/tabby/pkg/store"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 )
 
 // EtcdPort is the client port of the lab's etcd.
 const EtcdPort = 2379
+
+// EtcdIP is the address StartEtcd listens on (the underlay bridge): the
+// IP a server certificate for the lab's etcd must name.
+const EtcdIP = "198.19.0.254"
+
+// EtcdTLS are the PEM files of a lab etcd that requires TLS with client
+// certificates (Options.EtcdTLS). The files are read again at every start,
+// so a test can rotate them and restart etcd.
+type EtcdTLS struct {
+	ServerCert, ServerKey string // etcd's own certificate, for EtcdIP
+	CA                        string // what clients trust etcd's certificate with
+	ClientCA                  string // what client certificates must chain to ("" = CA)
+	// ClientCert and ClientKey are the test process's identity (EtcdClient,
+	// Env.Ctl): once etcd's auth is on, the user their CN names.
+	ClientCert, ClientKey string
+}
 
 // StartEtcd runs etcd-lab in the underlay namespace, listening on the
 // underlay bridge address so every host reaches it, waits until it serves,
@@ -30,7 +49,11 @@ const EtcdPort = 2379
 // tests restart the datastore.
 func (l *Lab) StartEtcd() *Proc {
 	l.tb.Helper()
-	return l.StartEtcdIn(l.Underlay, fmt.Sprintf("http://%s:%d", fmt.Sprintf(underlay4, 0, gwOctet), EtcdPort))
+	scheme := "http"
+	if l.opts.EtcdTLS != nil {
+		scheme = "https"
+	}
+	return l.StartEtcdIn(l.Underlay, fmt.Sprintf("%s://%s:%d", scheme, fmt.Sprintf(underlay4, 0, gwOctet), EtcdPort))
 }
 
 // StartEtcdIn is StartEtcd for another namespace and client URL (which
@@ -67,8 +90,15 @@ func (l *Lab) startEtcd(ns, url string) (*Proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
-	p, err := l.start(ns, logfile, w, bin,
-		"--listen-client", url, "--data-dir", filepath.Join(l.Dir, "etcd-"+ns), "--name", "lab")
+	args := []string{bin, "--listen-client", url, "--data-dir", filepath.Join(l.Dir, "etcd-"+ns), "--name", "lab"}
+	if t := l.opts.EtcdTLS; t != nil {
+		ca := t.ClientCA
+		if ca == "" {
+			ca = t.CA
+		}
+		args = append(args, "--cert-file", t.ServerCert, "--key-file", t.ServerKey, "--trusted-ca-file", ca, "--client-cert-auth")
+	}
+	p, err := l.start(ns, logfile, w, args...)
 	w.Close() // the child has its own copy
 	if err != nil {
 		r.Close()
@@ -120,8 +150,17 @@ func (l *Lab) EtcdClient() *clientv3.Client {
 	if l.EtcdURL == "" {
 		l.tb.Fatalf("lab: EtcdClient before StartEtcd")
 	}
+	var tlsCfg *tls.Config
+	if t := l.opts.EtcdTLS; t != nil {
+		var err error
+		tlsCfg, err = store.TLSConfig(store.Config{CAFile: t.CA, CertFile: t.ClientCert, KeyFile: t.ClientKey})
+		if err != nil {
+			l.tb.Fatalf("lab: etcd client TLS: %v", err)
+		}
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{l.EtcdURL},
+		TLS:         tlsCfg,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {

@@ -68,6 +68,9 @@ type Options struct {
 	Outside bool
 	// MTU of the underlay links; 0 means 1500.
 	MTU int
+	// EtcdTLS, when set, makes the lab's etcd serve https and require
+	// client certificates (see EtcdTLS); nil is plain http, as before.
+	EtcdTLS *EtcdTLS
 }
 
 // Host is one simulated host.
