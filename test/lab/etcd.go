@@ -35,8 +35,8 @@ const EtcdIP = "198.19.0.254"
 // so a test can rotate them and restart etcd.
 type EtcdTLS struct {
 	ServerCert, ServerKey string // etcd's own certificate, for EtcdIP
-	CA                        string // what clients trust etcd's certificate with
-	ClientCA                  string // what client certificates must chain to ("" = CA)
+	CA                    string // what clients trust etcd's certificate with
+	ClientCA              string // what client certificates must chain to ("" = CA)
 	// ClientCert and ClientKey are the test process's identity (EtcdClient,
 	// Env.Ctl): once etcd's auth is on, the user their CN names.
 	ClientCert, ClientKey string
