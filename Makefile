@@ -151,3 +151,10 @@ install-systemd: install
 	install -m 0644 conf/systemd/tabby-node.service /etc/systemd/system/
 	[ -e /etc/tabby/tabby-node.env ] || install -m 0644 conf/systemd/tabby-node.env /etc/tabby/
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# The route reflector lab: 100 tabby-nodes, mesh off, 2 reflectors
+# (test/rrlab); figures in bench/out/rr.json and bench/out/rr.md.
+.PHONY: bench-rr
+bench-rr: build
+	TABBY_RR_HOSTS=$${TABBY_RR_HOSTS:-100} TABBY_RR_OUT=$(CURDIR)/bench/out/rr.json TABBY_BIN=$(CURDIR)/bin \
+		$(GO) test -count=1 -v -timeout 30m -run TestRouteReflectorLab ./test/rrlab/
