@@ -92,7 +92,9 @@ func ipamCommands() []*command {
 	return []*command{
 		{path: []string{"ipam", "show"}, usage: "ipam show [--ip IP]", help: "blocks and their use, or who holds one address",
 			flags: []flagSpec{{name: "ip", value: true}}, run: withKV(ipamShow)},
-		{path: []string{"ipam", "check"}, usage: "ipam check", help: "find leaked and orphaned addresses (exit 1 when any)", run: withKV(ipamCheck)},
+		{path: []string{"ipam", "check"}, usage: "ipam check [--state-dir DIR [--host NAME] [--grace D]]", help: "find leaked and orphaned addresses; with --state-dir also what runs on this host and etcd does not know, or knows and nothing runs (exit 1 when any)",
+			flags: hostFlags, run: withKV(ipamCheck)},
+		ipamRepairCommand(),
 		{path: []string{"ipam", "release"}, usage: "ipam release --ip IP", help: "free one address whatever holds it",
 			flags: []flagSpec{{name: "ip", value: true}}, run: withKV(func(cx context.Context, kv store.KV, c *ctx) error {
 				ip := net.ParseIP(c.flag("ip", ""))
@@ -160,6 +162,13 @@ func ipamCheck(cx context.Context, kv store.KV, c *ctx) error {
 	rep, err := ipam.Check(cx, kv)
 	if err != nil {
 		return err
+	}
+	if c.has("state-dir") || c.has("host") || c.has("grace") {
+		ps, err := hostProblems(cx, kv, c)
+		if err != nil {
+			return err
+		}
+		rep.Problems = append(rep.Problems, ps...)
 	}
 	var rows [][]string
 	for _, p := range rep.Problems {
