@@ -1,0 +1,579 @@
+// Command scale is tabby's scale simulation (make bench-scale): etcd filled
+// as 10,000 hosts with 1,000,000 workloads would fill it (test/scale/load),
+// the watch load of those hosts put on etcd by simulated nodes that open
+// the reads and watches a tabby-node opens (test/scale/sim), with and
+// without etcd's gRPC proxy in between, and a real tabby-node in the netns
+// lab (test/lab) on the same etcd: its cold start, the CNI ADD, and the
+// time from a profile change to its enforcement, while the simulated hosts
+// watch. It writes DIR/report.json, DIR/report.md and PNG charts.
+//
+//	go run ./test/scale -out bench/out/scale              # the full run
+//	go run ./test/scale -small -out /tmp/scale            # 200 hosts, 10,000 workloads
+//
+// It needs root, bin/ from make build (tabby, tabby-ipam, tabby-node,
+// tabbyctl, etcd-lab). Every etcd client of the simulation runs in the
+// lab's underlay namespace (a worker: this program again, under ip netns
+// exec), so no packet leaves the lab.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tabby-net/tabby/pkg/nodestatus"
+	"github.com/tabby-net/tabby/pkg/testutil"
+	"github.com/tabby-net/tabby/test/lab"
+	"github.com/tabby-net/tabby/test/scale/load"
+)
+
+func main() {
+	if len(os.Args) > 2 && os.Args[1] == "worker" {
+		if err := runWorker(os.Args[2]); err != nil {
+			fmt.Fprintf(os.Stderr, "scale worker: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "scale: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	out                    string
+	bin                    string
+	cluster                load.Config
+	steps                  []int
+	churn                  time.Duration
+	workers, changes, adds int
+	proxies, conns         int
+	rate                   float64
+	skipIPAM               bool
+}
+
+func parse() (*options, error) {
+	o := &options{cluster: load.Defaults()}
+	small := flag.Bool("small", false, "200 hosts, 10,000 workloads, 50 profiles, steps 0,100,200")
+	flag.StringVar(&o.out, "out", "bench/out/scale", "report directory")
+	flag.StringVar(&o.bin, "bin", "", "tabby's binaries (default $TABBY_BIN or <repo>/bin)")
+	hosts := flag.Int("hosts", 0, "simulated hosts (default 10000)")
+	eps := flag.Int("endpoints", 0, "workloads (default 1000000)")
+	profiles := flag.Int("profiles", 0, "profiles/namespaces (default 1000)")
+	steps := flag.String("steps", "", "simulated hosts watching at each step (default 0,1000,5000,10000)")
+	flag.DurationVar(&o.churn, "churn", 20*time.Second, "write load per step")
+	flag.IntVar(&o.workers, "workers", 16, "writers of the churn")
+	flag.IntVar(&o.changes, "changes", 20, "profile changes timed on the real node")
+	flag.IntVar(&o.adds, "adds", 30, "CNI ADDs timed on the empty and on the full datastore")
+	flag.IntVar(&o.proxies, "proxies", 1, "gRPC proxies (the simulated hosts are spread over them)")
+	flag.IntVar(&o.conns, "conns", 8, "client connections per etcd or proxy endpoint")
+	flag.Float64Var(&o.rate, "rate", 100, "others' writes/s during ipam check and GC")
+	flag.BoolVar(&o.skipIPAM, "skip-ipam", false, "skip ipam check and GC")
+	flag.Parse()
+	if *small {
+		o.cluster.Hosts, o.cluster.Endpoints, o.cluster.Profiles = 200, 10000, 50
+		o.steps = []int{0, 100, 200}
+		o.churn = 5 * time.Second
+	}
+	if *hosts > 0 {
+		o.cluster.Hosts = *hosts
+	}
+	if *eps > 0 {
+		o.cluster.Endpoints = *eps
+	}
+	if *profiles > 0 {
+		o.cluster.Profiles = *profiles
+	}
+	if *steps != "" {
+		o.steps = nil
+		for _, f := range strings.Split(*steps, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return nil, fmt.Errorf("-steps: %w", err)
+			}
+			o.steps = append(o.steps, n)
+		}
+	}
+	if o.steps == nil {
+		o.steps = []int{0, 1000, 5000, 10000}
+	}
+	for i, n := range o.steps {
+		o.steps[i] = min(n, o.cluster.Hosts)
+	}
+	if o.bin == "" {
+		o.bin = os.Getenv("TABBY_BIN")
+	}
+	if o.bin == "" {
+		o.bin = filepath.Join(testutil.Root(), "bin")
+	}
+	return o, nil
+}
+
+// Report is everything one run measured.
+type Report struct {
+	Started      time.Time   `json:"started"`
+	Cluster      load.Config `json:"cluster"`
+	Load         *LoadResult `json:"load"`
+	LoadError    string      `json:"load_error,omitempty"`
+	ColdEmpty    *ColdStart  `json:"cold_start_empty"`
+	ColdFull     *ColdStart  `json:"cold_start_full"`
+	AddEmpty     *Latencies  `json:"add_empty"`
+	AddFull      *Latencies  `json:"add_full"`
+	Enforce      *Latencies  `json:"enforce_10k_watching"`
+	EnforceEmpty *Latencies  `json:"enforce_empty"`
+	Fanout       []FanoutRow `json:"fanout"`
+	IPAM         *IPAMResult `json:"ipam"`
+	Errors       []string    `json:"errors,omitempty"`
+	Notes        []string    `json:"notes"`
+	Seconds      float64     `json:"seconds"`
+}
+
+func run() error {
+	o, err := parse()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	for _, b := range []string{"tabby", "tabby-ipam", "tabby-node", "tabbyctl", "etcd-lab"} {
+		if _, err := os.Stat(filepath.Join(o.bin, b)); err != nil {
+			return fmt.Errorf("%s missing in %s: run make build", b, o.bin)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	rep := &Report{Started: time.Now(), Cluster: o.cluster}
+	s := lab.NewScript()
+	defer s.Close()
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sigc
+		fmt.Fprintln(os.Stderr, "scale: interrupted; removing the lab")
+		s.Close()
+		os.Exit(1)
+	}()
+	os.Setenv("TABBY_BIN_DIR", o.bin)
+	l := lab.New(s, lab.Options{Hosts: 1, Prefix: "scl"})
+	l.StartEtcd()
+	r := &runner{o: o, l: l, h: l.Hosts[0], self: self, rep: rep}
+	defer func() {
+		rep.Seconds = time.Since(rep.Started).Seconds()
+		if err := r.write(); err != nil {
+			fmt.Fprintf(os.Stderr, "scale: report: %v\n", err)
+		}
+	}()
+	return r.all()
+}
+
+type runner struct {
+	o       *options
+	l       *lab.Lab
+	h       *lab.Host
+	self    string
+	rep     *Report
+	node    *lab.Proc
+	proxies []string
+}
+
+func (r *runner) ctl(args ...string) (string, error) {
+	return r.l.Exec(r.l.Underlay, append([]string{filepath.Join(r.o.bin, "tabbyctl"), "--etcd-endpoints", r.l.EtcdURL}, args...)...)
+}
+
+func (r *runner) fail(what string, err error) {
+	msg := fmt.Sprintf("%s: %v", what, err)
+	progress("FAILED %s", msg)
+	r.rep.Errors = append(r.rep.Errors, msg)
+}
+
+func (r *runner) all() error {
+	cl := r.o.cluster
+	// The pool the loader fills, and the BGP mesh off (the loader sets it
+	// too): 10,000 hosts are meshed through route reflectors, not by every
+	// node with every other.
+	if _, err := r.ctl("pool", "add", cl.Pool); err != nil {
+		return err
+	}
+	if _, err := r.ctl("bgp", "config", "set", "--mesh", "off"); err != nil {
+		return err
+	}
+	for _, p := range []string{profA, profB} {
+		if _, err := r.ctl("profile", "add", p); err != nil {
+			return err
+		}
+	}
+	var err error
+	progress("tabby-node cold start on the empty datastore")
+	if r.rep.ColdEmpty, err = r.coldStart(); err != nil {
+		return err
+	}
+	progress("CNI ADD on the empty datastore: %d", r.o.adds)
+	if r.rep.AddEmpty, err = r.addLatency(r.o.adds); err != nil {
+		r.fail("ADD on the empty datastore", err)
+	}
+	pr, err := r.newProbe()
+	if err != nil {
+		return err
+	}
+	progress("profile change to enforcement on the empty datastore: %d changes", r.o.changes)
+	if r.rep.EnforceEmpty, err = pr.changes(r.o.changes); err != nil {
+		r.fail("enforcement on the empty datastore", err)
+	}
+
+	progress("loading %d hosts, %d workloads, %d profiles", cl.Hosts, cl.Endpoints, cl.Profiles)
+	var lr LoadResult
+	if err := r.worker(spec{Task: "load", Cluster: cl}, &lr, nil); err != nil {
+		r.rep.LoadError = err.Error()
+		return fmt.Errorf("load: %w", err)
+	}
+	r.rep.Load = &lr
+	progress("loaded in %.1f s: %d keys, etcd db %.0f MB", lr.Stats.Duration.Seconds(), lr.Stats.Keys, lr.Metrics["etcd_mvcc_db_total_size_in_bytes"]/1e6)
+	if out, err := r.ctl("ipam", "show"); err == nil {
+		progress("tabbyctl ipam show: %d lines", strings.Count(out, "\n"))
+	}
+
+	progress("tabby-node cold start on the full datastore")
+	if r.rep.ColdFull, err = r.coldStart(); err != nil {
+		return err
+	}
+	progress("CNI ADD on the full datastore: %d", r.o.adds)
+	if r.rep.AddFull, err = r.addLatency(r.o.adds); err != nil {
+		r.fail("ADD on the full datastore", err)
+	}
+
+	if err := r.startProxies(); err != nil {
+		return err
+	}
+	progress("watch fan-out: steps %v, %v of churn each, with %d proxies and without", r.o.steps, r.o.churn, len(r.proxies))
+	var rows []FanoutRow
+	hold := func() {
+		progress("profile change to enforcement with %d simulated hosts watching: %d changes", r.o.steps[len(r.o.steps)-1], r.o.changes)
+		if r.rep.Enforce, err = pr.changes(r.o.changes); err != nil {
+			r.fail("enforcement while watched", err)
+		}
+	}
+	if err := r.worker(spec{Task: "fanout", Cluster: cl, Proxies: r.proxies, Steps: r.o.steps, Churn: r.o.churn,
+		Workers: r.o.workers, Hold: true, Conns: r.o.conns}, &rows, hold); err != nil {
+		r.fail("fan-out", err)
+	}
+	r.rep.Fanout = rows
+	if !r.o.skipIPAM {
+		var ir IPAMResult
+		if err := r.worker(spec{Task: "ipam", Cluster: cl, Rate: r.o.rate}, &ir, nil); err != nil {
+			r.fail("ipam check and GC", err)
+		} else {
+			r.rep.IPAM = &ir
+		}
+	}
+	return nil
+}
+
+// worker runs this program's worker in the underlay namespace and decodes
+// its result into out; onHold runs when it says HOLD, and it is released
+// afterwards.
+func (r *runner) worker(sp spec, out any, onHold func()) error {
+	sp.Etcd = r.l.EtcdURL
+	raw, err := json.Marshal(sp)
+	if err != nil {
+		return err
+	}
+	cmd := r.l.Command(r.l.Underlay, r.self, "worker", string(raw))
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	br := bufio.NewReader(stdout)
+	var result []byte
+	for {
+		line, err := br.ReadBytes('\n')
+		if strings.TrimSpace(string(line)) == "HOLD" {
+			if onHold != nil {
+				onHold()
+			}
+			fmt.Fprintln(stdin, "go")
+			continue
+		}
+		result = append(result, line...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("worker %s: %w", sp.Task, err)
+	}
+	return json.Unmarshal(result, out)
+}
+
+// startProxies runs the gRPC proxies in the underlay namespace.
+func (r *runner) startProxies() error {
+	host, _, _ := net.SplitHostPort(strings.TrimPrefix(r.l.EtcdURL, "http://"))
+	for i := 0; i < r.o.proxies; i++ {
+		addr := net.JoinHostPort(host, strconv.Itoa(23790+i))
+		r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, fmt.Sprintf("grpc-proxy-%d.log", i)), filepath.Join(r.o.bin, "etcd-lab"),
+			"grpc-proxy", "--endpoints", r.l.EtcdURL, "--listen", addr)
+		err := lab.Eventually(30*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			c, err := r.l.DialContext(ctx, r.l.Underlay, "tcp", addr)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+		if err != nil {
+			return fmt.Errorf("grpc-proxy %s: %w", addr, err)
+		}
+		r.proxies = append(r.proxies, "http://"+addr)
+	}
+	return nil
+}
+
+// ColdStart is one tabby-node start.
+type ColdStart struct {
+	ReadySeconds float64 `json:"ready_s"` // process start to status ready (its etcd data loaded, rules in force)
+	RSSBytes     int64   `json:"rss_bytes"`
+}
+
+// coldStart (re)starts tabby-node on the lab host and times it to ready.
+func (r *runner) coldStart() (*ColdStart, error) {
+	if r.node != nil {
+		if err := r.node.Stop(10 * time.Second); err != nil {
+			progress("tabby-node stop: %v", err)
+		}
+	}
+	sd := r.stateDir()
+	if err := os.MkdirAll(sd, 0o755); err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	r.node = r.l.Start(r.h.NS, filepath.Join(r.l.Dir, "tabby-node.log"), filepath.Join(r.o.bin, "tabby-node"), "--name", r.h.Name,
+		"--ip", r.h.CIDR, "--etcd-endpoints", r.l.EtcdURL, "--state-dir", sd, "--metrics-addr", "")
+	err := lab.Eventually(60*time.Second, func() error {
+		if r.node.Exited() {
+			return lab.GiveUp(fmt.Errorf("tabby-node exited: %v\n%s", r.node.Wait(), lab.Tail(r.node.Log, 20)))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		st, err := nodestatus.Get(ctx, sd)
+		if err != nil {
+			return err
+		}
+		if !st.Ready {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tabby-node cold start: %w", err)
+	}
+	cs := &ColdStart{ReadySeconds: time.Since(t0).Seconds()}
+	// RSS once its first passes are done, not the moment it said ready.
+	time.Sleep(2 * time.Second)
+	cs.RSSBytes = rss(r.node.PID)
+	progress("tabby-node ready in %.2f s, RSS %.1f MB", cs.ReadySeconds, float64(cs.RSSBytes)/1e6)
+	return cs, nil
+}
+
+func (r *runner) stateDir() string { return filepath.Join(r.l.Dir, "state-"+r.h.Name) }
+
+func rss(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// Latencies are one timed series.
+type Latencies struct {
+	N       int       `json:"n"`
+	Samples []float64 `json:"samples_ms"`
+	P50     float64   `json:"p50_ms"`
+	P99     float64   `json:"p99_ms"`
+	Failed  int       `json:"failed"`
+}
+
+func latencies(d []time.Duration, failed int) *Latencies {
+	slices.Sort(d)
+	l := &Latencies{N: len(d), Failed: failed, P50: ms(load.Percentile(d, 50)), P99: ms(load.Percentile(d, 99))}
+	for _, x := range d {
+		l.Samples = append(l.Samples, ms(x))
+	}
+	return l
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (r *runner) conf(profile string) []byte {
+	return fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"tabby-net","type":"tabby","etcd_endpoints":%q,"nodename":%q,
+	  "state_dir":%q,"log_file":%q,"log_level":"info","profiles":[%q],"ipam":{"type":"tabby-ipam"}}`,
+		r.l.EtcdURL, r.h.Name, r.stateDir(), filepath.Join(r.l.Dir, "cni.log"), profile)
+}
+
+func (r *runner) plugin(cmd, id, nsPath string, conf []byte) testutil.Outcome {
+	return testutil.Run(filepath.Join(r.o.bin, "tabby"), testutil.Call{Command: cmd, ContainerID: id, Netns: nsPath,
+		IfName: "eth0", Path: r.o.bin + ":/usr/lib/cni", Conf: conf, Wrap: []string{"ip", "netns", "exec", r.h.NS}, Timeout: 60 * time.Second})
+}
+
+// addLatency times n CNI ADDs on the lab host (tabby-node enforcing a
+// profile on each), each followed by its DEL.
+func (r *runner) addLatency(n int) (*Latencies, error) {
+	var d []time.Duration
+	failed := 0
+	var firstErr error
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("add%d", i)
+		nsName, nsPath := r.l.AddContainer(r.h, name)
+		id := fmt.Sprintf("scale-add-%d-%d", time.Now().UnixNano(), i)
+		out := r.plugin("ADD", id, nsPath, r.conf(profA))
+		if out.ExitCode != 0 {
+			failed++
+			if firstErr == nil {
+				firstErr = fmt.Errorf("ADD: exit %d: %s %s", out.ExitCode, out.Stdout, out.Stderr)
+			}
+		} else {
+			d = append(d, out.Took)
+		}
+		if del := r.plugin("DEL", id, nsPath, r.conf(profA)); del.ExitCode != 0 && firstErr == nil {
+			firstErr = fmt.Errorf("DEL: exit %d: %s", del.ExitCode, del.Stdout)
+		}
+		if err := r.l.RemoveContainer(nsName); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	l := latencies(d, failed)
+	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed)", l.P50, l.P99, failed)
+	return l, firstErr
+}
+
+const (
+	profA     = "scale-probe-a"
+	profB     = "scale-probe-b"
+	probePort = 8080
+)
+
+// probe is workload A probing workload B (both on the lab host, each with
+// its own profile) over TCP: B's inbound allows A's tag or not.
+type probe struct {
+	r        *runner
+	nsA, ipB string
+}
+
+func (r *runner) newProbe() (*probe, error) {
+	p := &probe{r: r}
+	for i, prof := range []string{profA, profB} {
+		name := fmt.Sprintf("probe%c", 'a'+i)
+		nsName, nsPath := r.l.AddContainer(r.h, name)
+		out := r.plugin("ADD", "scale-"+name, nsPath, r.conf(prof))
+		if out.ExitCode != 0 {
+			return nil, fmt.Errorf("probe workload %s: exit %d: %s", name, out.ExitCode, out.Stdout)
+		}
+		var res struct {
+			IPs []struct{ Address string } `json:"ips"`
+		}
+		if err := json.Unmarshal(out.Stdout, &res); err != nil || len(res.IPs) == 0 {
+			return nil, fmt.Errorf("probe workload %s: result %s: %v", name, out.Stdout, err)
+		}
+		ip, _, _ := net.ParseCIDR(res.IPs[0].Address)
+		if i == 0 {
+			p.nsA = nsName
+		} else {
+			p.ipB = ip.String()
+			r.l.ServeTCP(nsName, probePort)
+		}
+	}
+	return p, nil
+}
+
+// reach makes one TCP connection attempt from A to B.
+func (p *probe) reach() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
+	defer cancel()
+	c, err := p.r.l.DialContext(ctx, p.nsA, "tcp", net.JoinHostPort(p.ipB, strconv.Itoa(probePort)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// changes alternately allows A into B (a rule appended to B's profile)
+// and takes the rule away, n times, and times each from the start of the
+// tabbyctl that writes it to the first probe that sees the new verdict.
+func (p *probe) changes(n int) (*Latencies, error) {
+	if p.reach() {
+		return nil, errors.New("A reaches B before any rule allows it")
+	}
+	var d []time.Duration
+	failed := 0
+	for i := 0; i < n; i++ {
+		allow := i%2 == 0
+		args := []string{"profile", profB, "rule", "add", "inbound", "allow", "from", "tag", profA, "tcp", "port", strconv.Itoa(probePort)}
+		if !allow {
+			args = []string{"profile", profB, "rule", "remove", "inbound", "2"}
+		}
+		t0 := time.Now()
+		if out, err := p.r.ctl(args...); err != nil {
+			return latencies(d, failed), fmt.Errorf("tabbyctl %v: %v %s", args, err, out)
+		}
+		ok := false
+		for time.Since(t0) < 10*time.Second {
+			ps := time.Now()
+			if p.reach() == allow {
+				// A denial shows as a connect that times out: it took
+				// effect before that attempt began.
+				at := time.Since(t0)
+				if !allow {
+					at = ps.Sub(t0)
+				}
+				d = append(d, at)
+				ok = true
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if !ok {
+			failed++
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	l := latencies(d, failed)
+	progress("change to enforcement p50 %.0f ms p99 %.0f ms (%d not seen within 10 s)", l.P50, l.P99, failed)
+	return l, nil
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tabby-net/tabby/test/plot"
+)
+
+// Goals of issue 15.
+const (
+	goalWrites      = 500.0 // writes/s sustained with 10,000 hosts watching
+	goalEnforceP99  = 1000.0
+	goalAddRatio    = 1.1
+	goalColdStart   = 1.0 // s
+	goalOthersRatio = 2.0
+)
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "not met"
+}
+
+func (r *runner) write() error {
+	rep := r.rep
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(r.o.out, "report.json"), b, 0o644); err != nil {
+		return err
+	}
+	md := renderMD(rep)
+	if err := os.WriteFile(filepath.Join(r.o.out, "report.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	if err := charts(rep, r.o.out); err != nil {
+		progress("charts: %v", err)
+	}
+	progress("report in %s", r.o.out)
+	return nil
+}
+
+func mb(b float64) string { return fmt.Sprintf("%.0f MB", b/1e6) }
+
+func renderMD(rep *Report) string {
+	var w strings.Builder
+	c := rep.Cluster
+	fmt.Fprintf(&w, "# Scale simulation (make bench-scale)\n\nRun of %s, %.0f s. Cluster: %d hosts, %d workloads, %d profiles (namespaces), %d namespaces per host, pool %s of /%d blocks.\n\n",
+		rep.Started.Format(time.RFC3339), rep.Seconds, c.Hosts, c.Endpoints, c.Profiles, c.NSPerHost, c.Pool, c.BlockSize)
+	w.WriteString("| goal | figure | verdict |\n|---|---|---|\n")
+	if fr := lastRow(rep.Fanout, "direct"); fr != nil {
+		fmt.Fprintf(&w, "| >= 500 writes/s with %d hosts watching (direct to etcd) | %.0f writes/s (p99 %.0f ms) | %s |\n", fr.Hosts, fr.Churn.Rate, ms(fr.Churn.P99), verdict(fr.Churn.Rate >= goalWrites))
+	}
+	if fr := lastRow(rep.Fanout, "proxy"); fr != nil {
+		fmt.Fprintf(&w, "| >= 500 writes/s with %d hosts watching (through %d gRPC proxies) | %.0f writes/s (p99 %.0f ms) | %s |\n", fr.Hosts, fr.Proxies, fr.Churn.Rate, ms(fr.Churn.P99), verdict(fr.Churn.Rate >= goalWrites))
+	}
+	if e := rep.Enforce; e != nil && e.N > 0 {
+		fmt.Fprintf(&w, "| profile change to enforcement p99 < 1 s, hosts watching | p50 %.0f ms, p99 %.0f ms (%d changes, %d not seen) | %s |\n", e.P50, e.P99, e.N, e.Failed, verdict(e.P99 < goalEnforceP99 && e.Failed == 0))
+	}
+	if a, f := rep.AddEmpty, rep.AddFull; a != nil && f != nil && a.N > 0 && f.N > 0 {
+		fmt.Fprintf(&w, "| ADD on the full datastore <= 1.1x empty | p50 %.1f vs %.1f ms (%.2fx), p99 %.1f vs %.1f ms (%.2fx) | %s |\n",
+			f.P50, a.P50, f.P50/a.P50, f.P99, a.P99, f.P99/a.P99, verdict(f.P50/a.P50 <= goalAddRatio && f.P99/a.P99 <= goalAddRatio))
+	}
+	if cs := rep.ColdFull; cs != nil {
+		fmt.Fprintf(&w, "| tabby-node cold start on the full datastore < 1 s | %.2f s (empty: %.2f s) | %s |\n", cs.ReadySeconds, rep.ColdEmpty.ReadySeconds, verdict(cs.ReadySeconds < goalColdStart))
+		fmt.Fprintf(&w, "| tabby-node RSS independent of other hosts | %s full vs %s empty | %s |\n", mb(float64(cs.RSSBytes)), mb(float64(rep.ColdEmpty.RSSBytes)),
+			verdict(float64(cs.RSSBytes) <= 1.25*float64(rep.ColdEmpty.RSSBytes)))
+	}
+	if ip := rep.IPAM; ip != nil {
+		fmt.Fprintf(&w, "| ipam check on the full datastore within minutes, others' p99 <= 2x | %.1f s; others' write p99 %.1f ms vs %.1f ms alone (%.1fx) | %s |\n",
+			ip.CheckSeconds, ms(ip.DuringCheck.P99), ms(ip.Baseline.P99), ratio(ip.DuringCheck.P99, ip.Baseline.P99),
+			verdict(ip.CheckError == "" && ip.CheckSeconds < 300 && ratio(ip.DuringCheck.P99, ip.Baseline.P99) <= goalOthersRatio))
+		fmt.Fprintf(&w, "| IPAM GC on the full datastore within minutes, others' p99 <= 2x | %.1f s; others' write p99 %.1f ms (%.1fx) | %s |\n",
+			ip.GCSeconds, ms(ip.DuringGC.P99), ratio(ip.DuringGC.P99, ip.Baseline.P99),
+			verdict(ip.GCError == "" && ip.GCSeconds < 300 && ratio(ip.DuringGC.P99, ip.Baseline.P99) <= goalOthersRatio))
+	}
+	if l := rep.Load; l != nil {
+		fmt.Fprintf(&w, "\n## Load\n\n%d keys in %d transactions (%s of keys and values) in %.1f s (%.0f keys/s); etcd db %s (in use %s), etcd RSS %s after the load.\n",
+			l.Stats.Keys, l.Stats.Txns, mb(float64(l.Stats.Bytes)), l.Stats.Duration.Seconds(), float64(l.Stats.Keys)/l.Stats.Duration.Seconds(),
+			mb(l.Metrics["etcd_mvcc_db_total_size_in_bytes"]), mb(l.Metrics["etcd_mvcc_db_total_size_in_use_in_bytes"]), mb(l.Metrics["process_resident_memory_bytes"]))
+	}
+	if len(rep.Fanout) > 0 {
+		w.WriteString("\n## Watch fan-out\n\nEach step: the simulated hosts joined (one Get per prefix, then a watch from its revision), then the churn ran (endpoint ADD/DEL transactions, 1 in 100 writes a profile edit, 1 in 200 a host leaving or coming back) as fast as etcd took it.\n\n")
+		w.WriteString("| mode | hosts | join s | host watches | etcd watchers | etcd watch streams | writes/s | write p50 ms | write p99 ms | events/s to hosts | etcd CPU s | etcd RSS | read at join | read at join (this step) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, f := range rep.Fanout {
+			mode := f.Mode
+			if f.Proxies > 0 {
+				mode = fmt.Sprintf("%d proxy", f.Proxies)
+			}
+			fmt.Fprintf(&w, "| %s | %d | %.1f | %d | %.0f | %.0f | %.0f | %.1f | %.1f | %.0f | %.1f | %s | %s | %d |\n", mode, f.Hosts, f.JoinSeconds, f.Watches,
+				f.EtcdWatchers, f.EtcdStreams, f.Churn.Rate, ms(f.Churn.P50), ms(f.Churn.P99), f.EventsPerSec, f.EtcdCPU, mb(f.EtcdRSS), mb(float64(f.ReadBytes)), f.Churn.Errors)
+		}
+	}
+	for _, l := range []struct {
+		name string
+		v    *Latencies
+	}{{"CNI ADD, empty datastore", rep.AddEmpty}, {"CNI ADD, full datastore", rep.AddFull},
+		{"profile change to enforcement, empty datastore", rep.EnforceEmpty}, {"profile change to enforcement, full datastore, hosts watching", rep.Enforce}} {
+		if l.v != nil {
+			if l.name == "CNI ADD, empty datastore" {
+				w.WriteString("\n## Latencies\n\n| series | n | p50 ms | p99 ms | failed |\n|---|---|---|---|---|\n")
+			}
+			fmt.Fprintf(&w, "| %s | %d | %.1f | %.1f | %d |\n", l.name, l.v.N, l.v.P50, l.v.P99, l.v.Failed)
+		}
+	}
+	if ip := rep.IPAM; ip != nil {
+		fmt.Fprintf(&w, "\n## ipam check and GC\n\ncheck: %.1f s, %+v %s; GC: %.1f s, %d released %s. Others' writes at %.0f/s: alone p50 %.1f / p99 %.1f ms; during check %.1f / %.1f ms; during GC %.1f / %.1f ms.\n",
+			ip.CheckSeconds, ip.CheckReport, ip.CheckError, ip.GCSeconds, ip.GCReleased, ip.GCError, ip.Baseline.Rate,
+			ms(ip.Baseline.P50), ms(ip.Baseline.P99), ms(ip.DuringCheck.P50), ms(ip.DuringCheck.P99), ms(ip.DuringGC.P50), ms(ip.DuringGC.P99))
+	}
+	if len(rep.Errors) > 0 {
+		w.WriteString("\n## Errors\n\n")
+		for _, e := range rep.Errors {
+			fmt.Fprintf(&w, "- %s\n", e)
+		}
+	}
+	return w.String()
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func lastRow(rows []FanoutRow, mode string) *FanoutRow {
+	var out *FanoutRow
+	for i := range rows {
+		if rows[i].Mode == mode {
+			out = &rows[i]
+		}
+	}
+	return out
+}
+
+func charts(rep *Report, dir string) error {
+	var errs []string
+	if len(rep.Fanout) > 0 {
+		var rate, cpu, watchers []plot.Series
+		for _, mode := range []string{"direct", "proxy"} {
+			r := plot.Series{Name: mode}
+			c := plot.Series{Name: mode}
+			wt := plot.Series{Name: mode}
+			for _, f := range rep.Fanout {
+				if f.Mode == mode {
+					r.X, r.Y = append(r.X, float64(f.Hosts)), append(r.Y, f.Churn.Rate)
+					c.X, c.Y = append(c.X, float64(f.Hosts)), append(c.Y, f.EtcdCPU/f.Churn.Duration.Seconds())
+					wt.X, wt.Y = append(wt.X, float64(f.Hosts)), append(wt.Y, f.EtcdWatchers)
+				}
+			}
+			if len(r.X) > 0 {
+				rate, cpu, watchers = append(rate, r), append(cpu, c), append(watchers, wt)
+			}
+		}
+		if err := plot.Lines(filepath.Join(dir, "writes-vs-hosts.png"), "Sustained writes with hosts watching", "simulated hosts watching", "writes/s", rate); err != nil {
+			errs = append(errs, err.Error())
+		}
+		if err := plot.Lines(filepath.Join(dir, "etcd-cpu-vs-hosts.png"), "etcd CPU under the churn", "simulated hosts watching", "etcd cores busy", cpu); err != nil {
+			errs = append(errs, err.Error())
+		}
+		if err := plot.Lines(filepath.Join(dir, "etcd-watchers-vs-hosts.png"), "Watchers etcd serves", "simulated hosts watching", "etcd watchers", watchers); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	add := map[string][]float64{}
+	if rep.AddEmpty != nil && len(rep.AddEmpty.Samples) > 0 {
+		add["empty datastore"] = rep.AddEmpty.Samples
+	}
+	if rep.AddFull != nil && len(rep.AddFull.Samples) > 0 {
+		add[fmt.Sprintf("%d workloads", rep.Cluster.Endpoints)] = rep.AddFull.Samples
+	}
+	if len(add) > 0 {
+		if err := plot.CDF(filepath.Join(dir, "add-latency-cdf.png"), "CNI ADD (tabby-node enforcing)", "ms", add); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	enf := map[string][]float64{}
+	if rep.EnforceEmpty != nil && len(rep.EnforceEmpty.Samples) > 0 {
+		enf["empty datastore"] = rep.EnforceEmpty.Samples
+	}
+	if rep.Enforce != nil && len(rep.Enforce.Samples) > 0 {
+		enf["full, hosts watching"] = rep.Enforce.Samples
+	}
+	if len(enf) > 0 {
+		if err := plot.CDF(filepath.Join(dir, "enforce-cdf.png"), "Profile change to enforcement", "ms", enf); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}

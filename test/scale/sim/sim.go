@@ -1,0 +1,231 @@
+// Package sim puts the etcd load of many hosts on etcd without running
+// them: a simulated host does the reads and opens the watches a tabby-node
+// on that host opens (node/agent's base prefixes plus the tag prefixes its
+// local rules name, node/watch's Get-then-Watch-from-revision), and counts
+// what it receives instead of programming a kernel. It also drives the
+// cluster's write load: endpoint churn (ADD and DEL transactions shaped
+// as the CNI plugin's), profile edits and hosts leaving and joining.
+//
+// Connections: the hosts share a few clientv3 clients (Config.Conns), but
+// each host's watches travel on a gRPC watch stream of its own (clientv3
+// keys its streams by the context's metadata, which carries the host's
+// name), so etcd (or the gRPC proxy) sees one watch stream per host, as it
+// would from real nodes, without ten thousand TCP connections.
+package sim
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/test/scale/load"
+)
+
+// NodePrefixes are the prefixes a tabby-node on host follows, given the
+// namespaces (profiles k8s_ns.<ns>) of its workloads: node/agent's
+// basePrefixes, then one tag prefix per profile its endpoints name (the
+// default profile's inbound rule names its own tag). The loaded cluster has
+// no policies, so no member prefix is followed (policy.MemberScope is empty).
+func NodePrefixes(host string, namespaces []string) []string {
+	out := []string{model.PoolPrefix, model.NodePrefix, model.BGPConfigKey, model.BGPPeerPrefix, model.ProfilePrefix,
+		model.HostSubtree(host), model.AffinityHostPrefix(host), model.PolicyPrefix, model.NamespacePrefix}
+	for _, ns := range namespaces {
+		out = append(out, model.TagMembersPrefix(model.K8sNamespaceProfile(ns)))
+	}
+	return out
+}
+
+// Config of a set of simulated hosts.
+type Config struct {
+	Endpoints []string // etcd, or gRPC proxies (hosts are spread over them)
+	Conns     int      // clients (TCP connections) per endpoint; default 8
+	// Dialer, when set, makes the connections (the lab dials inside a
+	// network namespace).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// Hosts is a growing set of simulated hosts.
+type Hosts struct {
+	cl      *load.Cluster
+	clients []*clientv3.Client
+
+	mu      sync.Mutex
+	joined  int
+	cancels []context.CancelFunc
+	wg      sync.WaitGroup
+
+	events   atomic.Int64 // watch events received, all hosts
+	watchers atomic.Int64 // watches open
+	gets     atomic.Int64
+	getBytes atomic.Int64
+	lost     atomic.Int64 // watches that ended with an error (compaction, ...)
+}
+
+// New connects the clients; Join adds hosts.
+func New(cl *load.Cluster, cfg Config) (*Hosts, error) {
+	if cfg.Conns == 0 {
+		cfg.Conns = 8
+	}
+	h := &Hosts{cl: cl}
+	for _, ep := range cfg.Endpoints {
+		for i := 0; i < cfg.Conns; i++ {
+			cc := clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+				MaxCallRecvMsgSize: 1 << 30}
+			if cfg.Dialer != nil {
+				cc.DialOptions = []grpc.DialOption{grpc.WithContextDialer(cfg.Dialer)}
+			}
+			c, err := clientv3.New(cc)
+			if err != nil {
+				h.Close()
+				return nil, fmt.Errorf("sim: client of %s: %w", ep, err)
+			}
+			h.clients = append(h.clients, c)
+		}
+	}
+	if len(h.clients) == 0 {
+		return nil, fmt.Errorf("sim: no endpoints")
+	}
+	return h, nil
+}
+
+// Joined is how many hosts have joined.
+func (s *Hosts) Joined() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.joined
+}
+
+// Counters is a snapshot of what the hosts did.
+type Counters struct {
+	Events   int64 `json:"events"`
+	Watchers int64 `json:"watchers"`
+	Gets     int64 `json:"gets"`
+	GetBytes int64 `json:"get_bytes"`
+	Lost     int64 `json:"lost"`
+}
+
+// Counters reads the counters.
+func (s *Hosts) Counters() Counters {
+	return Counters{Events: s.events.Load(), Watchers: s.watchers.Load(), Gets: s.gets.Load(), GetBytes: s.getBytes.Load(), Lost: s.lost.Load()}
+}
+
+// Join starts hosts until n have joined, at most par of them reading at
+// once; it returns once every new host has read its prefixes and has its
+// watches open (etcd has answered each watch's creation).
+func (s *Hosts) Join(ctx context.Context, n, par int) error {
+	s.mu.Lock()
+	from := s.joined
+	s.mu.Unlock()
+	if n <= from {
+		return nil
+	}
+	if par <= 0 {
+		par = 16
+	}
+	sem := make(chan struct{}, par)
+	errc := make(chan error, n-from)
+	var wg sync.WaitGroup
+	for i := from; i < n; i++ {
+		sem <- struct{}{}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := s.start(ctx, i); err != nil {
+				errc <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.joined = max(s.joined, n)
+	s.mu.Unlock()
+	return ctx.Err()
+}
+
+// start runs host i: one Get per prefix, then a watch from that Get's
+// revision, each on the host's own watch stream.
+func (s *Hosts) start(ctx context.Context, i int) error {
+	name := s.cl.Host(i)
+	cli := s.clients[i%len(s.clients)]
+	hctx, cancel := context.WithCancel(context.Background())
+	s.mu.Lock()
+	s.cancels = append(s.cancels, cancel)
+	s.mu.Unlock()
+	// The host's name in the metadata gives it a watch stream of its own;
+	// WithRequireLeader as node/watch does.
+	wctx := clientv3.WithRequireLeader(metadata.AppendToOutgoingContext(hctx, "tabby-sim-host", name))
+	for _, p := range NodePrefixes(name, s.cl.HostNamespaces(i)) {
+		gctx, gcancel := context.WithTimeout(ctx, 60*time.Second)
+		r, err := cli.Get(gctx, p, clientv3.WithPrefix())
+		gcancel()
+		if err != nil {
+			return fmt.Errorf("sim host %s: get %s: %w", name, p, err)
+		}
+		s.gets.Add(1)
+		var b int64
+		for _, kv := range r.Kvs {
+			b += int64(len(kv.Key) + len(kv.Value))
+		}
+		s.getBytes.Add(b)
+		wch := cli.Watch(wctx, p, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1), clientv3.WithCreatedNotify())
+		// Wait for the created notice, so that a caller that writes after
+		// Join knows every watch sees the write.
+		select {
+		case resp, ok := <-wch:
+			if !ok || resp.Err() != nil || !resp.Created {
+				return fmt.Errorf("sim host %s: watch %s not created: %v", name, p, resp.Err())
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(60 * time.Second):
+			return fmt.Errorf("sim host %s: watch %s not created after 60s", name, p)
+		}
+		s.watchers.Add(1)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.watchers.Add(-1)
+			for resp := range wch {
+				if resp.Err() != nil {
+					s.lost.Add(1)
+					return
+				}
+				s.events.Add(int64(len(resp.Events)))
+			}
+		}()
+	}
+	return nil
+}
+
+// Close ends every host's watches and the clients.
+func (s *Hosts) Close() {
+	s.mu.Lock()
+	for _, c := range s.cancels {
+		c()
+	}
+	s.cancels = nil
+	s.joined = 0
+	s.mu.Unlock()
+	s.wg.Wait()
+	for _, c := range s.clients {
+		c.Close()
+	}
+	s.clients = nil
+}

@@ -1,0 +1,282 @@
+package main
+
+// The worker is this same program run inside the lab's underlay namespace
+// (where etcd and the gRPC proxies listen), so that its many etcd clients
+// are plain ones: it loads the cluster, runs the simulated hosts and the
+// write load, and times ipam check and GC. It prints one JSON result on
+// stdout; progress goes to stderr. "HOLD" on stdout means: the simulated
+// hosts are all joined and stay so until a line arrives on stdin.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tabby-net/tabby/pkg/ipam"
+	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+	"github.com/tabby-net/tabby/test/scale/load"
+	"github.com/tabby-net/tabby/test/scale/sim"
+)
+
+// spec is one worker task.
+type spec struct {
+	Task    string        `json:"task"` // load, fanout, ipam
+	Etcd    string        `json:"etcd"`
+	Proxies []string      `json:"proxies,omitempty"`
+	Cluster load.Config   `json:"cluster"`
+	Steps   []int         `json:"steps,omitempty"`
+	Churn   time.Duration `json:"churn_ns,omitempty"`
+	Workers int           `json:"workers,omitempty"`
+	Hold    bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
+	Rate    float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
+	Conns   int           `json:"conns,omitempty"`
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func runWorker(raw string) error {
+	var sp spec
+	if err := json.Unmarshal([]byte(raw), &sp); err != nil {
+		return fmt.Errorf("worker spec: %w", err)
+	}
+	cl, err := load.New(sp.Cluster)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	var out any
+	switch sp.Task {
+	case "load":
+		out, err = workLoad(ctx, sp, cl)
+	case "fanout":
+		out, err = workFanout(ctx, sp, cl)
+	case "ipam":
+		out, err = workIPAM(ctx, sp, cl)
+	default:
+		err = fmt.Errorf("unknown task %q", sp.Task)
+	}
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(out)
+}
+
+func metricsOf(ctx context.Context, url string) sim.Metrics {
+	m, err := sim.Scrape(ctx, http.DefaultClient, url+"/metrics")
+	if err != nil {
+		progress("metrics: %v", err)
+	}
+	return m
+}
+
+// LoadResult is the fill's figures.
+type LoadResult struct {
+	Stats   load.Stats  `json:"stats"`
+	Metrics sim.Metrics `json:"etcd"`
+	Before  sim.Metrics `json:"etcd_before"`
+}
+
+func workLoad(ctx context.Context, sp spec, cl *load.Cluster) (*LoadResult, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{sp.Etcd}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	res := &LoadResult{Before: metricsOf(ctx, sp.Etcd)}
+	last := time.Now()
+	res.Stats, err = cl.Load(ctx, cli, func(done int, st load.Stats) {
+		if time.Since(last) >= 10*time.Second {
+			last = time.Now()
+			progress("load: %d of %d hosts, %d keys, %.0f keys/s", done, cl.Hosts, st.Keys, float64(st.Keys)/st.Duration.Seconds())
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.Metrics = metricsOf(ctx, sp.Etcd)
+	return res, nil
+}
+
+// FanoutRow is one (mode, hosts) point of the watch fan-out curve.
+type FanoutRow struct {
+	Mode         string          `json:"mode"` // direct or proxy
+	Proxies      int             `json:"proxies"`
+	Hosts        int             `json:"hosts"`
+	JoinSeconds  float64         `json:"join_s"`  // the hosts added at this step: reads and watches
+	Watches      int64           `json:"watches"` // what the simulated hosts hold
+	EtcdWatchers float64         `json:"etcd_watchers"`
+	EtcdStreams  float64         `json:"etcd_watch_streams"`
+	EtcdSlow     float64         `json:"etcd_slow_watchers"`
+	Churn        sim.ChurnResult `json:"churn"`
+	Events       int64           `json:"events"` // delivered to the simulated hosts during the churn
+	EventsPerSec float64         `json:"events_per_s"`
+	EtcdCPU      float64         `json:"etcd_cpu_s"` // etcd's CPU seconds during the churn
+	EtcdRSS      float64         `json:"etcd_rss_bytes"`
+	ReadBytes    int64           `json:"join_read_bytes"`
+	Lost         int64           `json:"lost_watches"`
+}
+
+func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, error) {
+	kv, err := etcdv3.New(store.Config{Endpoints: []string{sp.Etcd}, Timeout: 30 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	defer kv.Client.Close()
+	ch := sim.NewChurner(cl, kv)
+	var rows []FanoutRow
+	// Direct first: a proxy keeps its upstream watches a while after its
+	// clients leave, which would burden the direct rows.
+	modes := []string{"direct"}
+	if len(sp.Proxies) > 0 {
+		modes = append(modes, "proxy")
+	}
+	for _, mode := range modes {
+		eps := []string{sp.Etcd}
+		if mode == "proxy" {
+			eps = sp.Proxies
+		}
+		hosts, err := sim.New(cl, sim.Config{Endpoints: eps, Conns: sp.Conns})
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range sp.Steps {
+			before := hosts.Counters()
+			t0 := time.Now()
+			if err := hosts.Join(ctx, n, 32); err != nil {
+				hosts.Close()
+				return nil, fmt.Errorf("%s: join %d hosts: %w", mode, n, err)
+			}
+			join := time.Since(t0)
+			joined := hosts.Counters()
+			m0 := metricsOf(ctx, sp.Etcd)
+			progress("%s: %d hosts joined in %.1f s (%d watches, etcd %v watchers); churn %v", mode, n, join.Seconds(), joined.Watchers, m0["etcd_debugging_mvcc_watcher_total"], sp.Churn)
+			res := ch.Run(ctx, sim.ChurnConfig{Workers: sp.Workers, Duration: sp.Churn, ProfileEvery: 100, HostEvery: 200, Seed: uint64(n)})
+			after := hosts.Counters()
+			m1 := metricsOf(ctx, sp.Etcd)
+			row := FanoutRow{Mode: mode, Hosts: n, JoinSeconds: join.Seconds(), Watches: joined.Watchers,
+				EtcdWatchers: m0["etcd_debugging_mvcc_watcher_total"], EtcdStreams: m0["etcd_debugging_mvcc_watch_stream_total"],
+				EtcdSlow: m1["etcd_debugging_mvcc_slow_watcher_total"], Churn: res, Events: after.Events - joined.Events,
+				EtcdCPU: m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"], EtcdRSS: m1["process_resident_memory_bytes"],
+				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost}
+			if mode == "proxy" {
+				row.Proxies = len(sp.Proxies)
+			}
+			row.EventsPerSec = float64(row.Events) / res.Duration.Seconds()
+			progress("%s %d hosts: %.0f writes/s (p50 %v p99 %v, %d errors %s), %.0f events/s to the hosts, etcd CPU %.1f s",
+				mode, n, res.Rate, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Errors, res.FirstError, row.EventsPerSec, row.EtcdCPU)
+			rows = append(rows, row)
+		}
+		if sp.Hold && mode == "direct" {
+			fmt.Println("HOLD")
+			_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+		}
+		hosts.Close()
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := ch.Restore(rctx); err != nil {
+		return rows, fmt.Errorf("restore after churn: %w", err)
+	}
+	return rows, nil
+}
+
+// IPAMResult is ipam check's and GC's cost on the full datastore and what
+// they did to others' writes.
+type IPAMResult struct {
+	Baseline     sim.ChurnResult `json:"baseline"`
+	CheckSeconds float64         `json:"check_s"`
+	CheckReport  struct {
+		Blocks, Allocations, Handles, Endpoints, Problems int
+	} `json:"check"`
+	DuringCheck sim.ChurnResult `json:"during_check"`
+	GCSeconds   float64         `json:"gc_s"`
+	GCReleased  int             `json:"gc_released"`
+	DuringGC    sim.ChurnResult `json:"during_gc"`
+	CheckError  string          `json:"check_error,omitempty"`
+	GCError     string          `json:"gc_error,omitempty"`
+}
+
+func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, error) {
+	kv, err := etcdv3.New(store.Config{Endpoints: []string{sp.Etcd}, Timeout: 10 * time.Minute})
+	if err != nil {
+		return nil, err
+	}
+	defer kv.Client.Close()
+	wkv, err := etcdv3.New(store.Config{Endpoints: []string{sp.Etcd}, Timeout: 30 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	defer wkv.Client.Close()
+	ch := sim.NewChurner(cl, wkv)
+	others := sim.ChurnConfig{Workers: 4, Rate: sp.Rate, Duration: 15 * time.Second, Seed: 7}
+	res := &IPAMResult{}
+	progress("ipam: the others' writes alone, %.0f/s for %v", sp.Rate, others.Duration)
+	res.Baseline = ch.Run(ctx, others)
+
+	during := func(f func(context.Context) error) (time.Duration, sim.ChurnResult, error) {
+		cctx, stop := context.WithCancel(ctx)
+		done := make(chan sim.ChurnResult)
+		go func() {
+			c := others
+			c.Duration = time.Hour
+			done <- ch.Run(cctx, c)
+		}()
+		t0 := time.Now()
+		err := f(ctx)
+		took := time.Since(t0)
+		stop()
+		return took, <-done, err
+	}
+	progress("ipam: check on the full datastore")
+	took, cr, err := during(func(ctx context.Context) error {
+		rep, err := ipam.Check(ctx, kv)
+		if rep != nil {
+			res.CheckReport.Blocks, res.CheckReport.Allocations, res.CheckReport.Handles = rep.Blocks, rep.Allocations, rep.Handles
+			res.CheckReport.Endpoints, res.CheckReport.Problems = rep.Endpoints, len(rep.Problems)
+		}
+		return err
+	})
+	res.CheckSeconds, res.DuringCheck = took.Seconds(), cr
+	if err != nil {
+		res.CheckError = err.Error()
+	}
+	progress("ipam: check %.1f s, %+v; others' p99 %v (alone %v)", took.Seconds(), res.CheckReport, cr.P99, res.Baseline.P99)
+
+	// GC with every loaded attachment valid: it lists every handle of the
+	// network and releases none but what the churn left deleted.
+	var valid []ipam.Attachment
+	for h := 0; h < cl.Hosts; h++ {
+		for s := 0; s < cl.EndpointsOf(h); s++ {
+			valid = append(valid, ipam.Attachment{ContainerID: cl.ContainerID(h, s), IfName: "eth0"})
+		}
+	}
+	progress("ipam: GC of network %s with %d valid attachments", cl.Network, len(valid))
+	var released []string
+	took, gr, err := during(func(ctx context.Context) error {
+		a := &ipam.IPAM{KV: kv, Host: cl.Host(0)}
+		var err error
+		released, err = a.GC(ctx, cl.Network, valid)
+		return err
+	})
+	res.GCSeconds, res.DuringGC, res.GCReleased = took.Seconds(), gr, len(released)
+	if err != nil {
+		res.GCError = err.Error()
+	}
+	progress("ipam: GC %.1f s, released %d; others' p99 %v", took.Seconds(), len(released), gr.P99)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := ch.Restore(rctx); err != nil {
+		return res, fmt.Errorf("restore: %w", err)
+	}
+	return res, nil
+}
