@@ -158,3 +158,11 @@ install-systemd: install
 bench-rr: build
 	TABBY_RR_HOSTS=$${TABBY_RR_HOSTS:-100} TABBY_RR_OUT=$(CURDIR)/bench/out/rr.json TABBY_BIN=$(CURDIR)/bin \
 		$(GO) test -count=1 -v -timeout 30m -run TestRouteReflectorLab ./test/rrlab/
+
+# The scale simulation (test/scale, docs/scale.md): etcd filled as 10,000
+# hosts with 1,000,000 workloads, their watches opened by simulated nodes
+# with and without etcd's gRPC proxy, and a real tabby-node's cold start,
+# ADD and profile enforcement on that datastore. Report in bench/out/scale.
+.PHONY: bench-scale
+bench-scale: deps build
+	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/scale -out bench/out/scale

@@ -88,7 +88,7 @@ func renderMD(rep *Report) string {
 	}
 	if len(rep.Fanout) > 0 {
 		w.WriteString("\n## Watch fan-out\n\nEach step: the simulated hosts joined (one Get per prefix, then a watch from its revision), then the churn ran (endpoint ADD/DEL transactions, 1 in 100 writes a profile edit, 1 in 200 a host leaving or coming back) as fast as etcd took it.\n\n")
-		w.WriteString("| mode | hosts | join s | host watches | etcd watchers | etcd watch streams | writes/s | write p50 ms | write p99 ms | events/s to hosts | etcd CPU s | etcd RSS | read at join | read at join (this step) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w.WriteString("| mode | hosts | join s | host watches | etcd watchers | etcd watch streams | writes/s | write p50 ms | write p99 ms | events/s to hosts | etcd CPU s | etcd RSS | read at join (this step) | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, f := range rep.Fanout {
 			mode := f.Mode
 			if f.Proxies > 0 {
