@@ -135,14 +135,15 @@ func (b binSet) node(h *lab.Host) *lab.Proc {
 		"--state-dir", e.stateDir(h), "--metrics-addr", "", "--log-level", "debug")
 }
 
-// add runs this release's CNI plugin (and its tabby-ipam) for an ADD.
-func (b binSet) add(h *lab.Host, name, args string, conf []byte) string {
+// add runs this release's CNI plugin (and its tabby-ipam) for an ADD in a
+// new container namespace; it returns the namespace's name and the address.
+func (b binSet) add(h *lab.Host, name, args string, conf []byte) (string, string) {
 	e := b.e
 	e.t.Helper()
-	_, nsPath := e.l.AddContainer(h, name)
+	ns, nsPath := e.l.AddContainer(h, name)
 	o := testutil.Run(filepath.Join(b.dir, "tabby"), testutil.Call{Command: "ADD", ContainerID: "ctr-" + name, Netns: nsPath,
 		IfName: "eth0", Args: args, Conf: conf, Path: b.dir + ":/usr/lib/cni", Wrap: []string{"ip", "netns", "exec", h.NS}})
-	return addrOf(e.t, o)
+	return ns, addrOf(e.t, o)
 }
 
 func (e *env) waitNodeReady(h *lab.Host, p *lab.Proc) {
@@ -248,7 +249,7 @@ func TestWriteFixtureV1(t *testing.T) {
 		}
 	}
 	direct := `,"ipv4_pools":["10.0.0.0/16"]`
-	ip1 := b.add(h1, "c1", "TABBY_WORKLOAD=c1;TABBY_LABELS=app=web,tier=front", e.conf(h1, "", `,"profiles":["web"]`, direct))
+	_, ip1 := b.add(h1, "c1", "TABBY_WORKLOAD=c1;TABBY_LABELS=app=web,tier=front", e.conf(h1, "", `,"profiles":["web"]`, direct))
 	b.add(h2, "c2", "TABBY_WORKLOAD=c2;TABBY_PROFILES=db", e.conf(h2, "", "", `,"assign_ipv6":true,"ipv4_pools":["10.1.0.0/16"]`))
 	b.add(h1, "web0", "IgnoreUnknown=1;K8S_POD_NAMESPACE=team-a;K8S_POD_NAME=web-0;K8S_POD_UID=uid-web-0;K8S_POD_INFRA_CONTAINER_ID=ctr-web-0",
 		e.conf(h1, "", `,"k8s_pod_record_required":true`, direct))
