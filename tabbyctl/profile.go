@@ -240,10 +240,10 @@ func ruleAdd(cx context.Context, kv store.KV, c *ctx) error {
 		}
 		if at == 0 || at > len(*rules) {
 			*rules = append(*rules, r)
-			return nil
+		} else {
+			*rules = append((*rules)[:at-1], append([]model.Rule{r}, (*rules)[at-1:]...)...)
 		}
-		*rules = append((*rules)[:at-1], append([]model.Rule{r}, (*rules)[at-1:]...)...)
-		return nil
+		return p.CheckRuleCount()
 	})
 	if err != nil {
 		return err
