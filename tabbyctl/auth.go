@@ -9,7 +9,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store/etcdauth"
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
 func authCommands() []*command {
@@ -105,6 +107,11 @@ func authSetup(c *ctx) error {
 	}
 	err = withClient(c, func(cx context.Context, cli *clientv3.Client) error {
 		if err := etcdauth.Apply(cx, cli, roles...); err != nil {
+			return err
+		}
+		// Hosts may not write the schema record: record it now, so that
+		// the first tabby-node need not.
+		if _, err := model.EnsureSchema(cx, etcdv3.FromClient(cli, nil)); err != nil {
 			return err
 		}
 		if c.has("enable") {

@@ -26,6 +26,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdauth"
 	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
@@ -147,17 +148,24 @@ func (a *Agent) poke() {
 // Run serves until ctx ends. Kernel state is left in place on return, so a
 // restart (or a crash) does not disturb traffic.
 func (a *Agent) Run(ctx context.Context) error {
-	if err := os.MkdirAll(a.cfg.StateDir, 0o755); err != nil {
+	// The state dir holds the status socket (which answers who runs here
+	// and takes the plugins' readiness requests) and the plugins' lock and
+	// caches: root's alone. Chmod too: a hostPath or an older version may
+	// have made it 0755.
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if err := os.Chmod(a.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
 	// The CNI plugin reads the node name from here.
-	if err := os.WriteFile(filepath.Join(a.cfg.StateDir, "nodename"), []byte(a.cfg.Name+"\n"), 0o644); err != nil {
+	if err := writePrivate(filepath.Join(a.cfg.StateDir, "nodename"), a.cfg.Name+"\n"); err != nil {
 		return err
 	}
 	// The CNI plugin derives workload MTUs from this instead of probing the
 	// host's links on every ADD.
 	if mtu, err := linkMTUOf(a.cfg.IPv4); err == nil {
-		_ = os.WriteFile(filepath.Join(a.cfg.StateDir, "mtu"), []byte(fmt.Sprintf("%d\n", mtu)), 0o644)
+		_ = writePrivate(filepath.Join(a.cfg.StateDir, "mtu"), fmt.Sprintf("%d\n", mtu))
 	} else {
 		a.log.Warn("cannot find the uplink MTU; the CNI plugin will probe it", "err", err)
 	}
@@ -624,7 +632,20 @@ func (a *Agent) checkSchema(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	_, err := model.EnsureSchema(cctx, a.kv)
-	return err
+	if err == nil || !etcdauth.IsPermissionDenied(err) {
+		return err
+	}
+	// Under etcd auth a host's role may not write the schema record (a host
+	// that could would lock every writer out by raising it); the admin's
+	// tabbyctl records it. Reading it and being allowed to write is enough.
+	s, ok, rerr := model.ReadSchema(cctx, a.kv)
+	if rerr != nil {
+		return rerr
+	}
+	if !ok {
+		return fmt.Errorf("no %s record yet, and this host's etcd user may not write it: run 'tabbyctl auth setup' as etcd's root first: %w", model.SchemaKey, err)
+	}
+	return s.Check()
 }
 
 // tunnelHandle names the tunnel address allocation of a host.
@@ -711,4 +732,13 @@ func cidrs(ss []string) []*net.IPNet {
 		}
 	}
 	return out
+}
+
+// writePrivate writes a state file mode 0600, also when an older version
+// left it 0644 (WriteFile's mode applies only to a new file).
+func writePrivate(path, content string) error {
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o600)
 }
