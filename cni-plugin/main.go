@@ -491,7 +491,7 @@ func uplinkMTU(stateDir string) int {
 		// Remember it for the next ADD (tabby-node rewrites the file when it
 		// starts, so a changed uplink is picked up there).
 		tmp := filepath.Join(stateDir, fmt.Sprintf(".mtu.%d", os.Getpid()))
-		if os.WriteFile(tmp, []byte(strconv.Itoa(n)+"\n"), 0o644) == nil {
+		if os.WriteFile(tmp, []byte(strconv.Itoa(n)+"\n"), 0o600) == nil {
 			_ = os.Rename(tmp, filepath.Join(stateDir, "mtu"))
 		}
 		return n

@@ -56,7 +56,7 @@ func (a *IPAM) saveCache(c *hostCache) {
 		return
 	}
 	tmp := filepath.Join(a.LockDir, fmt.Sprintf(".%s.%d", cacheFile, os.Getpid()))
-	if os.WriteFile(tmp, b, 0o644) == nil {
+	if os.WriteFile(tmp, b, 0o600) == nil { // a new file each time: the rename carries 0600
 		_ = os.Rename(tmp, filepath.Join(a.LockDir, cacheFile))
 	}
 }
