@@ -68,7 +68,8 @@ func (a *IPAM) lock() (func(), error) {
 	if a.LockDir == "" {
 		return func() {}, nil
 	}
-	if err := os.MkdirAll(a.LockDir, 0o755); err != nil {
+	// The state dir is root's alone (tabby-node makes it so too).
+	if err := os.MkdirAll(a.LockDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
 	f, err := os.OpenFile(filepath.Join(a.LockDir, "ipam.lock"), os.O_CREATE|os.O_RDWR, 0o600)

@@ -143,8 +143,9 @@ func NewLogger(path, level string) (*slog.Logger, *os.File) {
 	if path == "" {
 		return slog.New(slog.DiscardHandler), nil
 	}
-	_ = os.MkdirAll(filepath.Dir(path), 0o755)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	// Root's alone: the log names every workload, address and netns.
+	_ = os.MkdirAll(filepath.Dir(path), 0o700)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return slog.New(slog.DiscardHandler), nil
 	}
