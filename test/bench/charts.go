@@ -50,7 +50,9 @@ func (rep *Report) drawCharts(dir string) []chart {
 		if len(samples) == 0 {
 			return
 		}
-		err := plot.CDF(filepath.Join(dir, file), title, xLabel, samples,
+		// Log x: on this shared machine tails reach 10x the median, and a
+		// linear axis would squeeze every curve's body against the left.
+		err := plot.CDF(filepath.Join(dir, file), title, xLabel+", log scale", samples, plot.LogX(),
 			plot.Style(func(_ int, name string) (int, int) { return style[name].colour, style[name].dashes }))
 		out = append(out, chart{file: file, caption: title, err: err})
 	}
@@ -83,6 +85,13 @@ func (rep *Report) drawCharts(dir string) []chart {
 			{"tabby deployed, with " + foreign, keyCNI("tabby-node", modeEtcdForeign, "ADD"), tabbyC, dashed},
 			{refName + ", before", keyCNI("ptp-host-local", modeEtcdBase, "ADD"), refC, solid},
 			{refName + ", with " + foreign, keyCNI("ptp-host-local", modeEtcdForeign, "ADD"), refC, dashed},
+		})
+	cdf("pod-latency-cri.png", "Pods through containerd's CRI on host2, one at a time (crictl)",
+		"wall time per crictl call (ms)", []named{
+			{deployedName + ", runp", keyCRI("tabby-node", "runp"), tabbyC, solid},
+			{deployedName + ", stopp + rmp", keyCRI("tabby-node", "stop-rm"), tabbyC, dashed},
+			{refName + ", runp", keyCRI("ptp-host-local", "runp"), refC, solid},
+			{refName + ", stopp + rmp", keyCRI("ptp-host-local", "stop-rm"), refC, dashed},
 		})
 	cdf("add-to-first-echo.png", "Reachability: ADD on host2 returns -> first echo answered from host1",
 		"time after the ADD returned (ms)", []named{

@@ -86,8 +86,8 @@ func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error)
 		return nil
 	}
 	progress("deployed case: %s endpoints on %s at once", manyLabel, h.Name)
-	wrote := plot.Series{Name: "written to etcd (each transaction's commit)", X: []float64{0}, Y: []float64{0}}
-	seen := plot.Series{Name: "ready on tabby-node (each /ready answer, asked in write order after the last write)"}
+	wrote := plot.Series{Name: "written to etcd (transaction commits)", X: []float64{0}, Y: []float64{0}}
+	seen := plot.Series{Name: "seen ready (/ready, asked one by one after the writes)"}
 	t0 := time.Now()
 	if err := txns(func(e *model.Endpoint) []store.Op { return workload.Ops(nil, e) }, func(n int) {
 		wrote.X, wrote.Y = append(wrote.X, ms(time.Since(t0))), append(wrote.Y, float64(n))

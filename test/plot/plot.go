@@ -249,15 +249,79 @@ func newPlot(title, xLabel, yLabel string, cfg *config) *gonum.Plot {
 	p.Legend.Top, p.Legend.Left = cfg.legendTop, cfg.legendLeft
 	// Keep the legend off the frame so its text does not touch the axes.
 	p.Legend.XOffs, p.Legend.YOffs = legendOffsets(cfg)
+	p.X.Tick.Marker, p.Y.Tick.Marker = plainTicks{}, plainTicks{}
 	if cfg.logX {
 		p.X.Scale = gonum.LogScale{}
-		p.X.Tick.Marker = gonum.LogTicks{Prec: -1}
+		p.X.Tick.Marker = logTicks{}
 	}
 	if cfg.logY {
 		p.Y.Scale = gonum.LogScale{}
-		p.Y.Tick.Marker = gonum.LogTicks{Prec: -1}
+		p.Y.Tick.Marker = logTicks{}
 	}
 	return p
+}
+
+// plainTicks are gonum's default ticks labelled without trailing zeros
+// ("2500", not "2500.00").
+type plainTicks struct{}
+
+func (plainTicks) Ticks(min, max float64) []gonum.Tick {
+	ticks := gonum.DefaultTicks{}.Ticks(min, max)
+	for i := range ticks {
+		if ticks[i].Label != "" {
+			ticks[i].Label = plainNumber(ticks[i].Value)
+		}
+	}
+	return ticks
+}
+
+// plainNumber formats v with at most 6 significant digits and no exponent.
+func plainNumber(v float64) string {
+	r, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'g', 6, 64), 64)
+	return strconv.FormatFloat(r, 'f', -1, 64)
+}
+
+// logTicks put a tick at every 1..9 x 10^k and label 1, 2 and 5 x 10^k
+// (only 10^k over more than three decades; every tick when that would
+// leave fewer than three labels): gonum's LogTicks label powers of ten
+// alone, which leaves a latency axis from 10 to 400 ms with two numbers.
+type logTicks struct{}
+
+func (logTicks) Ticks(min, max float64) []gonum.Tick {
+	if min <= 0 || max <= min {
+		return gonum.LogTicks{Prec: -1}.Ticks(min, max)
+	}
+	lo, hi := int(math.Floor(math.Log10(min))), int(math.Ceil(math.Log10(max)))
+	label := func(m int) bool {
+		if hi-lo > 3 {
+			return m == 1
+		}
+		return m == 1 || m == 2 || m == 5
+	}
+	build := func(all bool) ([]gonum.Tick, int) {
+		var ticks []gonum.Tick
+		labelled := 0
+		for k := lo; k <= hi; k++ {
+			for m := 1; m <= 9; m++ {
+				v := float64(m) * math.Pow(10, float64(k))
+				if v < min*(1-1e-9) || v > max*(1+1e-9) {
+					continue
+				}
+				t := gonum.Tick{Value: v}
+				if all || label(m) {
+					t.Label = plainNumber(v)
+					labelled++
+				}
+				ticks = append(ticks, t)
+			}
+		}
+		return ticks, labelled
+	}
+	ticks, n := build(false)
+	if n < 3 {
+		ticks, _ = build(true)
+	}
+	return ticks
 }
 
 func legendOffsets(cfg *config) (x, y vg.Length) {

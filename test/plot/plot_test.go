@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	gonum "gonum.org/v1/plot"
 	"gonum.org/v1/plot/vg"
 )
 
@@ -222,5 +223,33 @@ func TestStyle(t *testing.T) {
 	}
 	if n := greenish(decode(t, styled, DefaultWidth, DefaultHeight)); n != 0 {
 		t.Fatalf("Style gave both series colour 0, yet %d pixels are green", n)
+	}
+}
+
+func TestTickLabels(t *testing.T) {
+	labels := func(ticks []gonum.Tick) string {
+		var l []string
+		for _, t := range ticks {
+			if t.Label != "" {
+				l = append(l, t.Label)
+			}
+		}
+		return strings.Join(l, " ")
+	}
+	for _, c := range []struct {
+		min, max float64
+		want     string
+	}{
+		{10, 440, "10 20 50 100 200"},
+		{30, 45, "30 40"},
+		{3, 40000, "10 100 1000 10000"},
+		{0.5, 3, "0.5 1 2"},
+	} {
+		if got := labels(logTicks{}.Ticks(c.min, c.max)); got != c.want {
+			t.Errorf("log ticks %v..%v labelled %q, want %q", c.min, c.max, got, c.want)
+		}
+	}
+	if got := labels(plainTicks{}.Ticks(0, 6000)); strings.Contains(got, ".") || !strings.Contains(got, "3000") {
+		t.Errorf("linear ticks 0..6000 labelled %q, want whole numbers", got)
 	}
 }
