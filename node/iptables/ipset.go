@@ -106,8 +106,17 @@ func (k *Sets) sync(useKnown bool, sets []Set) (changed int, err error) {
 		if !strings.HasPrefix(s.Name, SetPrefix) || len(s.Name) > 31 {
 			return 0, fmt.Errorf("ipset %q: name must start with %s and be at most 31 characters", s.Name, SetPrefix)
 		}
+		if err := oneToken(s.Name); err != nil {
+			return 0, fmt.Errorf("ipset name: %w", err)
+		}
+		if err := oneToken(s.Type); err != nil {
+			return 0, fmt.Errorf("ipset %s type: %w", s.Name, err)
+		}
 		want := make([]string, 0, len(s.Members))
 		for _, m := range s.Members {
+			if err := oneToken(m); err != nil {
+				return 0, fmt.Errorf("ipset %s member: %w", s.Name, err)
+			}
 			want = append(want, hostForm(m))
 		}
 		sort.Strings(want)
@@ -353,4 +362,20 @@ func hostForm(m string) string {
 		return strings.TrimSuffix(m, "/128")
 	}
 	return m
+}
+
+// oneToken refuses what could make one word of `ipset restore` input into
+// more: whitespace would add options (a "timeout 0", a "comment"), a
+// newline or NUL a command of its own (a "flush", a "destroy"), a quote
+// would change how the rest of the line reads. What tabby renders never
+// contains these; this is the last check before the text leaves the
+// process, whatever an etcd record said.
+func oneToken(s string) error {
+	if s == "" {
+		return fmt.Errorf("an empty word: refused, ipset would read the next word in its place")
+	}
+	if i := strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '"' || r == '\'' || r == '#' }); i >= 0 {
+		return fmt.Errorf("%q holds %q: refused, it would not be one word of ipset's input", s, s[i])
+	}
+	return nil
 }

@@ -267,6 +267,16 @@ func (p *plan) writeChains(chains []Chain) (map[string]bool, error) {
 		if !strings.HasPrefix(c.Name, Prefix) {
 			return nil, fmt.Errorf("chain %s is not tabby's (prefix %s)", c.Name, Prefix)
 		}
+		if err := oneToken(c.Name); err != nil {
+			return nil, fmt.Errorf("chain name: %w", err)
+		}
+		for _, r := range c.Rules {
+			// One rule is one line of iptables-restore input: a line break
+			// (or NUL) would start a rule, a chain or a COMMIT of its own.
+			if strings.ContainsAny(r, "\n\r\x00") {
+				return nil, fmt.Errorf("chain %s: rule %q spans lines: refused, it would inject into iptables-restore's input", c.Name, r)
+			}
+		}
 		want[c.Name] = true
 		p.next[c.Name] = c.Rules
 		if have, exists := p.cur[c.Name]; exists && equal(have, c.Rules) {
