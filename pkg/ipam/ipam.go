@@ -831,8 +831,10 @@ type Attachment struct {
 	IfName      string `json:"ifname"`
 }
 
-// GC releases every handle of network that no valid attachment names. It
-// returns the handles it released.
+// GC releases every handle of network on this host (a.Host) that no valid
+// attachment names. It returns the handles it released. Only this host's:
+// the valid attachments are what this host's runtime knows, and another
+// host's live containers are never among them.
 func (a *IPAM) GC(ctx context.Context, network string, valid []Attachment) ([]string, error) {
 	hs, err := store.ListJSON[model.Handle](ctx, a.KV, model.HandleNetworkPrefix(network))
 	if err != nil {
@@ -844,7 +846,7 @@ func (a *IPAM) GC(ctx context.Context, network string, valid []Attachment) ([]st
 	}
 	var released []string
 	for _, h := range hs {
-		if keep[h.ContainerID] {
+		if keep[h.ContainerID] || h.Host != a.Host {
 			continue
 		}
 		hkey := model.HandleKey(network, h.ContainerID)

@@ -302,8 +302,13 @@ func TestGCAndCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Another host's container: host h1's runtime does not know it, and
+	// h1's GC must leave it alone.
+	if _, _, err := (&IPAM{KV: kv, Host: "h2"}).Assign(ctx, req("other")); err != nil {
+		t.Fatal(err)
+	}
 	rep, err := Check(ctx, kv)
-	if err != nil || rep.Allocations != 3 || len(rep.Problems) != 3 {
+	if err != nil || rep.Allocations != 4 || len(rep.Problems) != 4 {
 		t.Fatalf("check: %+v %v", rep, err)
 	}
 	rel, err := a.GC(ctx, "net", []Attachment{{ContainerID: "keep", IfName: "eth0"}})
@@ -311,7 +316,7 @@ func TestGCAndCheck(t *testing.T) {
 		t.Fatalf("gc released %v (%v)", rel, err)
 	}
 	rep, _ = Check(ctx, kv)
-	if rep.Allocations != 1 {
+	if rep.Allocations != 2 {
 		t.Fatalf("after gc: %+v", rep)
 	}
 }
