@@ -42,6 +42,9 @@ func ToCNI(err error) *types.Error {
 	if c := cnierr.CodeOf(err); c != 0 {
 		return types.NewError(uint(c), err.Error(), "")
 	}
+	if store.IsNoSpace(err) {
+		return types.NewError(uint(cnierr.TryAgain), err.Error(), "try again once etcd has space")
+	}
 	if store.IsUnavailable(err) || errors.Is(err, context.DeadlineExceeded) {
 		return types.NewError(uint(cnierr.TryAgain), err.Error(), "try again when etcd is reachable")
 	}

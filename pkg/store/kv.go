@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -91,10 +92,19 @@ type UnavailableError struct {
 }
 
 func (e *UnavailableError) Error() string {
+	if IsNoSpace(e.Err) {
+		return fmt.Sprintf("etcd at %v is out of space: %v (its NOSPACE alarm is raised: it takes no writes until an operator frees space: compact, defragment, then etcdctl alarm disarm)", e.Endpoints, e.Err)
+	}
 	return fmt.Sprintf("etcd at %v is unreachable: %v (check that etcd runs and etcd_endpoints is right)", e.Endpoints, e.Err)
 }
 
 func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// IsNoSpace reports whether err is etcd's answer while its space quota
+// alarm (NOSPACE) is raised: reachable, but refusing writes.
+func IsNoSpace(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "database space exceeded")
+}
 
 // IsUnavailable reports whether err means etcd is unreachable.
 func IsUnavailable(err error) bool {
