@@ -494,6 +494,7 @@ func uplinkMTU(stateDir string) int {
 		if os.WriteFile(tmp, []byte(strconv.Itoa(n)+"\n"), 0o600) == nil {
 			_ = os.Rename(tmp, filepath.Join(stateDir, "mtu"))
 		}
+		_ = os.Remove(tmp) // torn by a full disk; gone after a rename
 		return n
 	}
 	return 1500

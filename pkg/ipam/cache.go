@@ -59,6 +59,9 @@ func (a *IPAM) saveCache(c *hostCache) {
 	if os.WriteFile(tmp, b, 0o600) == nil { // a new file each time: the rename carries 0600
 		_ = os.Rename(tmp, filepath.Join(a.LockDir, cacheFile))
 	}
+	// A write that failed (a full disk) leaves its torn temporary file;
+	// after a rename there is nothing to remove.
+	_ = os.Remove(tmp)
 }
 
 // blockKeys lists the cached blocks' keys.
