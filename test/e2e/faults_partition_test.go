@@ -142,8 +142,7 @@ func TestFaultEtcdPartition(t *testing.T) {
 	e.pingEventually(c3, ip1, 5*time.Second)
 	veths, rules := e.fpVeths(h1), e.fpRules(h1)
 
-	count := int((dur + 3*time.Second) / (10 * time.Millisecond))
-	floods := []*nmFlood{e.nmStartFlood(a1, ip2, count), e.nmStartFlood(b2, ip1, count), e.nmStartFlood(c3, ip1, count)}
+	floods := []*frPinger{e.frStartPing(a1, ip2), e.frStartPing(b2, ip1), e.frStartPing(c3, ip1)}
 	time.Sleep(time.Second)
 	etcdAddr := h1.Gateway // etcd-lab listens on the underlay bridge address
 	heal := e.fpCutTCP(h1, etcdAddr, lab.EtcdPort)
@@ -172,9 +171,6 @@ func TestFaultEtcdPartition(t *testing.T) {
 	heal()
 	healed := time.Now()
 	t.Logf("host1 was cut off from etcd for %v", healed.Sub(cutAt).Round(time.Millisecond))
-	for _, f := range floods {
-		nmCheckFlood(t, f, "etcd partition of host1")
-	}
 	// What etcd holds of the failed ADD (read through the test's own
 	// connection, which was never cut).
 	if k := e.keys(model.HostWorkloadPrefix(h1.Name) + "cni/during/"); len(k) != 0 {
@@ -203,8 +199,12 @@ func TestFaultEtcdPartition(t *testing.T) {
 	e.pingEventually(duringNS, ip2, 30*time.Second)
 	eventually(t, 60*time.Second, func() error { return e.fpHealthy(h1, 2) })
 	eventually(t, 30*time.Second, func() error { return e.fpIPAMClean(h1) })
-	t.Logf("after the heal: an ADD on host1 worked %v later (%d tries); host1 healthy and ipam check clean %v after the heal",
-		addOK.Round(time.Millisecond), tries, time.Since(healed).Round(time.Millisecond))
+	t.Logf("after the heal: an ADD on host1 worked %v later (%d tries, the last took %v); host1 healthy and ipam check clean %v after the heal",
+		addOK.Round(time.Millisecond), tries, o.Took.Round(time.Millisecond), time.Since(healed).Round(time.Millisecond))
+	// The echoes of the whole partition and of the convergence after it.
+	for _, f := range floods {
+		f.stop(t, "etcd partition of host1")
+	}
 }
 
 // fpRouteVia reports whether host h has a tabby route via the address via.
@@ -263,12 +263,13 @@ func TestFaultBGPPartition(t *testing.T) {
 	since := e.nmPeersSince(h1)
 
 	// Shorter than the hold time.
-	flood := e.nmStartFlood(a1, ip2, 400)
+	flood := e.frStartPing(a1, ip2)
 	time.Sleep(time.Second)
 	heal := e.fpCutTCP(h1, h2.IP, 179)
 	time.Sleep(2 * time.Second)
 	heal()
-	nmCheckFlood(t, flood, "BGP cut for 2 s (hold time 6 s)")
+	time.Sleep(time.Second)
+	flood.stop(t, "BGP cut for 2 s (hold time 6 s)")
 	if now := e.nmPeersSince(h1); fmt.Sprint(now) != fmt.Sprint(since) {
 		t.Errorf("host1's BGP session changed across a 2 s cut: %v, before %v", now, since)
 	}
@@ -328,14 +329,14 @@ func TestFaultBGPPartitionDefaultTimers(t *testing.T) {
 	b2, ip2 := e.nmCtr(h2, "b2", "", "")
 	e.pingEventually(a1, ip2, 5*time.Second)
 	since := map[string]map[string]time.Time{h1.Name: e.nmPeersSince(h1), h2.Name: e.nmPeersSince(h2)}
-	count := int((dur + 3*time.Second) / (10 * time.Millisecond))
-	floods := []*nmFlood{e.nmStartFlood(a1, ip2, count), e.nmStartFlood(b2, ip1, count)}
+	floods := []*frPinger{e.frStartPing(a1, ip2), e.frStartPing(b2, ip1)}
 	time.Sleep(time.Second)
 	heal := e.fpCutTCP(h1, h2.IP, 179)
 	time.Sleep(dur)
 	heal()
+	time.Sleep(time.Second)
 	for _, f := range floods {
-		nmCheckFlood(t, f, fmt.Sprintf("BGP cut for %v (default timers)", dur))
+		f.stop(t, fmt.Sprintf("BGP cut for %v (default timers)", dur))
 	}
 	for _, h := range e.l.Hosts {
 		if now := e.nmPeersSince(h); fmt.Sprint(now) != fmt.Sprint(since[h.Name]) {

@@ -117,8 +117,9 @@ func (p *frPinger) stop(t *testing.T, what string) {
 	var sent, recv int
 	fmt.Sscan(m[1], &sent)
 	fmt.Sscan(m[2], &recv)
-	t.Logf("%s: %d echoes every 10 ms from %s to %s over %v: %d answered", what, sent, p.from, p.to,
-		time.Since(p.started).Round(100*time.Millisecond), recv)
+	took := time.Since(p.started)
+	t.Logf("%s: %d echoes from %s to %s over %v (asked every 10 ms, sent %.0f/s): %d answered", what, sent, p.from, p.to,
+		took.Round(100*time.Millisecond), float64(sent)/took.Seconds(), recv)
 	if sent == 0 || recv < sent-1 { // the echo in flight at SIGINT may go unanswered
 		var missed []string
 		for _, line := range strings.Split(out, "\n") {
@@ -128,6 +129,43 @@ func (p *frPinger) stop(t *testing.T, what string) {
 		}
 		t.Errorf("%s: %d of %d echoes lost (unanswered: %v)", what, sent-recv, sent, missed)
 	}
+}
+
+// frScene is the workloads of the restore tests: a1 (host1) and b2 (host2)
+// before the snapshot; after it new1 (host1, in a block claimed after the
+// snapshot) and new2 (host2) added and gone1 (host1) removed.
+type frScene struct {
+	snap                                            string
+	a1, ipA1, b2, ipB2, n1, ipN1, n2, ipN2, ipGone1 string
+}
+
+func (e *env) frScene() (map[string]*lab.Proc, *frScene) {
+	e.t.Helper()
+	h1, h2 := e.l.Hosts[0], e.l.Hosts[1]
+	e.pool("10.0.0.0/16")
+	procs := e.nmStartNodes(e.l.Hosts, 1)
+	sc := &frScene{snap: filepath.Join(e.l.Dir, "before.snap")}
+	sc.a1, sc.ipA1 = e.nmCtr(h1, "a1", "", "")
+	sc.b2, sc.ipB2 = e.nmCtr(h2, "b2", "", "")
+	gone1NS, ipGone1 := e.nmCtr(h1, "gone1", "", "")
+	sc.ipGone1 = ipGone1
+	e.frSnapshot(sc.snap)
+
+	// Later: new workloads (new1 in a block claimed after the snapshot),
+	// one removed.
+	sc.n1, sc.ipN1 = e.nmCtr(h1, "new1", "", "IP=10.0.200.10")
+	sc.n2, sc.ipN2 = e.nmCtr(h2, "new2", "", "")
+	conf := e.conf(h1, "", fmt.Sprintf(`,"profiles":[%q]`, nmProfile), "")
+	if o := e.plugin(h1, "DEL", "gone1", filepath.Join("/run/netns", gone1NS), "eth0", "", conf); o.ExitCode != 0 {
+		e.t.Fatalf("DEL gone1: %s", o.Stdout)
+	}
+	if err := e.l.RemoveContainer(gone1NS); err != nil {
+		e.t.Fatal(err)
+	}
+	for _, p := range [][2]string{{sc.n1, sc.ipN2}, {sc.n2, sc.ipN1}, {sc.a1, sc.ipN2}, {sc.b2, sc.ipN1}} {
+		e.pingEventually(p[0], p[1], 10*time.Second)
+	}
+	return procs, sc
 }
 
 // TestFaultEtcdRestore: etcd is restored from a snapshot taken before some
@@ -146,28 +184,9 @@ func (p *frPinger) stop(t *testing.T, what string) {
 func TestFaultEtcdRestore(t *testing.T) {
 	e, _ := nmNewEnv(t, lab.Options{Hosts: 2})
 	h1, h2 := e.l.Hosts[0], e.l.Hosts[1]
-	e.pool("10.0.0.0/16")
-	procs := e.nmStartNodes(e.l.Hosts, 1)
-	a1, ipA1 := e.nmCtr(h1, "a1", "", "")
-	b2, ipB2 := e.nmCtr(h2, "b2", "", "")
-	gone1NS, ipGone1 := e.nmCtr(h1, "gone1", "", "")
-	snap := filepath.Join(e.l.Dir, "before.snap")
-	e.frSnapshot(snap)
-
-	// Later: new workloads (new1 in a block claimed after the snapshot),
-	// one removed.
-	n1, ipN1 := e.nmCtr(h1, "new1", "", "IP=10.0.200.10")
-	n2, ipN2 := e.nmCtr(h2, "new2", "", "")
-	conf := e.conf(h1, "", fmt.Sprintf(`,"profiles":[%q]`, nmProfile), "")
-	if o := e.plugin(h1, "DEL", "gone1", filepath.Join("/run/netns", gone1NS), "eth0", "", conf); o.ExitCode != 0 {
-		t.Fatalf("DEL gone1: %s", o.Stdout)
-	}
-	if err := e.l.RemoveContainer(gone1NS); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range [][2]string{{n1, ipN2}, {n2, ipN1}, {a1, ipN2}, {b2, ipN1}} {
-		e.pingEventually(p[0], p[1], 10*time.Second)
-	}
+	procs, sc := e.frScene()
+	a1, ipA1, b2, ipB2, n1, ipN1, n2, ipN2, ipGone1 := sc.a1, sc.ipA1, sc.b2, sc.ipB2, sc.n1, sc.ipN1, sc.n2, sc.ipN2, sc.ipGone1
+	snap := sc.snap
 	pings := []*frPinger{e.frStartPing(n1, ipN2), e.frStartPing(n2, ipN1), e.frStartPing(a1, ipN2), e.frStartPing(b2, ipN1)}
 
 	// The procedure. 1: stop tabby-node everywhere (the kernel keeps
@@ -257,4 +276,58 @@ func frFindings(out string) map[string]bool {
 		}
 	}
 	return got
+}
+
+// frCut is nil once a new flow (a new ping process: a new ICMP flow for
+// conntrack) from ns to ip gets no answer.
+func (e *env) frCut(ns, ip string) error {
+	if _, err := e.l.Exec(ns, "ping", "-c1", "-W0.5", "-n", "-q", ip); err == nil {
+		return fmt.Errorf("%s still answers from %s", ip, ns)
+	}
+	return nil
+}
+
+// TestFaultEtcdRestoreDaemonsRunning: the same restore without step 1 of
+// the procedure (tabby-node keeps running). What a user sees: the daemons
+// follow the restored etcd at once (their watches are told the history is
+// compacted, and read again), so new2, which has no record any more, gets
+// no new connection on host2 (fail closed), and new1's block, claimed after
+// the snapshot, is no longer advertised, so host2 stops reaching it. The
+// repair, run with the daemons up, brings both back with no further step.
+func TestFaultEtcdRestoreDaemonsRunning(t *testing.T) {
+	e, _ := nmNewEnv(t, lab.Options{Hosts: 2})
+	_, sc := e.frScene()
+	e.frRestore(sc.snap)
+	restored := time.Now()
+	eventually(t, 30*time.Second, func() error { return e.frCut(sc.a1, sc.ipN2) })
+	eventually(t, 30*time.Second, func() error { return e.frCut(sc.b2, sc.ipN1) })
+	blockGone := func() error {
+		r, err := e.nmRoutes(e.l.Hosts[1])
+		if err != nil {
+			return err
+		}
+		if len(r["10.0.200.0/26"]) > 0 {
+			return fmt.Errorf("host2 still routes new1's block: %q", r["10.0.200.0/26"])
+		}
+		return nil
+	}
+	eventually(t, 30*time.Second, blockGone)
+	t.Logf("after the restore with the daemons running: new flows to new2 (no record) and to new1 (its block not advertised) cut within %v",
+		time.Since(restored).Round(100*time.Millisecond))
+	for _, h := range e.l.Hosts {
+		t.Logf("ipam repair on %s:\n%s", h.Name, e.ctl(h, "ipam", "repair", "--state-dir", e.stateDir(h), "--grace", "0s"))
+	}
+	repaired := time.Now()
+	for _, p := range [][2]string{{sc.a1, sc.ipN2}, {sc.b2, sc.ipN1}, {sc.n1, sc.ipN2}, {sc.n2, sc.ipA1}} {
+		e.pingEventually(p[0], p[1], 30*time.Second)
+	}
+	t.Logf("every new flow passes again %v after the repair", time.Since(repaired).Round(100*time.Millisecond))
+	if blockGone() == nil {
+		t.Errorf("host2 has no route to new1's block after the repair")
+	}
+	for _, h := range e.l.Hosts {
+		if out, err := e.ctlErr(h, "ipam", "check", "--state-dir", e.stateDir(h), "--grace", "0s"); err != nil {
+			t.Errorf("ipam check on %s after the repair: %v\n%s", h.Name, err, out)
+		}
+	}
 }
