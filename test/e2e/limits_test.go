@@ -190,9 +190,11 @@ func TestLimitsEndpointsOnOneHost(t *testing.T) {
 		t.Logf("%d endpoints on one host: loaded in %v; tabby-node ready %v, all in its sets %v, reconcile %.0f ms, RSS %.0f MB; container show --host %v, peak RSS %.0f MB, %.1f MB of output",
 			n, r.load.Round(time.Millisecond), f.ready.Round(time.Millisecond), f.programmed.Round(time.Millisecond), f.reconcileMs, f.rss,
 			took.Round(time.Millisecond), rss, r.showSize)
-		if err := p.Stop(30 * time.Second); err != nil {
-			t.Fatalf("stop tabby-node: %v", err)
+		stopping := time.Now()
+		if err := p.Stop(90 * time.Second); err != nil {
+			t.Errorf("tabby-node with %d endpoints did not stop on SIGTERM within 90 s (systemd's default): %v", n, err)
 		}
+		t.Logf("%d endpoints: tabby-node stopped %v after SIGTERM", n, time.Since(stopping).Round(time.Millisecond))
 		deletePrefix(t, e.kv, model.HostWorkloadPrefix(h.Name))
 		deletePrefix(t, e.kv, model.TagPrefix)
 		deletePrefix(t, e.kv, model.MemberPrefix)
