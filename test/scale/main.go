@@ -64,6 +64,7 @@ type options struct {
 	proxies, conns         int
 	rate                   float64
 	skipIPAM               bool
+	fullReads              int
 }
 
 func parse() (*options, error) {
@@ -76,13 +77,14 @@ func parse() (*options, error) {
 	profiles := flag.Int("profiles", 0, "profiles/namespaces (default 1000)")
 	steps := flag.String("steps", "", "simulated hosts watching at each step (default 0,1000,5000,10000)")
 	flag.DurationVar(&o.churn, "churn", 20*time.Second, "write load per step")
-	flag.IntVar(&o.workers, "workers", 16, "writers of the churn")
+	flag.IntVar(&o.workers, "workers", 32, "writers of the churn")
 	flag.IntVar(&o.changes, "changes", 20, "profile changes timed on the real node")
 	flag.IntVar(&o.adds, "adds", 30, "CNI ADDs timed on the empty and on the full datastore")
 	flag.IntVar(&o.proxies, "proxies", 1, "gRPC proxies (the simulated hosts are spread over them)")
 	flag.IntVar(&o.conns, "conns", 8, "client connections per etcd or proxy endpoint")
 	flag.Float64Var(&o.rate, "rate", 100, "others' writes/s during ipam check and GC")
 	flag.BoolVar(&o.skipIPAM, "skip-ipam", false, "skip ipam check and GC")
+	flag.IntVar(&o.fullReads, "full-reads", 1000, "simulated hosts that read the shared prefixes whole at join (the rest count-only); 0: all")
 	flag.Parse()
 	if *small {
 		o.cluster.Hosts, o.cluster.Endpoints, o.cluster.Profiles = 200, 10000, 50
@@ -139,6 +141,8 @@ type Report struct {
 	IPAM         *IPAMResult `json:"ipam"`
 	Errors       []string    `json:"errors,omitempty"`
 	Notes        []string    `json:"notes"`
+	Writers      int         `json:"writers"`
+	FullReads    int         `json:"full_reads"`
 	Seconds      float64     `json:"seconds"`
 }
 
@@ -159,7 +163,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	rep := &Report{Started: time.Now(), Cluster: o.cluster}
+	rep := &Report{Started: time.Now(), Cluster: o.cluster, Writers: o.workers, FullReads: o.fullReads}
 	s := lab.NewScript()
 	defer s.Close()
 	sigc := make(chan os.Signal, 1)
@@ -270,7 +274,7 @@ func (r *runner) all() error {
 		}
 	}
 	if err := r.worker(spec{Task: "fanout", Cluster: cl, Proxies: r.proxies, Steps: r.o.steps, Churn: r.o.churn,
-		Workers: r.o.workers, Hold: true, Conns: r.o.conns}, &rows, hold); err != nil {
+		Workers: r.o.workers, Hold: true, Conns: r.o.conns, FullReads: r.o.fullReads}, &rows, hold); err != nil {
 		r.fail("fan-out", err)
 	}
 	r.rep.Fanout = rows

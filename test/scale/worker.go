@@ -28,16 +28,17 @@ import (
 
 // spec is one worker task.
 type spec struct {
-	Task    string        `json:"task"` // load, fanout, ipam
-	Etcd    string        `json:"etcd"`
-	Proxies []string      `json:"proxies,omitempty"`
-	Cluster load.Config   `json:"cluster"`
-	Steps   []int         `json:"steps,omitempty"`
-	Churn   time.Duration `json:"churn_ns,omitempty"`
-	Workers int           `json:"workers,omitempty"`
-	Hold    bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
-	Rate    float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
-	Conns   int           `json:"conns,omitempty"`
+	Task      string        `json:"task"` // load, fanout, ipam
+	Etcd      string        `json:"etcd"`
+	Proxies   []string      `json:"proxies,omitempty"`
+	Cluster   load.Config   `json:"cluster"`
+	Steps     []int         `json:"steps,omitempty"`
+	Churn     time.Duration `json:"churn_ns,omitempty"`
+	Workers   int           `json:"workers,omitempty"`
+	Hold      bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
+	Rate      float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
+	Conns     int           `json:"conns,omitempty"`
+	FullReads int           `json:"full_reads,omitempty"` // fanout: hosts that read shared prefixes whole at join
 }
 
 func progress(format string, args ...any) {
@@ -123,6 +124,7 @@ type FanoutRow struct {
 	EtcdCPU      float64         `json:"etcd_cpu_s"` // etcd's CPU seconds during the churn
 	EtcdRSS      float64         `json:"etcd_rss_bytes"`
 	ReadBytes    int64           `json:"join_read_bytes"`
+	FullReads    int             `json:"join_full_reads"` // hosts of this step that read shared prefixes whole
 	Lost         int64           `json:"lost_watches"`
 }
 
@@ -145,14 +147,20 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 		if mode == "proxy" {
 			eps = sp.Proxies
 		}
-		hosts, err := sim.New(cl, sim.Config{Endpoints: eps, Conns: sp.Conns})
+		hosts, err := sim.New(cl, sim.Config{Endpoints: eps, Conns: sp.Conns, CountOnlyFrom: sp.FullReads})
 		if err != nil {
 			return nil, err
 		}
+		prev := 0
 		for _, n := range sp.Steps {
 			before := hosts.Counters()
+			full := n - prev
+			if sp.FullReads > 0 {
+				full = max(0, min(n, sp.FullReads)-prev)
+			}
+			prev = max(prev, n)
 			t0 := time.Now()
-			if err := hosts.Join(ctx, n, 32); err != nil {
+			if err := hosts.Join(ctx, n, 64); err != nil {
 				hosts.Close()
 				return nil, fmt.Errorf("%s: join %d hosts: %w", mode, n, err)
 			}
@@ -167,7 +175,7 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 				EtcdWatchers: m0["etcd_debugging_mvcc_watcher_total"], EtcdStreams: m0["etcd_debugging_mvcc_watch_stream_total"],
 				EtcdSlow: m1["etcd_debugging_mvcc_slow_watcher_total"], Churn: res, Events: after.Events - joined.Events,
 				EtcdCPU: m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"], EtcdRSS: m1["process_resident_memory_bytes"],
-				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost}
+				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost, FullReads: full}
 			if mode == "proxy" {
 				row.Proxies = len(sp.Proxies)
 			}

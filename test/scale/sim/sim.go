@@ -17,6 +17,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,12 +52,21 @@ type Config struct {
 	// Dialer, when set, makes the connections (the lab dials inside a
 	// network namespace).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// CountOnlyFrom > 0: hosts from this index on read the prefixes that
+	// many hosts share (host list, profiles, tags, ...) count-only at join
+	// (same request count and revision, no values). A tabby-node reads
+	// them whole; ten thousand hosts doing so take tens of minutes on a
+	// 2-core machine, so the harness reads whole for the first hosts only
+	// and reports that cost per host (a cold-start storm's), while the
+	// watches, the load it measures, are the same for every host.
+	CountOnlyFrom int
 }
 
 // Hosts is a growing set of simulated hosts.
 type Hosts struct {
 	cl      *load.Cluster
 	clients []*clientv3.Client
+	cfg     Config
 
 	mu      sync.Mutex
 	joined  int
@@ -75,7 +85,7 @@ func New(cl *load.Cluster, cfg Config) (*Hosts, error) {
 	if cfg.Conns == 0 {
 		cfg.Conns = 8
 	}
-	h := &Hosts{cl: cl}
+	h := &Hosts{cl: cl, cfg: cfg}
 	for _, ep := range cfg.Endpoints {
 		for i := 0; i < cfg.Conns; i++ {
 			cc := clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
@@ -171,9 +181,14 @@ func (s *Hosts) start(ctx context.Context, i int) error {
 	// The host's name in the metadata gives it a watch stream of its own;
 	// WithRequireLeader as node/watch does.
 	wctx := clientv3.WithRequireLeader(metadata.AppendToOutgoingContext(hctx, "tabby-sim-host", name))
+	countOnly := s.cfg.CountOnlyFrom > 0 && i >= s.cfg.CountOnlyFrom
 	for _, p := range NodePrefixes(name, s.cl.HostNamespaces(i)) {
 		gctx, gcancel := context.WithTimeout(ctx, 60*time.Second)
-		r, err := cli.Get(gctx, p, clientv3.WithPrefix())
+		opts := []clientv3.OpOption{clientv3.WithPrefix()}
+		if countOnly && !strings.Contains(p, "/"+name+"/") {
+			opts = append(opts, clientv3.WithCountOnly())
+		}
+		r, err := cli.Get(gctx, p, opts...)
 		gcancel()
 		if err != nil {
 			return fmt.Errorf("sim host %s: get %s: %w", name, p, err)
