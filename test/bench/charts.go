@@ -87,7 +87,7 @@ func (rep *Report) drawCharts(dir string) []chart {
 			{refName + ", with " + foreign, keyCNI("ptp-host-local", modeEtcdForeign, "ADD"), refC, dashed},
 		})
 	cdf("pod-latency-cri.png", "Pods through containerd's CRI on host2, one at a time (crictl)",
-		"wall time per crictl call (ms)", []named{
+		"wall time of runp, or of stopp + rmp together (ms)", []named{
 			{deployedName + ", runp", keyCRI("tabby-node", "runp"), tabbyC, solid},
 			{deployedName + ", stopp + rmp", keyCRI("tabby-node", "stop-rm"), tabbyC, dashed},
 			{refName + ", runp", keyCRI("ptp-host-local", "runp"), refC, solid},
