@@ -16,11 +16,15 @@ package e2e
 // docs/reliability-kill.md are from TABBY_FAULT_TRIALS=100.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -628,4 +632,246 @@ func TestKillNodeDuringADDs(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// dockerd plays dockerd against tabby-docker's plugin socket: the calls a
+// `docker network create --driver tabby --ipam-driver tabby --subnet S -o
+// tabby.profile=P`, `docker run` and their removal make, in order.
+type dockerd struct {
+	c    *http.Client
+	sock string
+}
+
+func newDockerd(sock string) *dockerd {
+	return &dockerd{sock: sock, c: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}, DisableKeepAlives: true}}}
+}
+
+// call posts req to the plugin's path; an Err in the answer is an error.
+func (d *dockerd) call(path string, req any, resp any) error {
+	b, _ := json.Marshal(req)
+	res, err := d.c.Post("http://plugin/"+path, "application/vnd.docker.plugins.v1.2+json", bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return err
+	}
+	var e struct{ Err string }
+	if json.Unmarshal(body, &e) == nil && e.Err != "" {
+		return fmt.Errorf("%s: %s", path, e.Err)
+	}
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: status %d: %s", path, res.StatusCode, body)
+	}
+	if resp != nil {
+		return json.Unmarshal(body, resp)
+	}
+	return nil
+}
+
+// dockerLife is one network with one container, as far as dockerd got.
+type dockerLife struct {
+	subnet, netID, epID string
+	poolID, addr        string
+	// stage is the call that failed: dockerd's rollback depends on it.
+	stage string
+}
+
+// up creates the network and starts the container on it.
+func (d *dockerd) up(l *dockerLife) error {
+	var pool struct{ PoolID string }
+	l.stage = "RequestPool"
+	if err := d.call("IpamDriver.RequestPool", map[string]any{"AddressSpace": "tabby-local", "Pool": l.subnet, "Options": map[string]string{}}, &pool); err != nil {
+		return err
+	}
+	l.poolID = pool.PoolID
+	ipv4 := []map[string]string{{"AddressSpace": "tabby-local", "Pool": l.subnet, "Gateway": "0.0.0.0/0"}}
+	l.stage = "CreateNetwork"
+	if err := d.call("NetworkDriver.CreateNetwork", map[string]any{"NetworkID": l.netID, "IPv4Data": ipv4,
+		"Options": map[string]any{"com.docker.network.generic": map[string]string{"tabby.profile": "P"}}}, nil); err != nil {
+		return err
+	}
+	var addr struct{ Address string }
+	l.stage = "container"
+	if err := d.call("IpamDriver.RequestAddress", map[string]any{"PoolID": l.poolID, "Options": map[string]string{}}, &addr); err != nil {
+		return err
+	}
+	l.addr = addr.Address
+	if err := d.call("NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": l.netID, "EndpointID": l.epID,
+		"Interface": map[string]string{"Address": l.addr}, "Options": map[string]any{}}, nil); err != nil {
+		return err
+	}
+	if err := d.call("NetworkDriver.Join", map[string]any{"NetworkID": l.netID, "EndpointID": l.epID,
+		"SandboxKey": "/var/run/docker/netns/" + l.epID, "Options": map[string]any{}}, nil); err != nil {
+		return err
+	}
+	l.stage = "down"
+	return nil
+}
+
+// down removes what up made, in dockerd's order, as the container's and
+// the network's removal do; it is also dockerd's roll-back after a failed
+// step, for what dockerd knows of: libnetwork calls no DeleteNetwork when
+// CreateNetwork failed (only ReleasePool), and a pool or address whose
+// request got no answer it never learns.
+func (d *dockerd) down(l *dockerLife) error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if l.stage == "container" || l.stage == "down" {
+		ep := map[string]any{"NetworkID": l.netID, "EndpointID": l.epID}
+		add(d.call("NetworkDriver.Leave", ep, nil))
+		add(d.call("NetworkDriver.DeleteEndpoint", ep, nil))
+		if l.addr != "" {
+			ip, _, _ := strings.Cut(l.addr, "/")
+			add(d.call("IpamDriver.ReleaseAddress", map[string]any{"PoolID": l.poolID, "Address": ip}, nil))
+		}
+		add(d.call("NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": l.netID}, nil))
+	}
+	if l.poolID != "" {
+		add(d.call("IpamDriver.ReleasePool", map[string]any{"PoolID": l.poolID}, nil))
+	}
+	return errors.Join(errs...)
+}
+
+// TestKillTabbyDocker: tabby-docker SIGKILLed at a random point while
+// dockerd-like requests run (three networks, each with a container, made
+// and removed at once), then started again; dockerd finishes or rolls back
+// what it knows of. Afterwards nothing is left: no pool, pool or profile
+// owner record, network record, handle, block, endpoint or veth.
+func TestKillTabbyDocker(t *testing.T) {
+	rounds := faultTrials(t, 25)
+	e := newEnv(t, lab.Options{Hosts: 1})
+	h := e.l.Hosts[0]
+	sock := filepath.Join(e.Dir, "docker-plugins", "tabby.sock")
+	start := func() *lab.Proc {
+		t.Helper()
+		p := e.l.Start(h.NS, filepath.Join(e.l.Dir, "tabby-docker.log"), testutil.Bin(t, "tabby-docker"),
+			"--socket", sock, "--etcd-endpoints", e.l.EtcdURL, "--nodename", h.Name, "--state-dir", e.stateDir(h),
+			"--docker-host", "unix://"+filepath.Join(e.Dir, "no-dockerd.sock"), "--log-level", "debug")
+		e.Eventually(10*time.Second, func() error {
+			if p.Exited() {
+				return lab.GiveUp(fmt.Errorf("tabby-docker exited: %v", p.Wait()))
+			}
+			c, err := net.Dial("unix", sock)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+		return p
+	}
+	plugin := start()
+	d := newDockerd(sock)
+	const lives = 3
+	life := func(round, i int) *dockerLife {
+		return &dockerLife{subnet: fmt.Sprintf("10.9.%d.0/24", i), netID: fmt.Sprintf("net%d-%d", round, i), epID: fmt.Sprintf("ep%d-%d", round, i)}
+	}
+	// A lifecycle's p50 with the plugin up.
+	took := make([]time.Duration, 3*lives)
+	for r := range 3 {
+		var wg sync.WaitGroup
+		for i := range lives {
+			wg.Go(func() {
+				l := life(-1-r, i)
+				t0 := time.Now()
+				if err := d.up(l); err != nil {
+					t.Error(err)
+				} else if err := d.down(l); err != nil {
+					t.Error(err)
+				}
+				took[r*lives+i] = time.Since(t0)
+			})
+		}
+		wg.Wait()
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	pLife := p50(took)
+	var tally killTally
+	cutAt := map[string]int{}
+	// What dockerd cannot know of: the pool reference of a RequestPool and
+	// the network record (with its profile reference) of a CreateNetwork
+	// that committed but never answered.
+	unknowable := map[string]bool{}
+	begin := time.Now()
+	for r := range rounds {
+		ls := make([]*dockerLife, lives)
+		errs := make([]error, lives)
+		var wg sync.WaitGroup
+		for i := range lives {
+			ls[i] = life(r, i)
+			wg.Go(func() {
+				if errs[i] = d.up(ls[i]); errs[i] == nil {
+					errs[i] = d.down(ls[i])
+				}
+			})
+		}
+		time.Sleep(killDelay(pLife))
+		if err := plugin.Kill(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		_ = plugin.WaitTimeout(10 * time.Second)
+		plugin = start()
+		for i, l := range ls {
+			if errs[i] == nil {
+				tally.finished++
+				continue
+			}
+			tally.killed++
+			cutAt[l.stage]++
+			switch l.stage {
+			case "RequestPool":
+				unknowable[l.subnet] = true
+			case "CreateNetwork":
+				unknowable[l.netID] = true
+			}
+			// dockerd, once the plugin answers again: roll back, remove.
+			if err := d.down(l); err != nil {
+				t.Fatalf("round %d: removing %s after the kill: %v", r, l.netID, err)
+			}
+		}
+	}
+	t.Logf("tabby-docker SIGKILLed %d times (lifecycle p50 %v, %d at once): %d lifecycles cut (%v), %d finished first; %v",
+		rounds, pLife.Round(time.Microsecond), lives, tally.killed, cutAt, tally.finished, time.Since(begin).Round(time.Millisecond))
+	// Addresses, endpoints and interfaces: nothing, ever.
+	for _, p := range []string{model.HandlePrefix, model.BlockPrefix, model.AffinityPrefix, model.HostWorkloadPrefix(h.Name), model.TagPrefix} {
+		if k := e.keys(p); len(k) != 0 {
+			t.Errorf("left under %s: %v", p, k)
+		}
+	}
+	if out := e.l.MustExec(h.NS, "ip", "-o", "link"); strings.Contains(out, "tby") || strings.Contains(out, "tbc") {
+		t.Errorf("veths left on the host:\n%s", out)
+	}
+	// Pools, profiles and tabby-docker's records: only what a kill inside
+	// RequestPool or CreateNetwork left where dockerd cannot see it.
+	left := 0
+	for _, p := range []string{model.PoolPrefix, model.Prefix + "docker/", model.ProfilePrefix} {
+		kvs, _, err := e.kv.List(context.Background(), p, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range kvs {
+			ok := false
+			for u := range unknowable {
+				ok = ok || strings.Contains(string(kv.Value), u) || strings.Contains(kv.Key, u) ||
+					strings.Contains(kv.Key, model.EscapeCIDR(u)) || kv.Key == model.ProfilePrefix+"P" || strings.HasSuffix(kv.Key, "/profile/P")
+			}
+			if !ok {
+				t.Errorf("%s left, which no cut RequestPool or CreateNetwork explains: %s", kv.Key, kv.Value)
+			}
+			left++
+		}
+	}
+	t.Logf("left by kills inside RequestPool or CreateNetwork (dockerd never learns of them): %d records", left)
 }
