@@ -44,6 +44,12 @@ const (
 	// HandleNotRunning: the host's allocation for a workload that runs
 	// nowhere on it.
 	HandleNotRunning = "handle-not-running"
+	// RevisionWentBack: etcd's revision is below one this host's ADDs
+	// committed at: etcd was restored without moving its revision forward.
+	// tabby's compares by revision (the plugins' host cache and notes,
+	// tabby-node's watches) assume revisions only grow, so RepairHost
+	// refuses to write until etcd is restored again with a revision bump.
+	RevisionWentBack = "revision-went-back"
 )
 
 // DefaultGrace spares records younger than this from release: an ADD in
@@ -54,6 +60,7 @@ const DefaultGrace = 30 * time.Second
 type Running struct {
 	Handle   model.Handle
 	Endpoint *model.Endpoint // nil when the main plugin wrote none (ptp, bridge)
+	Rev      int64           // the etcd revision its ADD committed at
 }
 
 // RunningAttachments reads the attachment notes in stateDir. An
@@ -80,6 +87,7 @@ func RunningAttachments(stateDir string, present func(ifname string) bool) ([]Ru
 		var r Running
 		found := false
 		for _, kv := range n.Wrote {
+			r.Rev = max(r.Rev, kv.ModRev)
 			switch {
 			case kv.Key == n.Handle:
 				found = json.Unmarshal(kv.Value, &r.Handle) == nil
@@ -106,6 +114,7 @@ func isEndpointKey(k string) bool {
 
 // hostView is what etcd says about one host.
 type hostView struct {
+	rev       int64                      // etcd's revision at the read
 	handles   map[string]*model.Handle   // this host's, by handle ID
 	endpoints map[string]*model.Endpoint // this host's, by key
 	owner     map[string]string          // allocated address -> handle ID (every block)
@@ -122,10 +131,11 @@ func readHost(ctx context.Context, kv store.KV, host string) (*hostView, error) 
 			v.handles[handles[i].ID] = &handles[i]
 		}
 	}
-	kvs, _, err := kv.List(ctx, model.HostWorkloadPrefix(host), false)
+	kvs, rev, err := kv.List(ctx, model.HostWorkloadPrefix(host), false)
 	if err != nil {
 		return nil, fmt.Errorf("list endpoints of %s: %w", host, err)
 	}
+	v.rev = rev
 	for _, r := range kvs {
 		if !isEndpointKey(r.Key) {
 			continue
@@ -167,6 +177,10 @@ func CheckHost(ctx context.Context, kv store.KV, host string, running []Running,
 // problems compares; records created after born are spared.
 func (v *hostView) problems(host string, running []Running, present func(string) bool, born time.Time) []Problem {
 	var out []Problem
+	if r := newest(running); v.rev > 0 && r > v.rev {
+		out = append(out, Problem{Kind: RevisionWentBack, Host: host,
+			Detail: fmt.Sprintf("etcd is at revision %d, below %d, which an ADD on this host committed at: etcd was restored without --bump-revision; restore it again with 'etcdutl snapshot restore --bump-revision 1000000000 --mark-compacted' before repairing", v.rev, r)})
+	}
 	runs := map[string]bool{}   // handle IDs
 	runsEP := map[string]bool{} // endpoint keys
 	gone := map[string]bool{}   // handles of endpoints reported not running
@@ -240,6 +254,15 @@ func (v *hostView) endpointRuns(id string, present func(string) bool) bool {
 	return false
 }
 
+// newest is the highest revision the running attachments were committed at.
+func newest(running []Running) int64 {
+	var r int64
+	for _, x := range running {
+		r = max(r, x.Rev)
+	}
+	return r
+}
+
 func firstIP(ep *model.Endpoint) string {
 	for _, n := range ep.Nets() {
 		ip, _, _ := net.ParseCIDR(n)
@@ -270,6 +293,11 @@ func (a *IPAM) RepairHost(ctx context.Context, running []Running, present func(i
 		return nil, err
 	}
 	probs := v.problems(a.Host, running, present, time.Now().Add(-grace))
+	for _, p := range probs {
+		if p.Kind == RevisionWentBack {
+			return nil, errors.New(p.Detail)
+		}
+	}
 	var out []Action
 	fixed := map[string]bool{} // handle IDs done
 	byID := map[string]Running{}

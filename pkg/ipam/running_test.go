@@ -90,3 +90,18 @@ func TestRunningAttachmentsFromNotes(t *testing.T) {
 		t.Fatalf("running: %+v", rs)
 	}
 }
+
+// An etcd whose revision is below what the host's ADDs committed at was
+// restored without a revision bump: reported, before anything else.
+func TestHostProblemsRevisionWentBack(t *testing.T) {
+	v := &hostView{rev: 100, handles: map[string]*model.Handle{}, endpoints: map[string]*model.Endpoint{}, owner: map[string]string{"10.0.0.1": "net.a"}}
+	running := []Running{{Handle: *runningHandle("a", "10.0.0.1", time.Now()), Rev: 150}}
+	ps := v.problems("h1", running, func(string) bool { return true }, time.Now())
+	if len(ps) != 1 || ps[0].Kind != RevisionWentBack {
+		t.Fatalf("problems: %+v", ps)
+	}
+	running[0].Rev = 90
+	if ps := v.problems("h1", running, func(string) bool { return true }, time.Now()); len(ps) != 0 {
+		t.Fatalf("problems with the revision ahead: %+v", ps)
+	}
+}

@@ -55,8 +55,9 @@ func (e *env) frSnapshot(path string) {
 }
 
 // frRestore stops the lab's etcd, restores snap into a fresh data dir (the
-// old one kept aside, as an operator would) and starts etcd on it.
-func (e *env) frRestore(snap string) {
+// old one kept aside, as an operator would) and starts etcd on it. bump
+// false restores as etcd did before --bump-revision existed.
+func (e *env) frRestore(snap string, bump bool) {
 	e.t.Helper()
 	if err := e.Etcd.Stop(10 * time.Second); err != nil {
 		e.t.Logf("etcd exit: %v", err)
@@ -66,11 +67,14 @@ func (e *env) frRestore(snap string) {
 		e.t.Fatal(err)
 	}
 	peer := "http://127.0.0.1:2380"
-	err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{
+	cfg := snapshot.RestoreConfig{
 		SnapshotPath: snap, Name: "lab", OutputDataDir: dataDir,
 		PeerURLs: []string{peer}, InitialCluster: "lab=" + peer, InitialClusterToken: "etcd-cluster",
-		RevisionBump: frRevisionBump, MarkCompacted: true,
-	})
+	}
+	if bump {
+		cfg.RevisionBump, cfg.MarkCompacted = frRevisionBump, true
+	}
+	err := snapshot.NewV3(zap.NewNop()).Restore(cfg)
 	if err != nil {
 		e.t.Fatalf("restore %s: %v", snap, err)
 	}
@@ -198,7 +202,7 @@ func TestFaultEtcdRestore(t *testing.T) {
 		}
 	}
 	// 2: restore etcd from the snapshot.
-	e.frRestore(snap)
+	e.frRestore(snap, true)
 	if k := e.keys(model.HandlePrefix + "tabby-net/new1"); len(k) != 0 {
 		t.Fatalf("the restored etcd has new1's handle: the snapshot was not restored")
 	}
@@ -297,7 +301,7 @@ func (e *env) frCut(ns, ip string) error {
 func TestFaultEtcdRestoreDaemonsRunning(t *testing.T) {
 	e, _ := nmNewEnv(t, lab.Options{Hosts: 2})
 	_, sc := e.frScene()
-	e.frRestore(sc.snap)
+	e.frRestore(sc.snap, true)
 	restored := time.Now()
 	eventually(t, 30*time.Second, func() error { return e.frCut(sc.a1, sc.ipN2) })
 	eventually(t, 30*time.Second, func() error { return e.frCut(sc.b2, sc.ipN1) })
@@ -329,5 +333,28 @@ func TestFaultEtcdRestoreDaemonsRunning(t *testing.T) {
 		if out, err := e.ctlErr(h, "ipam", "check", "--state-dir", e.stateDir(h), "--grace", "0s"); err != nil {
 			t.Errorf("ipam check on %s after the repair: %v\n%s", h.Name, err, out)
 		}
+	}
+}
+
+// TestFaultEtcdRestoreWithoutBump: restored the old way, etcd's revision
+// goes back below what the hosts' ADDs saw, and tabby's compares by
+// revision could be fooled. ipam check says so and how to restore instead;
+// ipam repair refuses to write.
+func TestFaultEtcdRestoreWithoutBump(t *testing.T) {
+	e, _ := nmNewEnv(t, lab.Options{Hosts: 2})
+	h1 := e.l.Hosts[0]
+	_, sc := e.frScene()
+	e.frRestore(sc.snap, false)
+	out, err := e.ctlErr(h1, "ipam", "check", "--state-dir", e.stateDir(h1))
+	if err == nil || !strings.Contains(out, ipam.RevisionWentBack) || !strings.Contains(out, "--bump-revision") {
+		t.Errorf("ipam check after a restore without revision bump (%v):\n%s", err, out)
+	}
+	out, err = e.ctlErr(h1, "ipam", "repair", "--state-dir", e.stateDir(h1))
+	if err == nil || !strings.Contains(err.Error(), "--bump-revision") {
+		t.Errorf("ipam repair after a restore without revision bump: %v\n%s", err, out)
+	}
+	t.Logf("ipam repair refused: %v", err)
+	if k := e.keys(model.HandlePrefix + "tabby-net/new1"); len(k) != 0 {
+		t.Errorf("ipam repair wrote although it refused: %v", k)
 	}
 }
