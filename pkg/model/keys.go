@@ -122,7 +122,9 @@ func TagMemberKey(tag, host, orchestrator, workload, endpoint string) string {
 }
 
 // ValidName reports whether s can be one key segment: profile, host, workload
-// and network names end up in keys, so slashes and control bytes are refused.
+// and network names end up in keys, logs, and hashed into chain and set
+// names, so only letters, digits and . _ - : @ + pass: no slash, blank,
+// control byte, quote or shell and iptables metacharacter.
 func ValidName(s string) error {
 	if s == "" {
 		return fmt.Errorf("empty name")
@@ -131,8 +133,9 @@ func ValidName(s string) error {
 		return fmt.Errorf("name %.20q... is longer than 253 characters", s)
 	}
 	for _, r := range s {
-		if r == '/' || r < 0x21 || r == 0x7f {
-			return fmt.Errorf("name %q contains %q; use letters, digits and . _ - : only", s, r)
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-:@+", r)
+		if !ok {
+			return fmt.Errorf("name %q contains %q; use letters, digits and . _ - : @ + only", s, r)
 		}
 	}
 	if s == "." || s == ".." {
