@@ -50,6 +50,9 @@ func (a *dockerAPI) NetworkName(ctx context.Context, id string) (string, error) 
 		return "", fmt.Errorf("Docker API: %w", err)
 	}
 	defer res.Body.Close()
+	if res.StatusCode == http.StatusNotFound {
+		return "", fmt.Errorf("Docker API: network %s: %w", id, errNoSuchNetwork)
+	}
 	if res.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(res.Body, 512))
 		return "", fmt.Errorf("Docker API: network %s: %s %s", id, res.Status, strings.TrimSpace(string(b)))

@@ -45,6 +45,7 @@ func main() {
 	dockerHost := fs.String("docker-host", env("DOCKER_HOST", "unix:///var/run/docker.sock"), "Docker API, to learn network names (env DOCKER_HOST)")
 	mtu := fs.Int("mtu", 0, "workload MTU; 0: the uplink MTU less the pool's encapsulation")
 	policyTimeout := fs.Duration("policy-timeout", 10*time.Second, "how long Join waits for tabby-node to put the endpoint's rules in force")
+	orphanGrace := fs.Duration("orphan-grace", 2*time.Minute, "a network record Docker does not know is removed once this old (checked at start and this often)")
 	log := prog.Parse(os.Args[1:])
 	slog.SetDefault(log)
 
@@ -73,6 +74,9 @@ func main() {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
+	// A CreateNetwork whose answer a crash lost leaves a record dockerd
+	// never deletes.
+	go d.sweepEvery(ctx, *orphanGrace)
 	log.Info("tabby-docker serving", "version", Version, "socket", *socket, "etcd", prog.Etcd.Config().Endpoints, "stateDir", *stateDir)
 	err = srv.Serve(ln)
 	// The socket file goes with the daemon: dockerd must not find a dead one.
