@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -201,6 +202,16 @@ func (r *runner) ctl(args ...string) (string, error) {
 	return r.l.Exec(r.l.Underlay, append([]string{filepath.Join(r.o.bin, "tabbyctl"), "--etcd-endpoints", r.l.EtcdURL}, args...)...)
 }
 
+// note records the machine's load average with a phase: the harness
+// shares its cores with whatever else runs, and the figures say so.
+func (r *runner) note(phase string) {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) >= 3 {
+		r.rep.Notes = append(r.rep.Notes, fmt.Sprintf("%s %s: load average %s %s %s (%d CPUs)", time.Now().Format("15:04:05"), phase, f[0], f[1], f[2], runtime.NumCPU()))
+	}
+}
+
 func (r *runner) fail(what string, err error) {
 	msg := fmt.Sprintf("%s: %v", what, err)
 	progress("FAILED %s", msg)
@@ -224,6 +235,7 @@ func (r *runner) all() error {
 		}
 	}
 	var err error
+	r.note("empty datastore")
 	progress("tabby-node cold start on the empty datastore")
 	if r.rep.ColdEmpty, err = r.coldStart(); err != nil {
 		return err
@@ -241,6 +253,7 @@ func (r *runner) all() error {
 		r.fail("enforcement on the empty datastore", err)
 	}
 
+	r.note("load")
 	progress("loading %d hosts, %d workloads, %d profiles", cl.Hosts, cl.Endpoints, cl.Profiles)
 	var lr LoadResult
 	if err := r.worker(spec{Task: "load", Cluster: cl}, &lr, nil); err != nil {
@@ -253,6 +266,7 @@ func (r *runner) all() error {
 		progress("tabbyctl ipam show: %d lines", strings.Count(out, "\n"))
 	}
 
+	r.note("full datastore")
 	progress("tabby-node cold start on the full datastore")
 	if r.rep.ColdFull, err = r.coldStart(); err != nil {
 		return err
@@ -265,6 +279,7 @@ func (r *runner) all() error {
 	if err := r.startProxies(); err != nil {
 		return err
 	}
+	r.note("fan-out")
 	progress("watch fan-out: steps %v, %v of churn each, with %d proxies and without", r.o.steps, r.o.churn, len(r.proxies))
 	var rows []FanoutRow
 	hold := func() {
@@ -278,6 +293,7 @@ func (r *runner) all() error {
 		r.fail("fan-out", err)
 	}
 	r.rep.Fanout = rows
+	r.note("ipam")
 	if !r.o.skipIPAM {
 		var ir IPAMResult
 		if err := r.worker(spec{Task: "ipam", Cluster: cl, Rate: r.o.rate}, &ir, nil); err != nil {

@@ -115,6 +115,12 @@ func renderMD(rep *Report) string {
 			ip.CheckSeconds, ip.CheckReport, ip.CheckError, ip.GCSeconds, ip.GCReleased, ip.GCError, ip.Baseline.Rate,
 			ms(ip.Baseline.P50), ms(ip.Baseline.P99), ms(ip.DuringCheck.P50), ms(ip.DuringCheck.P99), ms(ip.DuringGC.P50), ms(ip.DuringGC.P99))
 	}
+	if len(rep.Notes) > 0 {
+		w.WriteString("\n## Machine load during the run\n\n")
+		for _, n := range rep.Notes {
+			fmt.Fprintf(&w, "- %s\n", n)
+		}
+	}
 	if len(rep.Errors) > 0 {
 		w.WriteString("\n## Errors\n\n")
 		for _, e := range rep.Errors {
