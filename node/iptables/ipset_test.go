@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"os"
 	"sort"
 	"testing"
 
@@ -113,6 +114,39 @@ func TestIPPortSetOverNetlink(t *testing.T) {
 		}
 		if n, err := k.Sync(s4, s6); err != nil || n != 0 {
 			t.Fatalf("re-sync of unchanged sets changed %d (%v)", n, err)
+		}
+	})
+}
+
+// A delta larger than netlinkMax (a daemon restarted on a host whose
+// endpoints changed by thousands) goes to one `ipset restore`: with no
+// ipset binary it fails instead of taking one netlink request per member,
+// and with it the kernel holds every wanted member.
+func TestSetLargeDeltaByRestore(t *testing.T) {
+	nstest.Run(t, func() {
+		var k Sets
+		s := Set{Name: "tabby-w4-big", Type: "hash:net,iface", Family: V4, Members: []string{"10.0.0.1/32,tby00000000001"}}
+		if _, err := k.Sync(s); err != nil {
+			t.Fatal(err)
+		}
+		for i := 2; i <= netlinkMax+2; i++ {
+			s.Members = append(s.Members, fmt.Sprintf("10.0.%d.%d/32,tby%011x", i>>8, i&255, i))
+		}
+		path := os.Getenv("PATH")
+		t.Setenv("PATH", t.TempDir())
+		if _, err := k.SyncKnown(s); err == nil {
+			t.Fatalf("a delta of %d members went over netlink", netlinkMax+1)
+		}
+		t.Setenv("PATH", path)
+		if _, err := k.Sync(s); err != nil {
+			t.Fatal(err)
+		}
+		res, err := netlink.IpsetList(s.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Entries) != len(s.Members) {
+			t.Fatalf("kernel holds %d of %d members", len(res.Entries), len(s.Members))
 		}
 	})
 }
