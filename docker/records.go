@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
@@ -53,6 +54,14 @@ type Network struct {
 type Owner struct {
 	CreatedBy string   `json:"createdBy"`
 	Refs      []string `json:"refs"`
+	// Since is when each reference was added (unix seconds; absent in
+	// records of older versions): the sweep leaves young ones alone.
+	Since map[string]int64 `json:"since,omitempty"`
+}
+
+// newOwner is the Owner of an object ref has just made.
+func newOwner(ref string) *Owner {
+	return &Owner{CreatedBy: createdBy, Refs: []string{ref}, Since: map[string]int64{ref: time.Now().Unix()}}
 }
 
 const createdBy = "tabby-docker"
@@ -89,7 +98,7 @@ func EnsurePool(ctx context.Context, kv store.KV, p model.Pool, ref string) (own
 				}
 			}
 			owned = true
-			return []store.Op{store.Put(pk, store.MustJSON(&p)), store.Put(ok, store.MustJSON(&Owner{CreatedBy: createdBy, Refs: []string{ref}}))}, nil
+			return []store.Op{store.Put(pk, store.MustJSON(&p)), store.Put(ok, store.MustJSON(newOwner(ref)))}, nil
 		}
 		if cur.Disabled {
 			return nil, fmt.Errorf("tabby pool %s is disabled; enable it with 'tabbyctl pool add %s' or choose another subnet", p.CIDR, p.CIDR)
@@ -108,6 +117,10 @@ func (own Owner) addRef(hasOwner bool, key, ref string) ([]store.Op, error) {
 		return nil, store.ErrAbort
 	}
 	own.Refs = append(own.Refs, ref)
+	if own.Since == nil {
+		own.Since = map[string]int64{}
+	}
+	own.Since[ref] = time.Now().Unix()
 	return []store.Op{store.Put(key, store.MustJSON(&own))}, nil
 }
 
@@ -125,6 +138,11 @@ func ReleasePool(ctx context.Context, kv store.KV, cidr string, match func(strin
 			return nil, orAbort(err)
 		}
 		own.Refs = slices.DeleteFunc(own.Refs, match)
+		for r := range own.Since {
+			if !slices.Contains(own.Refs, r) {
+				delete(own.Since, r)
+			}
+		}
 		if len(own.Refs) > 0 {
 			return []store.Op{store.Put(ok, store.MustJSON(&own))}, nil
 		}
@@ -182,7 +200,7 @@ func EnsureProfile(ctx context.Context, kv store.KV, name, ref string) (owned bo
 		if raw == nil {
 			owned = true
 			p := model.DefaultProfile(name)
-			return []store.Op{store.Put(pk, store.MustJSON(&p)), store.Put(ok, store.MustJSON(&Owner{CreatedBy: createdBy, Refs: []string{ref}}))}, nil
+			return []store.Op{store.Put(pk, store.MustJSON(&p)), store.Put(ok, store.MustJSON(newOwner(ref)))}, nil
 		}
 		owned = hasOwner
 		return own.addRef(hasOwner, ok, ref)
