@@ -7,6 +7,7 @@ import (
 
 	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/selector"
 	"github.com/tabby-net/tabby/pkg/store"
 )
 
@@ -68,6 +69,12 @@ func (c *call) podRecord(ctx context.Context) (*model.K8sPod, error) {
 				if model.ValidName(p) != nil {
 					return nil, cnierr.New(cnierr.BadArgs, "pod %s/%s: profile %q of its record is not a valid name", pod.Namespace, pod.Name, p)
 				}
+			}
+			// The API server validates labels as selector.ValidLabels does;
+			// the record passed through etcd, so check again where the
+			// labels enter the endpoint.
+			if err := selector.ValidLabels(pod.Labels); err != nil {
+				return nil, cnierr.New(cnierr.BadArgs, "pod %s/%s: its record's labels: %v", pod.Namespace, pod.Name, err)
 			}
 			return &pod, nil
 		case found:

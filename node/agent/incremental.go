@@ -256,7 +256,7 @@ func (a *Agent) patchPolicy() bool {
 			if !ok {
 				return false
 			}
-			tagNext[k] = incTag{set4: policy.SetName(t, iptables.V4), set6: policy.SetName(t, iptables.V6), nets: m.Nets}
+			tagNext[k] = incTag{set4: policy.SetName(t, iptables.V4), set6: policy.SetName(t, iptables.V6), nets: policy.ValidNets(m.Nets)}
 		}
 		if len(tchanged) > 0 {
 			a.cache.Each(prefix, func(k string, r int64) {

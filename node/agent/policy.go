@@ -244,8 +244,9 @@ func (a *Agent) syncPolicy(v *view, p pass) error {
 	for _, t := range tags {
 		recs, revs := watch.DecodeRev[model.TagMember](a.cache, model.TagMembersPrefix(t), nil)
 		for k, m := range recs {
-			tagMembers[t] = append(tagMembers[t], m.Nets...)
-			tagRecs[k] = tagRecord{tag: t, nets: m.Nets, rev: revs[k]}
+			nets := policy.ValidNets(m.Nets) // a forged entry costs only itself
+			tagMembers[t] = append(tagMembers[t], nets...)
+			tagRecs[k] = tagRecord{tag: t, nets: nets, rev: revs[k]}
 		}
 		sort.Strings(tagMembers[t])
 	}

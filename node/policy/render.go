@@ -288,7 +288,7 @@ func Render(in Input) Output {
 	out.Filter6 = renderFamily(in, gs, usedNames, iptables.V6, pc)
 	for _, tag := range out.Tags {
 		var m4, m6 []string
-		for _, c := range in.Tags[tag] {
+		for _, c := range ValidNets(in.Tags[tag]) {
 			if strings.Contains(c, ":") {
 				m6 = append(m6, c)
 			} else {
@@ -477,4 +477,19 @@ func match(r model.Rule, fam iptables.Family) (string, bool) {
 		parts = append(parts, "-m "+r.Protocol+" --dport "+r.DstPorts)
 	}
 	return strings.Join(parts, " "), true
+}
+
+// ValidNets keeps the entries that are CIDRs. Tag and member index entries
+// are written by every host (etcd cannot narrow them to their writer), so a
+// forged entry must cost nothing but itself: anything else would reach
+// ipset's input, where iptables.Sets refuses it and with it the whole
+// pass, for every workload of the host.
+func ValidNets(nets []string) []string {
+	out := nets[:0:0]
+	for _, n := range nets {
+		if _, _, err := net.ParseCIDR(n); err == nil && !strings.ContainsAny(n, " \t\r\n") {
+			out = append(out, n)
+		}
+	}
+	return out
 }

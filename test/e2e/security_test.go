@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/tabby-net/tabby/pkg/etcdtest"
 	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/tabby-net/tabby/test/lab"
 )
@@ -352,5 +354,97 @@ func checkPrivate(t *testing.T, dir string) {
 	}
 	if files == 0 {
 		t.Errorf("state dir %s holds no file: nothing was checked", dir)
+	}
+}
+
+// Text that tries to reach iptables-restore or ipset input through a
+// workload's labels (its arguments, or a forged pod record) is refused at
+// the CNI boundary with code 7 and leaves nothing; forged index entries in
+// etcd (which every host may write) with such text never reach the
+// kernel's rules or sets, and tabby-node goes on programming the rest.
+func TestSecurityInjectionRefused(t *testing.T) {
+	e := newEnv(t, lab.Options{Hosts: 1})
+	h := e.l.Hosts[0]
+	e.pool("10.0.0.0/16")
+	e.ctl(h, "profile", "add", "P")
+	e.StartNodes()
+	ctx := context.Background()
+	const inj = "x\n-A INPUT -j ACCEPT"
+	conf := e.conf(h, "", `,"profiles":["P"],"k8s_pod_record_required":true`, "")
+
+	_, ns := e.l.AddContainer(h, "evil")
+	for _, args := range []string{
+		"TABBY_WORKLOAD=evil;TABBY_LABELS=app=" + strings.ReplaceAll(inj, "\n", "%0A"),
+		"TABBY_WORKLOAD=evil;TABBY_LABELS=app=web -A INPUT -j ACCEPT",
+		"TABBY_WORKLOAD=evil;TABBY_LABELS=app='web'",
+		"TABBY_WORKLOAD=evil;TABBY_LABELS=app=$(reboot)",
+	} {
+		if o := e.plugin(h, "ADD", "ctr-evil", ns, "eth0", args, conf); o.ErrCode != 7 || !strings.Contains(o.ErrMsg, "label") {
+			t.Fatalf("ADD with %q: exit %d %s", args, o.ExitCode, o.Stdout)
+		}
+	}
+	// A pod record whose labels the API server would never have passed.
+	rec := model.K8sPod{Namespace: "x", Name: "a", UID: "u1", Labels: map[string]string{"app": inj}}
+	if err := store.PutJSON(ctx, e.kv, model.K8sPodKey("x", "a"), rec); err != nil {
+		t.Fatal(err)
+	}
+	k8s := "K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_UID=u1;K8S_POD_INFRA_CONTAINER_ID=ctr-evil"
+	if o := e.plugin(h, "ADD", "ctr-evil", ns, "eth0", k8s, conf); o.ErrCode != 7 || !strings.Contains(o.ErrMsg, "label") {
+		t.Fatalf("ADD with a forged pod record: exit %d %s", o.ExitCode, o.Stdout)
+	}
+	e.assertClean(h)
+
+	// Two honest workloads of profile P get their rules and reach each other.
+	_, a := e.l.AddContainer(h, "a")
+	_, b := e.l.AddContainer(h, "b")
+	ok := e.conf(h, "", `,"profiles":["P"]`, "")
+	addrOf(t, e.plugin(h, "ADD", "ctr-a", a, "eth0", "TABBY_WORKLOAD=a", ok))
+	ipB := addrOf(t, e.plugin(h, "ADD", "ctr-b", b, "eth0", "TABBY_WORKLOAD=b", ok))
+	eventually(t, 10*time.Second, func() error { return e.l.Ping(filepath.Base(a), ipB) })
+
+	// Forged index entries, written while they run (the daemon's event
+	// path): a member of tag P and of namespace _ whose addresses carry
+	// text of their own.
+	forged := model.TagMember{Endpoint: "forged", Nets: []string{"10.0.0.99/32\nflush", "10.0.0.98/32 timeout 1", "10.0.0.97/32"}}
+	if err := store.PutJSON(ctx, e.kv, model.TagMemberKey("P", "hostx", "cni", "forged", "eth0"), forged); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.PutJSON(ctx, e.kv, model.MemberKey("", "hostx", "cni", "forged", "eth0"),
+		model.Member{Endpoint: "forged", Nets: forged.Nets, Labels: map[string]string{"app": inj}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() error {
+		sets, err := e.l.Exec(h.NS, "ipset", "save")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(sets, "10.0.0.97") {
+			return fmt.Errorf("the forged entry's valid address is not in tag P's set yet:\n%s", sets)
+		}
+		return nil
+	})
+	// tabby-node still programs new workloads (a full pass, not only events).
+	_, c := e.l.AddContainer(h, "c")
+	ipC := addrOf(t, e.plugin(h, "ADD", "ctr-c", c, "eth0", "TABBY_WORKLOAD=c", ok))
+	eventually(t, 10*time.Second, func() error { return e.l.Ping(filepath.Base(a), ipC) })
+	eventually(t, 10*time.Second, func() error {
+		st, err := e.status(h)
+		if err != nil {
+			return err
+		}
+		if len(st.Errors) != 0 {
+			return fmt.Errorf("tabby-node's errors after forged entries: %v", st.Errors)
+		}
+		return nil
+	})
+	sets := e.l.MustExec(h.NS, "ipset", "save")
+	rules := e.l.MustExec(h.NS, "iptables-save")
+	for _, bad := range []string{"flush", "timeout", "10.0.0.99", "10.0.0.98"} {
+		if strings.Contains(sets, bad) {
+			t.Errorf("ipset save holds %q:\n%s", bad, sets)
+		}
+	}
+	if strings.Contains(rules, "-A INPUT -j ACCEPT") {
+		t.Errorf("iptables-save holds the injected rule:\n%s", rules)
 	}
 }
