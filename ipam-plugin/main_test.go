@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -143,17 +141,9 @@ func TestKilledADDsLeakNothingUnnamed(t *testing.T) {
 	completed := map[string]bool{}
 	for i := 0; i < 50; i++ {
 		cid := fmt.Sprintf("k%d", i)
-		cmd := exec.Command(f.bin)
-		cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=" + cid, "CNI_NETNS=" + f.ns, "CNI_IFNAME=eth0", "CNI_PATH=/usr/lib/cni"}
-		stdin, _ := cmd.StdinPipe()
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		stdin.Write(f.conf("h1", ""))
-		stdin.Close()
-		time.Sleep(time.Duration(rand.IntN(6000)) * time.Microsecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		if err := cmd.Wait(); err == nil {
+		o := testutil.Run(f.bin, testutil.Call{Command: "ADD", ContainerID: cid, Netns: f.ns, Conf: f.conf("h1", ""),
+			KillAfter: time.Duration(1+rand.IntN(6000)) * time.Microsecond})
+		if o.ExitCode == 0 {
 			completed[cid] = true
 		}
 	}
