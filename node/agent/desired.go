@@ -67,6 +67,11 @@ func (v *view) peers() []bgp.Peer {
 		case v.bgp.Mesh:
 		case !useReflectors:
 			continue
+		case p.ASN != asOf(v.self, v.bgp):
+			// Reflection is iBGP: across ASes the next hop would change
+			// and nothing would be reflected. Such hosts need explicit
+			// peers.
+			continue
 		case h.IsReflector():
 			p.Kind = "reflector"
 		case v.self.IsReflector():

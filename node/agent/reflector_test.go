@@ -89,6 +89,23 @@ func TestPeersReflectors(t *testing.T) {
 		t.Errorf("duplicate session to a reflector: %s", got)
 	}
 
+	// A host in an AS of its own gets no reflector sessions, either way.
+	v = rrView("h2", false)
+	odd := v.nodes["h4"]
+	odd.ASNumber = 65099
+	v.nodes["h4"] = odd
+	if got := render(v.peers()); strings.Contains(got, "198.19.0.4 ") {
+		t.Errorf("client with another AS: %s", got)
+	}
+	v.me, v.self = "r1", v.nodes["r1"]
+	if got := render(v.peers()); strings.Contains(got, "198.19.0.4 ") {
+		t.Errorf("reflector peers a host of another AS: %s", got)
+	}
+	v.me, v.self = "h4", v.nodes["h4"]
+	if got := render(v.peers()); got != sortJoin(strings.Join(explicit, "; ")) {
+		t.Errorf("host of another AS: %s", got)
+	}
+
 	// A hand-written cluster ID GoBGP would refuse: the reflector still
 	// serves its clients (with its router ID as the cluster ID).
 	v = rrView("r1", false)
