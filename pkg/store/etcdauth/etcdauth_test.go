@@ -159,6 +159,34 @@ func TestHostRoleInEtcd(t *testing.T) {
 	}
 }
 
+// tabby-docker's role is its host's plus pools, profiles and its own
+// bookkeeping: a Docker network create makes a pool and a profile.
+func TestDockerRoleInEtcd(t *testing.T) {
+	a := startAuthEtcd(t)
+	d, _ := etcdauth.Docker("h1")
+	if err := etcdauth.Apply(context.Background(), a.root, d); err != nil {
+		t.Fatal(err)
+	}
+	kv := a.lean(t, "docker-h1", etcdauth.DockerPrefix+"h1")
+	for key, want := range map[string]bool{
+		model.PoolKey("10.1.0.0/16"):                   true,
+		model.ProfileKey("docker-net"):                 true,
+		model.Prefix + "docker/network/h1/abc":         true,
+		model.EndpointKey("h1", "docker", "c", "eth0"): true,
+		model.EndpointKey("h2", "docker", "c", "eth0"): false,
+		model.PolicyKey("", "p"):                       false,
+		model.NodeKey("h2"):                            false,
+	} {
+		err := put(kv, key)
+		if (err == nil) != want || (!want && !etcdauth.IsPermissionDenied(err)) {
+			t.Errorf("tabby-docker-h1 writes %s: %v, want allowed=%v", key, err, want)
+		}
+		if d.Writable(key) != want {
+			t.Errorf("Role.Writable(%s) = %v, etcd says %v", key, !want, want)
+		}
+	}
+}
+
 func TestCheckHost(t *testing.T) {
 	for _, h := range []string{"", "a/b", "h1/", ".h", "h\n", "h 1", "-h"} {
 		if _, err := etcdauth.Host(h); err == nil {
