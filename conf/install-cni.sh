@@ -29,6 +29,12 @@
 #                       volume); each one given is copied to
 #                       $CNI_NET_DIR/tabby-tls/ and the conflist names the host's
 #                       copy. Empty: no TLS (the placeholder becomes "").
+#   ETCD_TLS_HOST_DIR, HOST_ETCD_TLS_HOST_DIR
+#                       a host directory of this node's own etcd certificate,
+#                       as mounted here [/etc/tabby/etcd-tls-host] and as the
+#                       host sees it [/etc/tabby/pki]; a TLS file in it is not
+#                       copied: the conflist names the host's file, so the
+#                       plugins follow a rotation there without a new copy
 #   EXTRA_BIN_DIR       where the image keeps reference plugins [/opt/tabby/cni]
 #   EXTRA_PLUGINS       reference plugins the conflist chains, installed only
 #                       when the host has none of that name [portmap]
@@ -50,6 +56,8 @@ ETCD_ENDPOINTS=${ETCD_ENDPOINTS:-}
 ETCD_CA_CERT_FILE=${ETCD_CA_CERT_FILE:-}
 ETCD_CERT_FILE=${ETCD_CERT_FILE:-}
 ETCD_KEY_FILE=${ETCD_KEY_FILE:-}
+ETCD_TLS_HOST_DIR=${ETCD_TLS_HOST_DIR:-/etc/tabby/etcd-tls-host}
+HOST_ETCD_TLS_HOST_DIR=${HOST_ETCD_TLS_HOST_DIR:-/etc/tabby/pki}
 EXTRA_BIN_DIR=${EXTRA_BIN_DIR:-/opt/tabby/cni}
 EXTRA_PLUGINS=${EXTRA_PLUGINS-portmap}
 
@@ -136,6 +144,13 @@ tls_file() {
 	[ -n "$2" ] || return 0
 	json_safe "$1" "$2"
 	[ -s "$2" ] || die "$1=$2 is missing or empty (fill in the tabby-etcd Secret, or set $1 to \"\" for no TLS)"
+	case $2 in
+	"$ETCD_TLS_HOST_DIR"/*)
+		json_safe HOST_ETCD_TLS_HOST_DIR "$HOST_ETCD_TLS_HOST_DIR"
+		printf '%s/%s' "$HOST_ETCD_TLS_HOST_DIR" "${2#"$ETCD_TLS_HOST_DIR"/}"
+		return 0
+		;;
+	esac
 	mkdir -p "$CNI_NET_DIR/$TLS_SUBDIR"
 	chmod 0700 "$CNI_NET_DIR/$TLS_SUBDIR"
 	install_file "$2" "$CNI_NET_DIR/$TLS_SUBDIR" "$3" "$4"
