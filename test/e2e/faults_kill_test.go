@@ -101,6 +101,7 @@ type killLab struct {
 	prev     [][]byte // each container's last ADD result
 	peer     string   // tabby: a container in P that pings the live ones
 	peerIP   string
+	outsider string // tabby: a container in profile O, which P never admits
 }
 
 func newKillLab(t *testing.T, ipamOnly bool) *killLab {
@@ -117,6 +118,8 @@ func newKillLab(t *testing.T, ipamOnly bool) *killLab {
 		k.peer, _ = e.container(k.h, "peer", "TABBY_PROFILES=P")
 		k.peerIP = e.endpoint(k.h, "cni", "peer").IPv4Nets[0]
 		k.peerIP = strings.TrimSuffix(k.peerIP, "/32")
+		e.ctl(k.h, "profile", "add", "O")
+		k.outsider, _ = e.container(k.h, "outsider", "TABBY_PROFILES=O")
 	}
 	k.ns = make([]string, k.n+k.w)
 	k.prev = make([][]byte, k.n+k.w)
@@ -146,7 +149,8 @@ func (k *killLab) conf(gc bool, valid []int, prev []byte) []byte {
 	if gc {
 		att := []map[string]string{}
 		if k.peer != "" {
-			att = append(att, map[string]string{"containerID": "peer", "ifname": "eth0"})
+			att = append(att, map[string]string{"containerID": "peer", "ifname": "eth0"},
+				map[string]string{"containerID": "outsider", "ifname": "eth0"})
 		}
 		for _, i := range valid {
 			att = append(att, map[string]string{"containerID": k.cid(i), "ifname": "eth0"})
@@ -274,7 +278,7 @@ func (k *killLab) recover(del, live []int) {
 // index, handles, unique addresses that their handle owns, ipam check),
 // on the host (tby veths, /32 routes, iptables rules and ipset members,
 // once tabby-node has caught up) and, for the live ones, their profile's
-// rules in force: the peer in P reaches each.
+// rules in force: the peer in P reaches each, the outsider in O does not.
 func (k *killLab) assertLive(what string, live []int) {
 	k.t.Helper()
 	if err := lab.Eventually(15*time.Second, func() error { return k.checkLive(live) }); err != nil {
@@ -290,7 +294,7 @@ func (k *killLab) checkLive(live []int) error {
 		want[k.cid(i)] = true
 	}
 	if k.peer != "" {
-		want["peer"] = true
+		want["peer"], want["outsider"] = true, true
 	}
 	// Handles: exactly the live ones, each address once, owned by it.
 	handles, err := store.ListJSON[model.Handle](ctx, k.kv, model.HandlePrefix)
@@ -354,10 +358,11 @@ func (k *killLab) checkLive(live []int) error {
 	if len(eps) != len(want) {
 		return fmt.Errorf("%d endpoint records, want %d", len(eps), len(want))
 	}
-	for _, p := range []string{model.TagMembersPrefix("P"), model.MemberPrefix} {
-		if n := len(k.keys(p)); n != len(want) {
-			return fmt.Errorf("%d index entries under %s, want %d", n, p, len(want))
-		}
+	if n := len(k.keys(model.TagMembersPrefix("P"))); n != len(want)-1 { // all but the outsider
+		return fmt.Errorf("%d members of tag P, want %d", n, len(want)-1)
+	}
+	if n := len(k.keys(model.MemberPrefix)); n != len(want) {
+		return fmt.Errorf("%d member index entries, want %d", n, len(want))
 	}
 	// The host: veths and routes.
 	links, err := k.l.Exec(k.h.NS, "ip", "-o", "link", "show")
@@ -426,14 +431,26 @@ func (k *killLab) checkLive(live []int) error {
 	if !slices.Equal(members, liveIPs) {
 		return fmt.Errorf("tag set members %v, live addresses %v", members, liveIPs)
 	}
-	// In force: the peer reaches every live workload.
+	// In force: the peer reaches every live workload, the outsider none
+	// (three of them tried).
 	var mu sync.Mutex
 	var bad []string
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
+	tried := 0
 	for _, ip := range liveIPs {
-		if ip == k.peerIP {
+		if ip == k.peerIP || ip == k.outsiderIP(ctx) {
 			continue
+		}
+		if tried < 3 {
+			tried++
+			wg.Go(func() {
+				if err := k.l.Ping(k.outsider, ip); err == nil {
+					mu.Lock()
+					bad = append(bad, ip+" (answers the outsider)")
+					mu.Unlock()
+				}
+			})
 		}
 		wg.Add(1)
 		sem <- struct{}{}
@@ -448,12 +465,21 @@ func (k *killLab) checkLive(live []int) error {
 	}
 	wg.Wait()
 	if len(bad) > 0 {
-		return fmt.Errorf("live workloads the peer in their profile does not reach: %v", bad)
+		return fmt.Errorf("live workloads whose profile is not in force (the peer in it does not reach them, or the outsider does): %v", bad)
 	}
 	return nil
 }
 
-// ok lists the indexes whose outcome succeeded, and the others.
+// outsiderIP is the outsider's address.
+func (k *killLab) outsiderIP(ctx context.Context) string {
+	var ep model.Endpoint
+	if _, err := store.GetJSON(ctx, k.kv, model.EndpointKey(k.h.Name, "cni", "outsider", "eth0"), &ep); err != nil || len(ep.IPv4Nets) == 0 {
+		return ""
+	}
+	return strings.TrimSuffix(ep.IPv4Nets[0], "/32")
+}
+
+// split lists the indexes whose outcome succeeded, and the others.
 func split(idx []int, outs map[int]testutil.Outcome) (ok, failed []int) {
 	for _, i := range idx {
 		if outs[i].ExitCode == 0 {
