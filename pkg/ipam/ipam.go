@@ -107,10 +107,23 @@ func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op, cach
 		ops = append(ops, store.Get(k))
 	}
 	ops = append(ops, extra...)
+	// The schema record rides along (no extra round trip): a store that
+	// only newer binaries may write is refused before anything is written.
+	ops = append(ops, store.Get(model.SchemaKey))
 	res, err := a.KV.Txn(ctx, nil, ops)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if sch := res.Gets[len(res.Gets)-1]; len(sch) > 0 {
+		var s model.Schema
+		if err := store.DecodeRecord(sch[0].Key, sch[0].Value, &s); err != nil {
+			return nil, nil, nil, err
+		}
+		if err := s.Check(); err != nil {
+			return nil, nil, nil, cnierr.New(cnierr.DatastoreFormat, "%v", err)
+		}
+	}
+	res.Gets = res.Gets[:len(res.Gets)-1]
 	m := &meta{}
 	if len(res.Gets[0]) > 0 {
 		m.handle = &model.Handle{}

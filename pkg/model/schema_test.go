@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/pkg/cnierr"
 	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 )
@@ -79,6 +81,19 @@ func TestEnsureSchema(t *testing.T) {
 	}
 	if r2, _ := kv.Get(ctx, model.SchemaKey); string(r2.Value) != `{"version":3,"minReader":2}` {
 		t.Fatalf("a refused binary changed the schema record: %s", r2.Value)
+	}
+	// The plugins' IPAM reads the record with its first read (no extra
+	// round trip) and refuses with code 120 before writing anything.
+	if _, err := ipam.AddPool(ctx, kv, model.Pool{CIDR: "10.0.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	im := &ipam.IPAM{KV: kv, Host: "h1"}
+	_, _, err = im.Assign(ctx, ipam.Request{Network: "n", ContainerID: "c", IPv4: true})
+	if cnierr.CodeOf(err) != cnierr.DatastoreFormat || !strings.Contains(err.Error(), "upgrade") {
+		t.Fatalf("IPAM on a store needing schema 2: code %d, %v", cnierr.CodeOf(err), err)
+	}
+	if _, err := kv.Get(ctx, model.HandleKey("n", "c")); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a refused assignment wrote its handle: %v", err)
 	}
 
 	// Garbage is a format error naming the key, not a silent overwrite.

@@ -303,6 +303,13 @@ func TestUpgradeFixtureV1(t *testing.T) {
 	if k := e.keys(model.ProfileKey("after")); len(k) != 0 {
 		t.Fatal("a refused tabbyctl wrote its profile")
 	}
+	_, s2 := e.l.AddContainer(h1, "s2")
+	if o := e.plugin(h1, "ADD", "ctr-s2", s2, "eth0", "TABBY_WORKLOAD=s2", web(h1)); o.ErrCode != 120 || !strings.Contains(o.ErrMsg, "upgrade") {
+		t.Fatalf("CNI ADD on a schema-2 store: exit %d, code %d %q", o.ExitCode, o.ErrCode, o.ErrMsg)
+	}
+	if k := e.keys(model.HandleKey("tabby-net", "ctr-s2")); len(k) != 0 {
+		t.Fatal("a refused ADD wrote its handle")
+	}
 	if out := e.ctl(h1, "profile", "show"); !strings.Contains(out, "web") {
 		t.Fatalf("profile show on a schema-2 store:\n%s", out)
 	}
