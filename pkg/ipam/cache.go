@@ -22,6 +22,12 @@ type hostCache struct {
 	Host   string           `json:"host"`
 	Pools  []store.KeyValue `json:"pools"`
 	Blocks []store.KeyValue `json:"blocks"`
+	// Schema is the datastore's schema record when the reading path last
+	// checked it (nil: absent). The cached path compares it, so an ADD
+	// decided from the cache cannot write into a store that an upgrade has
+	// since made one only newer binaries may write: the compare fails and
+	// the reading path checks the record.
+	Schema *store.KeyValue `json:"schema,omitempty"`
 }
 
 const cacheFile = "ipam-cache.json"
@@ -78,8 +84,8 @@ func (c *hostCache) blockKeys() []string {
 
 // meta rebuilds what readMeta would have read, from the cache.
 func (c *hostCache) meta(host string) (*meta, store.Seed, error) {
-	m := &meta{poolKVs: c.Pools}
-	seed := store.Seed{}
+	m := &meta{poolKVs: c.Pools, schema: c.Schema}
+	seed := store.Seed{model.SchemaKey: c.Schema}
 	for _, kv := range c.Pools {
 		var p model.Pool
 		if err := store.DecodeRecord(kv.Key, kv.Value, &p); err != nil {

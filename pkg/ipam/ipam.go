@@ -89,7 +89,8 @@ type meta struct {
 	handle     *model.Handle
 	pools      []model.Pool
 	poolKVs    []store.KeyValue
-	affineKeys []string // block keys of this host's blocks
+	affineKeys []string        // block keys of this host's blocks
+	schema     *store.KeyValue // the schema record as read (nil: absent)
 }
 
 // readMeta reads, in one round trip, the handle, the pools, this host's
@@ -114,7 +115,9 @@ func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op, cach
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	m := &meta{}
 	if sch := res.Gets[len(res.Gets)-1]; len(sch) > 0 {
+		m.schema = &sch[0]
 		var s model.Schema
 		if err := store.DecodeRecord(sch[0].Key, sch[0].Value, &s); err != nil {
 			return nil, nil, nil, err
@@ -124,7 +127,6 @@ func (a *IPAM) readMeta(ctx context.Context, hkey string, extra []store.Op, cach
 		}
 	}
 	res.Gets = res.Gets[:len(res.Gets)-1]
-	m := &meta{}
 	if len(res.Gets[0]) > 0 {
 		m.handle = &model.Handle{}
 		if err := store.DecodeRecord(res.Gets[0][0].Key, res.Gets[0][0].Value, m.handle); err != nil {
@@ -307,7 +309,7 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 		if err != nil {
 			return nil, err
 		}
-		a.updateCache(&hostCache{}, m.poolKVs, d.read, d.written, rev)
+		a.updateCache(&hostCache{Schema: m.schema}, m.poolKVs, d.read, d.written, rev)
 		a.saveNote(hkey, d.ops, rev)
 		return &Assignment{Handle: d.handle, Assigned: d.out, Extras: refreshExtras(extra, extras, d.read), Created: true}, nil
 	}

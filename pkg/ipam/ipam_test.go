@@ -491,3 +491,35 @@ func TestReleaseOneRoundTrip(t *testing.T) {
 		t.Fatalf("notes left: %d, want 1 (three's)", len(entries))
 	}
 }
+
+// An upgrade that makes the store one only newer binaries may write is
+// seen by the next ADD even when this host's cache would have let it
+// commit without reading: the cache's schema record is compared.
+func TestCachedPathSeesSchemaUpgrade(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	put := func(s model.Schema) {
+		t.Helper()
+		if _, err := kv.Txn(ctx, nil, []store.Op{store.Put(model.SchemaKey, store.MustJSON(s))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(model.CurrentSchema())
+	ckv := &countingKV{KV: kv}
+	a := &IPAM{KV: ckv, Host: "h1", LockDir: t.TempDir()}
+	if _, _, err := a.Assign(ctx, req("warm")); err != nil {
+		t.Fatal(err)
+	}
+	ckv.n = 0
+	if _, _, err := a.Assign(ctx, req("cached")); err != nil || ckv.n != 1 {
+		t.Fatalf("cached ADD: %d round trips (%v), want 1", ckv.n, err)
+	}
+	put(model.Schema{Version: model.SchemaVersion + 1, MinReader: model.SchemaVersion + 1})
+	if _, _, err := a.Assign(ctx, req("after-upgrade")); cnierr.CodeOf(err) != cnierr.DatastoreFormat {
+		t.Fatalf("ADD after the store's upgrade: %v, want code %d", err, cnierr.DatastoreFormat)
+	}
+	if h, _ := kv.Get(ctx, model.HandleKey("net", "after-upgrade")); h != nil {
+		t.Fatalf("refused ADD wrote its handle")
+	}
+}
