@@ -168,7 +168,9 @@ func Docker(host string) (Role, error) {
 	h.Perms = append(h.Perms,
 		Prefix(model.PoolPrefix, true),
 		Prefix(model.ProfilePrefix, true),
-		Prefix(model.Prefix+"docker/", true))
+		Prefix(model.Prefix+"docker/network/"+host+"/", true), // its Docker networks
+		Prefix(model.Prefix+"docker/pool/", true),             // shared: who made which pool
+		Prefix(model.Prefix+"docker/profile/", true))
 	return h, nil
 }
 

@@ -172,6 +172,8 @@ func TestDockerRoleInEtcd(t *testing.T) {
 		model.PoolKey("10.1.0.0/16"):                   true,
 		model.ProfileKey("docker-net"):                 true,
 		model.Prefix + "docker/network/h1/abc":         true,
+		model.Prefix + "docker/network/h2/abc":         false,
+		model.Prefix + "docker/pool/10.1.0.0-16":       true,
 		model.EndpointKey("h1", "docker", "c", "eth0"): true,
 		model.EndpointKey("h2", "docker", "c", "eth0"): false,
 		model.PolicyKey("", "p"):                       false,
