@@ -28,8 +28,8 @@ type view struct {
 // peers is the desired BGP peer set: tabby hosts by the peering rule, plus
 // global and per-host peers.
 //
-// The rule: with the full mesh on, every host peers with every other (a
-// host's route reflector cluster ID changes nothing). With the mesh off
+// The rule: with the full mesh on, every host peers with every other, and
+// a reflector already treats the others as its clients. With the mesh off
 // and at least one reflector registered, every ordinary host peers with
 // every reflector and nothing else, and reflectors peer with each other as
 // a mesh and treat the ordinary hosts as route reflector clients: one
@@ -63,24 +63,36 @@ func (v *view) peers() []bgp.Peer {
 		// two sides dialling each other keep colliding.
 		p := bgp.Peer{Address: addrOf(h.IPv4), ASN: asOf(h, v.bgp), Port: int32(h.BGPPort), Kind: "mesh",
 			Passive: bgp.MeshPassive(addrOf(v.self.IPv4), addrOf(h.IPv4))}
+		sameAS := p.ASN == asOf(v.self, v.bgp)
+		reflectTo := v.self.IsReflector() && !h.IsReflector() && sameAS
+		// Reflectors give each other only their own blocks: each has every
+		// client's routes from the client itself, and copies passed between
+		// GoBGP reflectors outlive their withdrawal (bgp.Peer.OwnRoutesOnly).
+		p.OwnRoutesOnly = v.self.IsReflector() && h.IsReflector() && sameAS
+		if reflectTo {
+			p.ReflectorClient = true
+			// A cluster ID written by hand that GoBGP would refuse must not
+			// stop every session: the router ID stands in for it.
+			if model.ValidClusterID(v.self.RouteReflectorClusterID) == nil {
+				p.ClusterID = v.self.RouteReflectorClusterID
+			}
+		}
 		switch {
 		case v.bgp.Mesh:
-		case !useReflectors:
-			continue
-		case p.ASN != asOf(v.self, v.bgp):
+			// A reflector reflects inside the mesh too (the clients then
+			// hold each route directly and through it, same next hop), so
+			// that turning the mesh off later only removes sessions whose
+			// routes every host already has another way: no route leaves
+			// a kernel on the switch.
+		case !useReflectors || !sameAS:
 			// Reflection is iBGP: across ASes the next hop would change
 			// and nothing would be reflected. Such hosts need explicit
 			// peers.
 			continue
 		case h.IsReflector():
 			p.Kind = "reflector"
-		case v.self.IsReflector():
-			p.Kind, p.ReflectorClient = "rr-client", true
-			// A cluster ID written by hand that GoBGP would refuse must not
-			// stop every session: the router ID stands in for it.
-			if model.ValidClusterID(v.self.RouteReflectorClusterID) == nil {
-				p.ClusterID = v.self.RouteReflectorClusterID
-			}
+		case reflectTo:
+			p.Kind = "rr-client"
 		default:
 			continue // two clients: the reflectors carry their routes
 		}

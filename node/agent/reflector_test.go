@@ -35,6 +35,9 @@ func render(ps []bgp.Peer) string {
 		if p.ReflectorClient {
 			s += " client " + p.ClusterID
 		}
+		if p.OwnRoutesOnly {
+			s += " own-only"
+		}
 		if p.Port != 0 {
 			s += fmt.Sprintf(" port %d", p.Port)
 		}
@@ -54,17 +57,18 @@ func TestPeersReflectors(t *testing.T) {
 		mesh     bool
 		want     []string
 	}{
-		// The mesh on: reflectors are ordinary mesh peers.
+		// The mesh on: every pair, and a reflector already reflects to
+		// the ordinary hosts (so turning the mesh off drops no route).
 		{"mesh on, client", "h1", true, []string{"198.19.0.11 mesh", "198.19.0.12 mesh port 1179", "198.19.0.2 mesh",
 			"198.19.0.3 mesh", "198.19.0.4 mesh"}},
-		{"mesh on, reflector", "r1", true, []string{"198.19.0.1 mesh passive", "198.19.0.12 mesh port 1179",
-			"198.19.0.2 mesh passive", "198.19.0.3 mesh passive", "198.19.0.4 mesh passive"}},
+		{"mesh on, reflector", "r1", true, []string{"198.19.0.1 mesh client 244.0.0.1 passive", "198.19.0.12 mesh own-only port 1179",
+			"198.19.0.2 mesh client 244.0.0.1 passive", "198.19.0.3 mesh client 244.0.0.1 passive", "198.19.0.4 mesh client 244.0.0.1 passive"}},
 		// The mesh off: a client has exactly one session per reflector.
 		{"mesh off, client", "h3", false, []string{"198.19.0.11 reflector", "198.19.0.12 reflector port 1179"}},
 		// A reflector: the other reflector as a non-client, every other
 		// host as a client with its cluster ID.
 		{"mesh off, reflector", "r2", false, []string{"198.19.0.1 rr-client client 244.0.0.2 passive",
-			"198.19.0.11 reflector passive", "198.19.0.2 rr-client client 244.0.0.2 passive",
+			"198.19.0.11 reflector own-only passive", "198.19.0.2 rr-client client 244.0.0.2 passive",
 			"198.19.0.3 rr-client client 244.0.0.2 passive", "198.19.0.4 rr-client client 244.0.0.2 passive"}},
 	} {
 		got := render(rrView(c.me, c.mesh).peers())

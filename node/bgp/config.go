@@ -185,6 +185,10 @@ type Peer struct {
 	// ReflectorClient session; "" means the router ID. GoBGP keeps it per
 	// neighbour.
 	ClusterID string
+	// OwnRoutesOnly sends the peer only this speaker's own prefixes, none
+	// learned over iBGP: for a fellow route reflector, which learns the
+	// clients' routes from them directly (see ownonly.go for why).
+	OwnRoutesOnly bool
 }
 
 // Route is a best route learned from a peer.

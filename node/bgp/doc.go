@@ -31,6 +31,14 @@
 // Config.InitialSyncTimeout) so that a restarting daemon does not
 // reconcile the kernel against a half-learned table.
 //
+// # Route reflectors
+//
+// Peer.ReflectorClient makes this speaker a route reflector for that peer
+// (RFC 4456, with Peer.ClusterID); next hops stay the originator's.
+// Peer.OwnRoutesOnly sends a peer only our own prefixes: reflectors use it
+// between each other, since GoBGP's reflection between reflectors keeps
+// withdrawn routes alive (see ownonly.go).
+//
 // # Graceful restart
 //
 // Every peer gets graceful restart (RFC 4724) for IPv4 and IPv6 unicast

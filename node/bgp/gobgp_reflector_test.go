@@ -3,6 +3,7 @@ package bgp
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,4 +117,77 @@ func TestSetPeersRejectsBadClusterID(t *testing.T) {
 	if err := n.SetPeers([]Peer{{Address: "127.0.0.25", ReflectorClient: true, ClusterID: "244.0.0.1"}}); err != nil {
 		t.Errorf("a valid client: %v", err)
 	}
+}
+
+// TestGoBGPReflectorsWithdraw: two (and three) reflectors sharing a
+// cluster ID, each client peering with all of them, the reflectors with
+// each other as the node daemon peers them. A withdrawn block must leave
+// every RIB. With the reflectors as plain non-client peers of each other,
+// GoBGP v3.37.0 keeps it forever: it strips ORIGINATOR_ID and CLUSTER_LIST
+// towards non-clients, so each reflector's best path becomes the other's
+// copy (lower router ID), and it sends no withdrawal for an iBGP path it
+// may not send on. Reflectors that send each other only their own routes
+// (every client gives each reflector its routes directly) have no such
+// copies.
+func TestGoBGPReflectorsWithdraw(t *testing.T) {
+	for _, nr := range []int{2, 3} {
+		t.Run(fmt.Sprintf("%d reflectors", nr), func(t *testing.T) {
+			const cluster = "244.0.0.9"
+			var rs []node
+			for i := range nr {
+				rs = append(rs, newNode(t, fmt.Sprintf("127.0.0.%d", 31+i)))
+			}
+			a, b := newNode(t, "127.0.0.41"), newNode(t, "127.0.0.42")
+			for _, c := range []node{a, b} {
+				var ps []Peer
+				for _, r := range rs {
+					ps = append(ps, rrPeer(c, r, "reflector", false, ""))
+				}
+				mustSetPeers(t, c, ps...)
+			}
+			for _, r := range rs {
+				ps := []Peer{rrPeer(r, a, "rr-client", true, cluster), rrPeer(r, b, "rr-client", true, cluster)}
+				for _, o := range rs {
+					if o.addr != r.addr {
+						ps = append(ps, interReflector(r, o))
+					}
+				}
+				mustSetPeers(t, r, ps...)
+			}
+			r1 := rs[0]
+			mustAdvertise(t, a, "10.41.0.0/26", "10.41.0.64/26")
+			mustAdvertise(t, r1, "10.31.0.0/26")
+			all := "10.31.0.0/26 via 127.0.0.31; 10.41.0.0/26 via 127.0.0.41; 10.41.0.64/26 via 127.0.0.41; "
+			for _, n := range append(rs[1:], b) {
+				waitNextHops(t, n, 15*time.Second, all)
+			}
+			mustAdvertise(t, a, "10.41.0.64/26")
+			mustAdvertise(t, r1)
+			for _, n := range append(rs, b) {
+				waitNextHops(t, n, 10*time.Second, "10.41.0.64/26 via 127.0.0.41; ")
+			}
+		})
+	}
+}
+
+// waitNextHops waits until n's latest set is exp as "prefix via nexthop; "
+// (whichever peer it came from).
+func waitNextHops(t *testing.T, n node, within time.Duration, exp string) {
+	t.Helper()
+	eventually(t, within, n.addr+" routes", func() (bool, string) {
+		set, _ := n.rec.latest()
+		var b strings.Builder
+		for _, r := range set {
+			fmt.Fprintf(&b, "%s via %s; ", r.Prefix, r.NextHop)
+		}
+		return b.String() == exp, describe(set)
+	})
+}
+
+// interReflector is local's peer remote, both reflectors, as the node
+// daemon sets it: a non-client that gets only local's own routes.
+func interReflector(local, remote node) Peer {
+	p := rrPeer(local, remote, "reflector", false, "")
+	p.OwnRoutesOnly = true
+	return p
 }

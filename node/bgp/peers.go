@@ -80,6 +80,10 @@ func (s *Speaker) setPeers(want map[string]Peer) error {
 		}
 		delete(st.peers, addr)
 	}
+	// Before the new peers, so their first UPDATEs already follow it.
+	if err := s.setOwnOnly(want); err != nil {
+		errs = append(errs, err)
+	}
 	for addr, w := range want {
 		if _, ok := st.peers[addr]; ok {
 			continue
@@ -98,7 +102,7 @@ func (s *Speaker) setPeers(want map[string]Peer) error {
 // sameSession: a change in any of these needs a new session.
 func sameSession(a, b Peer) bool {
 	return a.ASN == b.ASN && a.Port == b.Port && a.Passive == b.Passive &&
-		a.ReflectorClient == b.ReflectorClient && a.ClusterID == b.ClusterID
+		a.ReflectorClient == b.ReflectorClient && a.ClusterID == b.ClusterID && a.OwnRoutesOnly == b.OwnRoutesOnly
 }
 
 func (s *Speaker) addPeer(p Peer) error {

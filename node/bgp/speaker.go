@@ -44,10 +44,11 @@ type state struct {
 	peers   map[string]Peer   // desired and configured in GoBGP
 	adverts map[string]advert // prefix string -> what we gave GoBGP
 
-	peersSet     bool    // SetPeers has been called at least once
-	deadlinePast bool    // InitialSyncTimeout has passed
-	ready        bool    // the first route set has been published
-	published    []Route // the last set sent on routes
+	peersSet     bool     // SetPeers has been called at least once
+	deadlinePast bool     // InitialSyncTimeout has passed
+	ready        bool     // the first route set has been published
+	published    []Route  // the last set sent on routes
+	ownOnly      []string // the OwnRoutesOnly neighbor set as GoBGP has it
 }
 
 // New starts an embedded GoBGP server and its BGP listener.
@@ -90,6 +91,12 @@ func New(cfg Config) (*Speaker, error) {
 	s.st = &state{
 		peers:   map[string]Peer{},
 		adverts: map[string]advert{},
+		ownOnly: []string{ownOnlyPlaceholder},
+	}
+	if err := s.installOwnOnly(); err != nil {
+		s.cancelWatch()
+		srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+		return nil, err
 	}
 	go s.run()
 	return s, nil
