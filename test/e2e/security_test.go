@@ -203,7 +203,13 @@ func TestSecurityEtcdTLSAuth(t *testing.T) {
 	ipB := addrOf(t, s.plugin(h2, "ADD", "ctr-b", pathB, "eth0", "TABBY_WORKLOAD=b", conf2))
 	eventually(t, 10*time.Second, func() error { return s.l.Ping(nsA, ipB) })
 
-	// Host 1's certificate may not write what is not host 1's.
+	// Host 1's certificate reads everything tabbyctl shows...
+	for _, args := range [][]string{{"container", "show"}, {"pool", "show"}, {"profile", "show"}, {"node", "show"}, {"ipam", "check"}} {
+		if out, err := s.ctlAs(h1, c1, args...); err != nil {
+			t.Fatalf("host1's certificate: tabbyctl %v: %v\n%s", args, err, out)
+		}
+	}
+	// ...but may not write what is not host 1's.
 	for _, args := range [][]string{
 		{"pool", "add", "10.9.0.0/16"},
 		{"pool", "add", "10.0.0.0/16", "--disabled"}, // rewrite the pool in use
