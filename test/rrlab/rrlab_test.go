@@ -80,6 +80,11 @@ type Result struct {
 	// the protocol's own delay, before 99 daemons queue for the CPUs.
 	FirstHostP50Ms float64 `json:"firstHostP50Ms"`
 	FirstHostP99Ms float64 `json:"firstHostP99Ms"`
+	// WithdrawMs: a released block until its route has left every other
+	// host's kernel, per withdrawal.
+	WithdrawMs    []float64 `json:"withdrawMs"`
+	WithdrawP50Ms float64   `json:"withdrawP50Ms"`
+	WithdrawMaxMs float64   `json:"withdrawMaxMs"`
 	// Reflector and client daemons' resident memory (MB) and CPU seconds
 	// consumed from start to the end of the trials.
 	ReflectorRSSMB     []float64 `json:"reflectorRSSMB"`
@@ -175,8 +180,10 @@ func TestRouteReflectorLab(t *testing.T) {
 	// every other host's kernel (route events, read as they happen).
 	const trials = 25
 	var perHost, firstMs []float64
+	owners := map[int]*lab.Host{}
 	for i := range trials {
 		owner := hosts[rand.IntN(n)]
+		owners[i] = owner
 		block := fmt.Sprintf("10.1.%d.0/26", i)
 		ip := net.ParseIP(fmt.Sprintf("10.1.%d.10", i))
 		t0 := time.Now()
@@ -207,6 +214,33 @@ func TestRouteReflectorLab(t *testing.T) {
 	res.P50Ms, res.P99Ms, res.MaxMs = pct(res.TrialsMs, 50), pct(res.TrialsMs, 99), pct(res.TrialsMs, 100)
 	res.PerHostP50Ms, res.PerHostP99Ms = pct(perHost, 50), pct(perHost, 99)
 	res.FirstHostP50Ms, res.FirstHostP99Ms = pct(firstMs, 50), pct(firstMs, 99)
+
+	// Withdrawals: a trial block released (its one address, as a CNI DEL
+	// would); the time until its route has left every other host's kernel.
+	const withdrawals = 10
+	for i := range withdrawals {
+		block, owner := fmt.Sprintf("10.1.%d.0/26", i), owners[i]
+		t0 := time.Now()
+		im := &ipam.IPAM{KV: e.KV, Host: owner.Name}
+		if err := im.Release(ctx, "rrlab", fmt.Sprintf("trial-%d", i)); err != nil {
+			t.Fatalf("release trial %d on %s: %v", i, owner.Name, err)
+		}
+		var worst time.Duration
+		for _, h := range hosts {
+			if h == owner {
+				continue
+			}
+			at, err := watches[h].waitGone(block, t0, 30*time.Second)
+			if err != nil {
+				t.Fatalf("withdrawal %d (block %s of %s) on %s: %v", i, block, owner.Name, h.Name, err)
+			}
+			worst = max(worst, at.Sub(t0))
+		}
+		res.WithdrawMs = append(res.WithdrawMs, ms(worst))
+		t.Logf("withdrawal %d: %s of %s gone from every other host's kernel after %v", i, block, owner.Name, worst.Round(time.Millisecond))
+		time.Sleep(500 * time.Millisecond)
+	}
+	res.WithdrawP50Ms, res.WithdrawMaxMs = pct(res.WithdrawMs, 50), pct(res.WithdrawMs, 100)
 
 	var clientRSS, clientCPU []float64
 	for _, h := range hosts {
@@ -499,6 +533,7 @@ func remoteRoutes(t *testing.T, h *lab.Host) int {
 type routeWatch struct {
 	mu    sync.Mutex
 	seen  map[string]time.Time
+	gone  map[string]time.Time // when a route was last deleted
 	added chan struct{}
 }
 
@@ -509,7 +544,7 @@ func watchRoutes(t *testing.T, hosts []*lab.Host) map[*lab.Host]*routeWatch {
 	t.Cleanup(func() { close(stop) })
 	for _, h := range hosts {
 		ns := nsHandle(t, h)
-		w := &routeWatch{seen: map[string]time.Time{}, added: make(chan struct{}, 1)}
+		w := &routeWatch{seen: map[string]time.Time{}, gone: map[string]time.Time{}, added: make(chan struct{}, 1)}
 		ch := make(chan netlink.RouteUpdate, 1024)
 		err := netlink.RouteSubscribeWithOptions(ch, stop, netlink.RouteSubscribeOptions{Namespace: &ns,
 			ErrorCallback: func(err error) {
@@ -524,13 +559,16 @@ func watchRoutes(t *testing.T, hosts []*lab.Host) map[*lab.Host]*routeWatch {
 		}
 		go func() {
 			for u := range ch {
-				if u.Type != unix.RTM_NEWROUTE || u.Dst == nil || u.Protocol != protoTabby {
+				if u.Dst == nil || u.Protocol != protoTabby || u.Type != unix.RTM_NEWROUTE && u.Type != unix.RTM_DELROUTE {
 					continue
 				}
 				now := time.Now()
 				w.mu.Lock()
-				if _, ok := w.seen[u.Dst.String()]; !ok {
+				if _, ok := w.seen[u.Dst.String()]; !ok && u.Type == unix.RTM_NEWROUTE {
 					w.seen[u.Dst.String()] = now
+				}
+				if u.Type == unix.RTM_DELROUTE {
+					w.gone[u.Dst.String()] = now
 				}
 				w.mu.Unlock()
 				select {
@@ -546,10 +584,20 @@ func watchRoutes(t *testing.T, hosts []*lab.Host) map[*lab.Host]*routeWatch {
 
 // wait returns when dst's route appeared.
 func (w *routeWatch) wait(dst string, d time.Duration) (time.Time, error) {
+	return w.waitFor(w.seen, dst, time.Time{}, d)
+}
+
+// waitGone returns when dst's route was deleted after since.
+func (w *routeWatch) waitGone(dst string, since time.Time, d time.Duration) (time.Time, error) {
+	return w.waitFor(w.gone, dst, since, d)
+}
+
+func (w *routeWatch) waitFor(m map[string]time.Time, dst string, since time.Time, d time.Duration) (time.Time, error) {
 	deadline := time.After(d)
 	for {
 		w.mu.Lock()
-		at, ok := w.seen[dst]
+		at, ok := m[dst]
+		ok = ok && !at.Before(since)
 		w.mu.Unlock()
 		if ok {
 			return at, nil
@@ -557,7 +605,7 @@ func (w *routeWatch) wait(dst string, d time.Duration) (time.Time, error) {
 		select {
 		case <-w.added:
 		case <-deadline:
-			return time.Time{}, fmt.Errorf("no route to %s within %v", dst, d)
+			return time.Time{}, fmt.Errorf("no route event for %s within %v", dst, d)
 		}
 	}
 }
@@ -672,6 +720,8 @@ func markdown(r *Result) string {
 		"p50 %.0f ms, p99 %.0f ms, max %.0f ms", r.P50Ms, r.P99Ms, r.MaxMs)
 	row("same, per receiving host", "p50 %.0f ms, p99 %.0f ms", r.PerHostP50Ms, r.PerHostP99Ms)
 	row("same, the first host to have it", "p50 %.0f ms, p99 %.0f ms", r.FirstHostP50Ms, r.FirstHostP99Ms)
+	row(fmt.Sprintf("block released -> route gone from every other host's kernel, %d trials", len(r.WithdrawMs)),
+		"p50 %.0f ms, max %.0f ms", r.WithdrawP50Ms, r.WithdrawMaxMs)
 	row("reflector RSS", "%s MB", floats(r.ReflectorRSSMB, "%.0f"))
 	row("reflector CPU, start to end of trials", "%s s", floats(r.ReflectorCPUSec, "%.1f"))
 	row("client RSS / CPU (median)", "%.0f MB / %.1f s", r.ClientRSSMBMedian, r.ClientCPUSecMedian)
