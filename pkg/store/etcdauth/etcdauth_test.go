@@ -137,6 +137,18 @@ func TestHostRoleInEtcd(t *testing.T) {
 			t.Errorf("Role.Writable(%s) = %v, etcd says %v", c.key, !c.want, c.want)
 		}
 	}
+	// A host added later, with auth already on ('auth setup --host h3
+	// --enable' again, as root): its role works, and nothing fails.
+	h3, _ := etcdauth.Host("h3")
+	if err := etcdauth.Apply(context.Background(), a.root, h3); err != nil {
+		t.Fatalf("apply with auth on: %v", err)
+	}
+	if err := etcdauth.Enable(context.Background(), a.root); err != nil {
+		t.Fatalf("enable again: %v", err)
+	}
+	if err := put(a.lean(t, "h3", etcdauth.HostUserPrefix+"h3"), model.NodeKey("h3")); err != nil {
+		t.Errorf("h3 added later writes its node record: %v", err)
+	}
 	// Reading is allowed everywhere under the prefix (pools, profiles...).
 	if _, _, err := h1.List(context.Background(), model.PoolPrefix, false); err != nil {
 		t.Errorf("h1 lists pools: %v", err)
