@@ -85,9 +85,8 @@ func (v *view) peers() []bgp.Peer {
 			// routes every host already has another way: no route leaves
 			// a kernel on the switch.
 		case !useReflectors || !sameAS:
-			// Reflection is iBGP: across ASes the next hop would change
-			// and nothing would be reflected. Such hosts need explicit
-			// peers.
+			// No reflectors in use; or another AS, where reflection (iBGP
+			// only) would not keep next hops: explicit peers are the way.
 			continue
 		case h.IsReflector():
 			p.Kind = "reflector"
