@@ -189,6 +189,15 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 			_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 		}
 		hosts.Close()
+		// etcd drops a closed stream's watchers in its own time: the next
+		// mode's rows must not carry them.
+		deadline := time.Now().Add(2 * time.Minute)
+		for time.Now().Before(deadline) {
+			if m := metricsOf(ctx, sp.Etcd); m["etcd_debugging_mvcc_watcher_total"] < 100 {
+				break
+			}
+			time.Sleep(time.Second)
+		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
