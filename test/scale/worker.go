@@ -241,17 +241,17 @@ func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, erro
 	res.Baseline = ch.Run(ctx, others)
 
 	during := func(f func(context.Context) error) (time.Duration, sim.ChurnResult, error) {
-		cctx, stop := context.WithCancel(ctx)
+		stop := make(chan struct{})
 		done := make(chan sim.ChurnResult)
 		go func() {
 			c := others
-			c.Duration = time.Hour
-			done <- ch.Run(cctx, c)
+			c.Duration, c.Stop = time.Hour, stop
+			done <- ch.Run(ctx, c)
 		}()
 		t0 := time.Now()
 		err := f(ctx)
 		took := time.Since(t0)
-		stop()
+		close(stop)
 		return took, <-done, err
 	}
 	progress("ipam: check on the full datastore")

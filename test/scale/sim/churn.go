@@ -25,6 +25,9 @@ type ChurnConfig struct {
 	// (every host follows the host list); 0 turns either off.
 	ProfileEvery, HostEvery int
 	Seed                    uint64
+	// Stop, when closed, ends the run early (between writes, so that
+	// every write's outcome is known).
+	Stop <-chan struct{}
 }
 
 // ChurnResult is what a churn run did. A write is one transaction: an
@@ -92,7 +95,15 @@ func (c *Churner) Run(ctx context.Context, cfg ChurnConfig) ChurnResult {
 			rng := rand.New(rand.NewPCG(cfg.Seed, uint64(w)))
 			o := &outs[w]
 			next := time.Now().Add(time.Duration(rng.Int64N(int64(max(interval, time.Millisecond)))))
-			for n := 1; rctx.Err() == nil; n++ {
+			stopped := func() bool {
+				select {
+				case <-cfg.Stop:
+					return true
+				default:
+					return rctx.Err() != nil
+				}
+			}
+			for n := 1; !stopped(); n++ {
 				if interval > 0 {
 					if d := time.Until(next); d > 0 {
 						select {
@@ -103,19 +114,24 @@ func (c *Churner) Run(ctx context.Context, cfg ChurnConfig) ChurnResult {
 					}
 					next = next.Add(interval)
 				}
+				// The write runs under the caller's context, not the run's
+				// deadline: a write cut off by the deadline may still commit,
+				// and then the churner would not know what etcd holds.
+				octx, ocancel := context.WithTimeout(ctx, time.Minute)
 				t0 := time.Now()
 				var keys int
 				var err error
 				switch {
 				case cfg.ProfileEvery > 0 && n%cfg.ProfileEvery == 0:
-					keys, err = c.editProfile(rctx, rng)
+					keys, err = c.editProfile(octx, rng)
 				case cfg.HostEvery > 0 && n%cfg.HostEvery == 0:
-					keys, err = c.flipHost(rctx, w, cfg.Workers, rng)
+					keys, err = c.flipHost(octx, w, cfg.Workers, rng)
 				default:
-					keys, err = c.flipEndpoint(rctx, w, cfg.Workers, rng)
+					keys, err = c.flipEndpoint(octx, w, cfg.Workers, rng)
 				}
-				if rctx.Err() != nil && err != nil {
-					return // cut off by the end of the run: not etcd's error
+				ocancel()
+				if ctx.Err() != nil {
+					return
 				}
 				if err != nil {
 					o.errs++
