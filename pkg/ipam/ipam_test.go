@@ -523,3 +523,52 @@ func TestCachedPathSeesSchemaUpgrade(t *testing.T) {
 		t.Fatalf("refused ADD wrote its handle")
 	}
 }
+
+// listCountingKV counts List calls: what must work without reading all block keys.
+type listCountingKV struct {
+	store.KV
+	lists int
+}
+
+func (c *listCountingKV) List(ctx context.Context, prefix string, keysOnly bool) ([]store.KeyValue, int64, error) {
+	c.lists++
+	return c.KV.List(ctx, prefix, keysOnly)
+}
+
+// Claiming a block in a pool where many are claimed reads candidate keys,
+// not the pool's block list; a pool whose probes keep finding claimed
+// blocks is still filled to its last block, through the list.
+func TestClaimProbesInsteadOfListing(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/19", BlockSize: 26}) // 128 blocks
+	nk := &listCountingKV{KV: kv}
+	for i := range 8 {
+		a := &IPAM{KV: nk, Host: fmt.Sprintf("h%d", i), LockDir: t.TempDir()}
+		if _, _, err := a.Assign(ctx, req(fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if nk.lists != 0 {
+		t.Fatalf("8 claims in a mostly empty pool listed block keys %d times", nk.lists)
+	}
+	// Claim every remaining block: the last claims must find the few free
+	// blocks left, whatever their probes hit.
+	seen := map[string]bool{}
+	for i := 8; i < 128; i++ {
+		a := &IPAM{KV: nk, Host: fmt.Sprintf("h%d", i)}
+		_, out, err := a.Assign(ctx, req(fmt.Sprintf("c%d", i)))
+		if err != nil {
+			t.Fatalf("claim %d of 128: %v", i+1, err)
+		}
+		if b := out[0].Block.String(); seen[b] {
+			t.Fatalf("block %s claimed twice", b)
+		} else {
+			seen[b] = true
+		}
+	}
+	if nk.lists == 0 {
+		t.Fatalf("128 claims never needed the list: the crowded path is untested")
+	}
+	t.Logf("128 blocks claimed; the pool's keys were listed %d times (the last, crowded claims)", nk.lists)
+}

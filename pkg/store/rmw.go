@@ -82,6 +82,16 @@ func (r *ReadSet) Fetch(keys ...string) error {
 	return nil
 }
 
+// Learn records what the caller read of key outside the ReadSet (nil:
+// absent), as if it had been read here: the commit compares it like any
+// read, so a value that has changed since only fails the attempt. A key
+// already read keeps its first value.
+func (r *ReadSet) Learn(key string, kv *KeyValue) {
+	if _, ok := r.vals[key]; !ok {
+		r.vals[key] = kv
+	}
+}
+
 // Raw returns the key's value (nil when absent), reading it if needed.
 func (r *ReadSet) Raw(key string) (*KeyValue, error) {
 	if err := r.Fetch(key); err != nil {
