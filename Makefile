@@ -46,7 +46,7 @@ tools:
 
 test: deps build tools tidy-check
 	$(GO) vet ./...
-	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -p 1 -count=1 -timeout 20m $$($(GO) list ./... | grep -v -e /test/runtime$$ -e /test/k8s)
+	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) TABBY_REQUIRE_TOOLS=1 $(GO) test -p 1 -count=1 -timeout 40m $$($(GO) list ./... | grep -v -e /test/runtime$$ -e /test/k8s)
 	@echo "--- fuzzing, 5 s a target"
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	@echo "--- containerd CRI and Docker (test/runtime, run times per phase)"
@@ -166,3 +166,5 @@ bench-rr: build
 .PHONY: bench-scale
 bench-scale: deps build
 	TABBY_BIN=$(BIN) TABBY_BIN_DIR=$(BIN) $(GO) run ./test/scale -out bench/out/scale
+	@echo "--- the route reflector lab (100 real hosts, make bench-rr)"
+	$(MAKE) --no-print-directory bench-rr
