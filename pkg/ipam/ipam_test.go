@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -571,4 +572,70 @@ func TestClaimProbesInsteadOfListing(t *testing.T) {
 		t.Fatalf("128 claims never needed the list: the crowded path is untested")
 	}
 	t.Logf("128 blocks claimed; the pool's keys were listed %d times (the last, crowded claims)", nk.lists)
+}
+
+// prefixListKV records the prefixes listed.
+type prefixListKV struct {
+	store.KV
+	listed []string
+}
+
+func (c *prefixListKV) List(ctx context.Context, prefix string, keysOnly bool) ([]store.KeyValue, int64, error) {
+	c.listed = append(c.listed, prefix)
+	return c.KV.List(ctx, prefix, keysOnly)
+}
+
+// A host's GC releases its own stale handles, in its blocks and borrowed
+// from another host's, never another host's, and never lists the
+// network's handles.
+func TestGCReadsOnlyThisHost(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	pl := &prefixListKV{KV: kv}
+	h1 := &IPAM{KV: pl, Host: "h1", LockDir: t.TempDir()}
+	h2 := &IPAM{KV: kv, Host: "h2", LockDir: t.TempDir()}
+	_, theirs, err := h2.Assign(ctx, req("h2-live"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h2.Assign(ctx, req("h2-other")); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"keep", "stale"} {
+		if _, _, err := h1.Assign(ctx, req(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	borrow := req("borrowed")
+	borrow.Static = []net.IP{nthIP(theirs[0].Block, 10)}
+	if _, _, err := h1.Assign(ctx, borrow); err != nil {
+		t.Fatal(err)
+	}
+	pl.listed = nil
+	rel, err := h1.GC(ctx, "net", []Attachment{{ContainerID: "keep", IfName: "eth0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rel) != "[net.borrowed net.stale]" {
+		t.Fatalf("h1's GC released %v, want [net.borrowed net.stale]", rel)
+	}
+	for _, p := range pl.listed {
+		if strings.HasPrefix(p, model.HandlePrefix) || strings.HasPrefix(p, model.BlockPrefix) {
+			t.Fatalf("GC listed %s", p)
+		}
+	}
+	for id, want := range map[string]bool{"keep": true, "stale": false, "borrowed": false, "h2-live": true, "h2-other": true} {
+		h, _ := kv.Get(ctx, model.HandleKey("net", id))
+		if (h != nil) != want {
+			t.Errorf("handle %s present %v after h1's GC, want %v", id, h != nil, want)
+		}
+	}
+	rep, err := Check(ctx, kv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Allocations != 3 {
+		t.Fatalf("allocations after GC: %d, want 3 (keep, h2-live, h2-other)", rep.Allocations)
+	}
 }

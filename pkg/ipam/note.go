@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,4 +115,42 @@ func (a *IPAM) dropNote(hkey string) {
 	if a.LockDir != "" {
 		_ = os.Remove(a.notePath(hkey))
 	}
+}
+
+// notedHandles lists the handle keys of this host's attachment notes.
+func (a *IPAM) notedHandles() []string {
+	if a.LockDir == "" {
+		return nil
+	}
+	notes, _ := readNotes(a.LockDir)
+	out := make([]string, 0, len(notes))
+	for _, n := range notes {
+		out = append(out, n.Handle)
+	}
+	return out
+}
+
+// readNotes reads the attachment notes in stateDir, leaving out those a
+// crash tore (their ADD never returned) and those a DEL removed meanwhile.
+func readNotes(stateDir string) ([]attachmentNote, error) {
+	files, err := filepath.Glob(filepath.Join(stateDir, notesDir, "*.json"))
+	if err != nil {
+		return nil, fmt.Errorf("attachment notes in %s: %w", stateDir, err)
+	}
+	var out []attachmentNote
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("attachment note: %w", err)
+		}
+		var n attachmentNote
+		if json.Unmarshal(b, &n) != nil || n.Handle == "" {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

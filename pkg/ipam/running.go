@@ -15,8 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -67,23 +65,12 @@ type Running struct {
 // attachment whose endpoint names a veth that present says is gone is
 // not running (its container went without a DEL).
 func RunningAttachments(stateDir string, present func(ifname string) bool) ([]Running, error) {
-	files, err := filepath.Glob(filepath.Join(stateDir, notesDir, "*.json"))
+	notes, err := readNotes(stateDir)
 	if err != nil {
-		return nil, fmt.Errorf("attachment notes in %s: %w", stateDir, err)
+		return nil, err
 	}
 	var out []Running
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				continue // its DEL ran meanwhile
-			}
-			return nil, fmt.Errorf("attachment note: %w", err)
-		}
-		var n attachmentNote
-		if json.Unmarshal(b, &n) != nil {
-			continue // torn by a crash: the ADD never returned
-		}
+	for _, n := range notes {
 		var r Running
 		found := false
 		for _, kv := range n.Wrote {
