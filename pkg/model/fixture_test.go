@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -18,23 +17,11 @@ import (
 	"github.com/tabby-net/tabby/pkg/store"
 )
 
-// fixtureV1 is every record kind and key as the binaries of the commit in
-// testdata/fixture-v1/SOURCE wrote them in a lab (TestWriteFixtureV1 in
-// test/e2e). It is never regenerated: later code must keep reading it.
-type fixtureRecord struct {
-	Key   string          `json:"key"`
-	Value json.RawMessage `json:"value"`
-}
-
-func readFixtureV1(t *testing.T) []fixtureRecord {
+func readFixtureV1(t *testing.T) []model.FixtureRecord {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", "fixture-v1", "records.json"))
+	recs, err := model.ReadFixture(filepath.Join("testdata", "fixture-v1"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	var recs []fixtureRecord
-	if err := json.Unmarshal(b, &recs); err != nil {
-		t.Fatalf("fixture: %v", err)
 	}
 	return recs
 }

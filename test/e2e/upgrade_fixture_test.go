@@ -25,22 +25,11 @@ import (
 // pkg/model.
 var fixtureDir = filepath.Join(testutil.Root(), "pkg", "model", "testdata", "fixture-v1")
 
-// fixtureRecord is one key of the dump; Value is the stored bytes, which
-// are JSON.
-type fixtureRecord struct {
-	Key   string          `json:"key"`
-	Value json.RawMessage `json:"value"`
-}
-
-func readFixture(t *testing.T) []fixtureRecord {
+func readFixture(t *testing.T) []model.FixtureRecord {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(fixtureDir, "records.json"))
+	recs, err := model.ReadFixture(fixtureDir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var recs []fixtureRecord
-	if err := json.Unmarshal(b, &recs); err != nil {
-		t.Fatalf("fixture: %v", err)
 	}
 	return recs
 }
@@ -58,7 +47,7 @@ func fixtureCommit(t *testing.T) string {
 
 // loadRecords writes recs into etcd as they are (a handful of
 // transactions: etcd takes at most 128 operations in one).
-func loadRecords(t *testing.T, kv store.KV, recs []fixtureRecord) {
+func loadRecords(t *testing.T, kv store.KV, recs []model.FixtureRecord) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
