@@ -92,8 +92,9 @@ func ipamCommands() []*command {
 	return []*command{
 		{path: []string{"ipam", "show"}, usage: "ipam show [--ip IP]", help: "blocks and their use, or who holds one address",
 			flags: []flagSpec{{name: "ip", value: true}}, run: withKV(ipamShow)},
-		{path: []string{"ipam", "check"}, usage: "ipam check [--state-dir DIR [--host NAME] [--grace D]]", help: "find leaked and orphaned addresses; with --state-dir also what runs on this host and etcd does not know, or knows and nothing runs (exit 1 when any)",
-			flags: hostFlags, run: withKV(ipamCheck)},
+		{path: []string{"ipam", "check"}, usage: "ipam check [--rate N] [--state-dir DIR [--host NAME] [--grace D]]", help: "find leaked and orphaned addresses; with --state-dir also what runs on this host and etcd does not know, or knows and nothing runs (exit 1 when any)",
+			flags: append([]flagSpec{{name: "rate", value: true, help: fmt.Sprintf("keys read per second, so that the check does not slow others' requests (default %d; 0: as fast as etcd answers)", ipam.DefaultCheckRate)}}, hostFlags...),
+			run:   withKV(ipamCheck)},
 		ipamRepairCommand(),
 		{path: []string{"ipam", "release"}, usage: "ipam release --ip IP", help: "free one address whatever holds it",
 			flags: []flagSpec{{name: "ip", value: true}}, run: withKV(func(cx context.Context, kv store.KV, c *ctx) error {
@@ -159,7 +160,11 @@ func ipamShow(cx context.Context, kv store.KV, c *ctx) error {
 }
 
 func ipamCheck(cx context.Context, kv store.KV, c *ctx) error {
-	rep, err := ipam.Check(cx, kv)
+	rate, err := strconv.ParseFloat(c.flag("rate", strconv.Itoa(ipam.DefaultCheckRate)), 64)
+	if err != nil || rate < 0 {
+		return usagef("--rate %q: want keys per second, 0 for no limit", c.flag("rate", ""))
+	}
+	rep, err := ipam.CheckPaced(cx, kv, ipam.CheckOptions{Rate: rate})
 	if err != nil {
 		return err
 	}

@@ -345,6 +345,14 @@ func (c *countingKV) List(ctx context.Context, prefix string, keysOnly bool) ([]
 	return c.KV.List(ctx, prefix, keysOnly)
 }
 
+func (c *countingKV) ListPage(ctx context.Context, prefix string, opt store.PageOptions) (*store.Page, error) {
+	c.n++
+	if opt.From == "" {
+		c.listed = append(c.listed, prefix)
+	}
+	return c.KV.ListPage(ctx, prefix, opt)
+}
+
 // With a warm host cache an allocation is one round trip; a stale cache
 // (another host took an address in our block) costs a retry, never a
 // duplicate; release keeps the cache warm.

@@ -171,6 +171,34 @@ func (g *GRPCKV) List(ctx context.Context, prefix string, keysOnly bool) ([]KeyV
 	return rr.kvs, rr.revision, nil
 }
 
+// ListPage implements KV.
+func (g *GRPCKV) ListPage(ctx context.Context, prefix string, opt PageOptions) (*Page, error) {
+	start, end, limit, err := PageRange(prefix, opt)
+	if err != nil {
+		return nil, err
+	}
+	req := pbRange(start, end, opt.KeysOnly)
+	req = pbVarint(req, 3, uint64(limit))
+	req = pbVarint(req, 4, uint64(opt.Rev))
+	out, err := g.call(ctx, "Range", req)
+	if err != nil {
+		return nil, err
+	}
+	rr, err := decodeRange(out)
+	if err != nil {
+		return nil, err
+	}
+	p := &Page{KVs: rr.kvs, Rev: rr.revision}
+	// etcd's header carries its latest revision, not the one asked for.
+	if opt.Rev != 0 {
+		p.Rev = opt.Rev
+	}
+	if rr.more && len(rr.kvs) > 0 {
+		p.Next = NextAfter(rr.kvs[len(rr.kvs)-1].Key)
+	}
+	return p, nil
+}
+
 // Txn implements KV.
 func (g *GRPCKV) Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, error) {
 	var req []byte
@@ -261,7 +289,8 @@ func pbBytesAlways(b []byte, field int, v []byte) []byte {
 	return append(b, v...)
 }
 
-// pbRange is a RangeRequest: key 1, range_end 2, keys_only 8.
+// pbRange is a RangeRequest: key 1, range_end 2, keys_only 8 (limit 3 and
+// revision 4 are appended by ListPage).
 func pbRange(key string, end []byte, keysOnly bool) []byte {
 	m := pbBytes(nil, 1, []byte(key))
 	m = pbBytes(m, 2, end)
@@ -353,12 +382,13 @@ func decodeKV(b []byte) (KeyValue, error) {
 type rangeResp struct {
 	revision int64
 	kvs      []KeyValue
+	more     bool
 }
 
-// decodeRange reads a RangeResponse: header 1, kvs 2.
+// decodeRange reads a RangeResponse: header 1, kvs 2, more 3.
 func decodeRange(b []byte) (*rangeResp, error) {
 	r := &rangeResp{}
-	err := pbFields(b, func(field, _ int, _ uint64, data []byte) error {
+	err := pbFields(b, func(field, _ int, v uint64, data []byte) error {
 		switch field {
 		case 1:
 			rev, err := headerRevision(data)
@@ -368,6 +398,8 @@ func decodeRange(b []byte) (*rangeResp, error) {
 			kv, err := decodeKV(data)
 			r.kvs = append(r.kvs, kv)
 			return err
+		case 3:
+			r.more = v != 0
 		}
 		return nil
 	})

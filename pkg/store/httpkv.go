@@ -85,12 +85,15 @@ type gwHeader struct {
 type gwRangeReq struct {
 	Key      []byte `json:"key"`
 	RangeEnd []byte `json:"range_end,omitempty"`
+	Limit    int64  `json:"limit,omitempty"`
+	Revision int64  `json:"revision,omitempty"`
 	KeysOnly bool   `json:"keys_only,omitempty"`
 }
 
 type gwRangeResp struct {
 	Header gwHeader `json:"header"`
 	Kvs    []gwKV   `json:"kvs"`
+	More   bool     `json:"more"`
 }
 
 type gwCompare struct {
@@ -245,6 +248,28 @@ func (h *HTTPKV) List(ctx context.Context, prefix string, keysOnly bool) ([]KeyV
 		return nil, 0, err
 	}
 	return toKVs(resp.Kvs), int64(resp.Header.Revision), nil
+}
+
+// ListPage implements KV.
+func (h *HTTPKV) ListPage(ctx context.Context, prefix string, opt PageOptions) (*Page, error) {
+	start, end, limit, err := PageRange(prefix, opt)
+	if err != nil {
+		return nil, err
+	}
+	var resp gwRangeResp
+	req := gwRangeReq{Key: []byte(start), RangeEnd: end, Limit: limit, Revision: opt.Rev, KeysOnly: opt.KeysOnly}
+	if err := h.call(ctx, "/v3/kv/range", req, &resp); err != nil {
+		return nil, err
+	}
+	p := &Page{KVs: toKVs(resp.Kvs), Rev: int64(resp.Header.Revision)}
+	// etcd's header carries its latest revision, not the one asked for.
+	if opt.Rev != 0 {
+		p.Rev = opt.Rev
+	}
+	if resp.More && len(p.KVs) > 0 {
+		p.Next = NextAfter(p.KVs[len(p.KVs)-1].Key)
+	}
+	return p, nil
 }
 
 // Txn implements KV.

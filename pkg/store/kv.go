@@ -66,6 +66,57 @@ type TxnResult struct {
 	Gets      [][]KeyValue
 }
 
+// PageOptions says which page of a prefix ListPage reads.
+type PageOptions struct {
+	// From is the first key to read: "" for the prefix's first key, else a
+	// previous page's Next.
+	From string
+	// Limit is the most keys the page holds; 0 or less is DefaultPageSize.
+	Limit int
+	// Rev reads at this store revision (a previous page's Rev, so that
+	// pages compose one snapshot); 0 reads the latest. etcd answers a
+	// compacted revision with an error.
+	Rev      int64
+	KeysOnly bool
+}
+
+// Page is one page of a prefix.
+type Page struct {
+	KVs []KeyValue
+	// Rev is the store revision the page was read at.
+	Rev int64
+	// Next is where the following page starts (PageOptions.From); "" when
+	// this page ended the prefix.
+	Next string
+}
+
+// DefaultPageSize is ListPage's page without a Limit: big enough that a
+// round trip is not the cost, small enough that one range does not hold
+// etcd's read transaction (and other clients' requests) for long.
+const DefaultPageSize = 500
+
+// PageRange is the range a page of prefix reads: its start key, its end
+// and its limit. From must lie inside the prefix: a continuation from
+// elsewhere would silently read another prefix's keys.
+func PageRange(prefix string, opt PageOptions) (start string, end []byte, limit int64, err error) {
+	start = prefix
+	if opt.From != "" {
+		if !strings.HasPrefix(opt.From, prefix) {
+			return "", nil, 0, fmt.Errorf("page of %s: continuation %q is outside the prefix", prefix, opt.From)
+		}
+		start = opt.From
+	}
+	limit = int64(opt.Limit)
+	if limit <= 0 {
+		limit = DefaultPageSize
+	}
+	return start, PrefixEnd(prefix), limit, nil
+}
+
+// NextAfter is the continuation key of a page whose last key is last and
+// after which etcd said there are more: the smallest key above last.
+func NextAfter(last string) string { return last + "\x00" }
+
 // KV is the datastore seam. Implementations apply a deadline to every call and
 // map transport failures to ErrUnavailable.
 type KV interface {
@@ -73,6 +124,10 @@ type KV interface {
 	Get(ctx context.Context, key string) (*KeyValue, error)
 	// List returns every key under prefix and the store revision it read at.
 	List(ctx context.Context, prefix string, keysOnly bool) ([]KeyValue, int64, error)
+	// ListPage returns one page of the keys under prefix, in key order, and
+	// where the next page starts: a caller can stream a prefix too large to
+	// hold (Walk), and pace its reads.
+	ListPage(ctx context.Context, prefix string, opt PageOptions) (*Page, error)
 	// Txn runs ops if every cmp holds; it returns Succeeded=false otherwise.
 	Txn(ctx context.Context, cmps []Cmp, ops []Op) (*TxnResult, error)
 	Close() error

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -28,17 +29,21 @@ import (
 
 // spec is one worker task.
 type spec struct {
-	Task      string        `json:"task"` // load, fanout, ipam
-	Etcd      string        `json:"etcd"`
-	Proxies   []string      `json:"proxies,omitempty"`
-	Cluster   load.Config   `json:"cluster"`
-	Steps     []int         `json:"steps,omitempty"`
-	Churn     time.Duration `json:"churn_ns,omitempty"`
-	Workers   int           `json:"workers,omitempty"`
-	Hold      bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
-	Rate      float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
-	Conns     int           `json:"conns,omitempty"`
-	FullReads int           `json:"full_reads,omitempty"` // fanout: hosts that read shared prefixes whole at join
+	Task    string        `json:"task"` // load, fanout, ipam
+	Etcd    string        `json:"etcd"`
+	Proxies []string      `json:"proxies,omitempty"`
+	Cluster load.Config   `json:"cluster"`
+	Steps   []int         `json:"steps,omitempty"`
+	Churn   time.Duration `json:"churn_ns,omitempty"`
+	Workers int           `json:"workers,omitempty"`
+	Hold    bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
+	Rate    float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
+	// CheckRate is ipam check's pace in keys/s: 0 is tabbyctl's default
+	// (ipam.DefaultCheckRate), below 0 unpaced.
+	CheckRate float64 `json:"check_rate,omitempty"`
+	CheckPage int     `json:"check_page,omitempty"` // ipam check's page (0: ipam.DefaultCheckPage)
+	Conns     int     `json:"conns,omitempty"`
+	FullReads int     `json:"full_reads,omitempty"` // fanout: hosts that read shared prefixes whole at join
 }
 
 func progress(format string, args ...any) {
@@ -207,6 +212,30 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 	return rows, nil
 }
 
+// sampleHeap samples the Go heap every 100 ms until the function it
+// returns is called, which returns the largest sample.
+func sampleHeap() func() uint64 {
+	stop := make(chan struct{})
+	done := make(chan uint64)
+	go func() {
+		var peak uint64
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			peak = max(peak, m.HeapInuse)
+			select {
+			case <-stop:
+				done <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() uint64 { close(stop); return <-done }
+}
+
 // IPAMResult is ipam check's and GC's cost on the full datastore and what
 // they did to others' writes.
 type IPAMResult struct {
@@ -214,13 +243,21 @@ type IPAMResult struct {
 	CheckSeconds float64         `json:"check_s"`
 	CheckReport  struct {
 		Blocks, Allocations, Handles, Endpoints, Problems int
+		Kinds                                             map[string]int
 	} `json:"check"`
-	DuringCheck sim.ChurnResult `json:"during_check"`
-	GCSeconds   float64         `json:"gc_s"`
-	GCReleased  int             `json:"gc_released"`
-	DuringGC    sim.ChurnResult `json:"during_gc"`
-	CheckError  string          `json:"check_error,omitempty"`
-	GCError     string          `json:"gc_error,omitempty"`
+	CheckRate float64 `json:"check_rate"` // keys/s; 0: unpaced
+	CheckPage int     `json:"check_page"`
+	// The checker's Go heap at its largest during the check (sampled every
+	// 100 ms) and what it allocated in all: the worker runs nothing else
+	// then but the others' writers.
+	CheckHeapPeak  uint64          `json:"check_heap_peak_bytes"`
+	CheckAllocated uint64          `json:"check_allocated_bytes"`
+	DuringCheck    sim.ChurnResult `json:"during_check"`
+	GCSeconds      float64         `json:"gc_s"`
+	GCReleased     int             `json:"gc_released"`
+	DuringGC       sim.ChurnResult `json:"during_gc"`
+	CheckError     string          `json:"check_error,omitempty"`
+	GCError        string          `json:"gc_error,omitempty"`
 }
 
 func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, error) {
@@ -254,23 +291,41 @@ func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, erro
 		close(stop)
 		return took, <-done, err
 	}
-	progress("ipam: check on the full datastore")
+	res.CheckRate = sp.CheckRate
+	if res.CheckRate == 0 {
+		res.CheckRate = ipam.DefaultCheckRate
+	}
+	res.CheckRate, res.CheckPage = max(res.CheckRate, 0), sp.CheckPage
+	progress("ipam: check on the full datastore at %.0f keys/s (0: unpaced)", res.CheckRate)
+	runtime.GC()
+	var m0 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	heapPeak := sampleHeap()
 	took, cr, err := during(func(ctx context.Context) error {
-		rep, err := ipam.Check(ctx, kv)
+		rep, err := ipam.CheckPaced(ctx, kv, ipam.CheckOptions{Rate: res.CheckRate, PageSize: sp.CheckPage})
 		if rep != nil {
 			res.CheckReport.Blocks, res.CheckReport.Allocations, res.CheckReport.Handles = rep.Blocks, rep.Allocations, rep.Handles
 			res.CheckReport.Endpoints, res.CheckReport.Problems = rep.Endpoints, len(rep.Problems)
+			res.CheckReport.Kinds = map[string]int{}
+			for _, p := range rep.Problems {
+				res.CheckReport.Kinds[p.Kind]++
+			}
 		}
 		return err
 	})
+	var m1 runtime.MemStats
+	runtime.ReadMemStats(&m1)
+	res.CheckHeapPeak, res.CheckAllocated = heapPeak(), m1.TotalAlloc-m0.TotalAlloc
 	res.CheckSeconds, res.DuringCheck = took.Seconds(), cr
 	if err != nil {
 		res.CheckError = err.Error()
 	}
-	progress("ipam: check %.1f s, %+v; others' p99 %v (alone %v)", took.Seconds(), res.CheckReport, cr.P99, res.Baseline.P99)
+	progress("ipam: check %.1f s, %+v, heap peak %.0f MB; others' p50 %v p99 %v (alone %v, %v)", took.Seconds(), res.CheckReport,
+		float64(res.CheckHeapPeak)/1e6, cr.P50, cr.P99, res.Baseline.P50, res.Baseline.P99)
 
-	// GC with every loaded attachment valid: it lists every handle of the
-	// network and releases none but what the churn left deleted.
+	// One host's GC (it reads that host's blocks and attachment notes, not
+	// the network's handles), with every loaded attachment valid: it
+	// releases none but what the churn left deleted.
 	var valid []ipam.Attachment
 	for h := 0; h < cl.Hosts; h++ {
 		for s := 0; s < cl.EndpointsOf(h); s++ {

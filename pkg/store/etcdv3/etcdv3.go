@@ -90,45 +90,66 @@ func (g *KV) Get(ctx context.Context, key string) (*store.KeyValue, error) {
 	return &store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}, nil
 }
 
-// ListPage is how many keys one range request of List returns. A prefix
-// that holds a whole cluster's records (a million endpoints) read in one
-// request would hold etcd's read transaction and hundreds of MB of memory
-// at once, and lift every other client's latency for its duration; pages
-// read at the first page's revision give the same consistent snapshot.
-var ListPage int64 = 2000
+// ListPageSize is how many keys one range request of List returns. A
+// prefix that holds a whole cluster's records (a million endpoints) read in
+// one request would hold etcd's read transaction and hundreds of MB of
+// memory at once, and lift every other client's latency for its duration;
+// pages read at the first page's revision give the same consistent
+// snapshot.
+var ListPageSize = 2000
 
 // List implements store.KV.
 func (g *KV) List(ctx context.Context, prefix string, keysOnly bool) ([]store.KeyValue, int64, error) {
-	end := clientv3.GetPrefixRangeEnd(prefix)
 	var out []store.KeyValue
-	var rev int64
-	for key := prefix; ; {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(ListPage)}
-		if keysOnly {
-			opts = append(opts, clientv3.WithKeysOnly())
-		}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		// The call bound is per page: a long list is not a dead etcd.
-		pctx, cancel := g.ctx(ctx)
-		r, err := g.Client.Get(pctx, key, opts...)
-		cancel()
+	opt := store.PageOptions{Limit: ListPageSize, KeysOnly: keysOnly}
+	for {
+		p, err := g.ListPage(ctx, prefix, opt)
 		if err != nil {
-			return nil, 0, g.wrap(err)
+			return nil, 0, err
 		}
-		if rev == 0 {
-			rev = r.Header.Revision
-			out = make([]store.KeyValue, 0, len(r.Kvs))
+		if out == nil {
+			out = make([]store.KeyValue, 0, len(p.KVs))
 		}
-		for _, k := range r.Kvs {
-			out = append(out, store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision})
+		out = append(out, p.KVs...)
+		if p.Next == "" {
+			return out, p.Rev, nil
 		}
-		if !r.More || len(r.Kvs) == 0 {
-			return out, rev, nil
-		}
-		key = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+		opt.From, opt.Rev = p.Next, p.Rev
 	}
+}
+
+// ListPage implements store.KV.
+func (g *KV) ListPage(ctx context.Context, prefix string, opt store.PageOptions) (*store.Page, error) {
+	start, end, limit, err := store.PageRange(prefix, opt)
+	if err != nil {
+		return nil, err
+	}
+	opts := []clientv3.OpOption{clientv3.WithRange(string(end)), clientv3.WithLimit(limit)}
+	if opt.KeysOnly {
+		opts = append(opts, clientv3.WithKeysOnly())
+	}
+	if opt.Rev != 0 {
+		opts = append(opts, clientv3.WithRev(opt.Rev))
+	}
+	// The call bound is per page: a long walk is not a dead etcd.
+	pctx, cancel := g.ctx(ctx)
+	defer cancel()
+	r, err := g.Client.Get(pctx, start, opts...)
+	if err != nil {
+		return nil, g.wrap(err)
+	}
+	p := &store.Page{Rev: r.Header.Revision, KVs: make([]store.KeyValue, len(r.Kvs))}
+	for i, k := range r.Kvs {
+		p.KVs[i] = store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}
+	}
+	// etcd's header carries its latest revision, not the one asked for.
+	if opt.Rev != 0 {
+		p.Rev = opt.Rev
+	}
+	if r.More && len(r.Kvs) > 0 {
+		p.Next = store.NextAfter(p.KVs[len(p.KVs)-1].Key)
+	}
+	return p, nil
 }
 
 // Txn implements store.KV.

@@ -20,9 +20,9 @@ func TestListPages(t *testing.T) {
 	}
 	defer kv.Client.Close()
 	ctx := context.Background()
-	old := ListPage
-	ListPage = 7
-	defer func() { ListPage = old }()
+	old := ListPageSize
+	ListPageSize = 7
+	defer func() { ListPageSize = old }()
 	const n = 50
 	for i := range n {
 		if _, err := kv.Txn(ctx, nil, []store.Op{store.Put(fmt.Sprintf("/p/k%03d", i), []byte("v"))}); err != nil {
