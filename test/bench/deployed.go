@@ -8,12 +8,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/workload"
+	"github.com/tabby-net/tabby/test/lab"
 	"github.com/tabby-net/tabby/test/plot"
 )
 
@@ -40,22 +44,23 @@ func waitNodeReady(stateDir string, d time.Duration) error {
 	return fmt.Errorf("tabby-node (state dir %s) not ready after %v: %v", stateDir, d, last)
 }
 
-// manyEndpointRows runs cases (ptp + host-local and the deployed case) n
+// manyEndpointRows runs cases (ptp + host-local and the deployed case) n/2
 // times sequentially on their own, writes manyEndpoints endpoint records of
 // host2 (in transactions of manyPerTxn), times until tabby-node reports
-// every one ready, runs the cases n times again, and removes the records.
+// every one ready, runs the cases n times again, removes the records and
+// runs the cases the other n/2 times alone.
 // The two phases interleave the same cases, so the deployed ADD with and
 // without the extra endpoints compare like for like.
 func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error) {
 	h := b.hn
 	ctx := context.Background()
-	progress("deployed case and ptp + host-local alone: %d iterations of ADD+DEL", n)
-	few, err := b.sequential(cases, n, modeFew)
+	// Without the endpoints half before and half after (A B B A), so a
+	// machine whose load drifts over the minutes the phases take does not
+	// read as a cost of the endpoints.
+	progress("deployed case and ptp + host-local alone: %d iterations of ADD+DEL", n/2)
+	few, err := b.sequential(cases, n/2, modeFew)
 	if err != nil {
 		return nil, "", err
-	}
-	for i := range few {
-		few[i].Mode = fmt.Sprintf("sequential, these two cases alone, before the %s endpoints", manyLabel)
 	}
 	if _, err := b.kv.Txn(ctx, nil, []store.Op{store.Put(model.PoolKey(manyPool), store.MustJSON(model.Pool{
 		CIDR: manyPool, BlockSize: 26, IPIPMode: "never", VXLANMode: "never", Disabled: true}))}); err != nil {
@@ -125,7 +130,30 @@ func (b *bench) manyEndpointRows(cases []*cniCase, n int) ([]Row, string, error)
 	if _, err := b.kv.Txn(ctx, nil, []store.Op{store.Delete(model.PoolKey(manyPool))}); err != nil {
 		return nil, "", err
 	}
-	note := fmt.Sprintf("%s endpoints: records of host2 with profile %s and addresses in a disabled pool (%s), written straight to etcd; their interfaces do not exist, but tabby-node gives each its rules and set membership. The deployed case and ptp + host-local (host1) run interleaved, alone, right before the records are written and again with them, so the two compare like for like. The records are removed afterwards.",
+	// The second half without them starts once tabby-node has taken them
+	// out of its sets again.
+	if err := lab.Eventually(30*time.Second, func() error {
+		out, err := b.l.Exec(h.NS, "ipset", "list", "-t")
+		if err != nil {
+			return err
+		}
+		if n := setEntries(out); n >= manyEndpoints/10 {
+			return fmt.Errorf("%d entries still in host2's ipsets", n)
+		}
+		return nil
+	}); err != nil {
+		return nil, "", fmt.Errorf("tabby-node did not remove the %s endpoints: %w", manyLabel, err)
+	}
+	progress("deployed case and ptp + host-local alone again: %d iterations of ADD+DEL", n-n/2)
+	after, err := b.sequential(cases, n-n/2, modeFew)
+	if err != nil {
+		return nil, "", err
+	}
+	for i := range few {
+		few[i] = mergeRows(few[i], after[i])
+		few[i].Mode = fmt.Sprintf("sequential, these two cases alone, half before the %s endpoints and half after", manyLabel)
+	}
+	note := fmt.Sprintf("%s endpoints: records of host2 with profile %s and addresses in a disabled pool (%s), written straight to etcd; their interfaces do not exist, but tabby-node gives each its rules and set membership. The deployed case and ptp + host-local (host1) run interleaved, alone, half right before the records are written and half after they are removed (and out of tabby-node's sets again), and with them in between (A B B A), so the two compare like for like. The rows without them merge both halves (CPU p50: the mean of the halves' p50s).",
 		manyLabel, nodeProfile, manyPool)
 	return append(append([]Row{prog}, few...), rows...), note, nil
 }
@@ -136,3 +164,29 @@ const (
 	modeFew  = "seq2"
 	modeMany = "seq1000"
 )
+
+// setEntries sums the "Number of entries" lines of `ipset list -t`.
+func setEntries(out string) int {
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "Number of entries: "); ok {
+			k, _ := strconv.Atoi(strings.TrimSpace(v))
+			n += k
+		}
+	}
+	return n
+}
+
+// mergeRows is one row of two phases of the same case, mode and op: their
+// samples together; the CPU figures are the halves' weighted means.
+func mergeRows(a, b Row) Row {
+	out := a
+	wa, wb := float64(a.N), float64(b.N)
+	if wa+wb == 0 {
+		return out
+	}
+	mean := func(x, y float64) float64 { return round2((x*wa + y*wb) / (wa + wb)) }
+	out.CPUP50, out.EtcdCPU, out.NodeCPU = mean(a.CPUP50, b.CPUP50), mean(a.EtcdCPU, b.EtcdCPU), mean(a.NodeCPU, b.NodeCPU)
+	out.setStats(append(slices.Clone(a.Samples), b.Samples...))
+	return out
+}

@@ -21,17 +21,18 @@ const callTimeout = 60 * time.Second
 
 // bench is one run's lab, paths and settings.
 type bench struct {
-	s    *lab.Script // the run's cleanups
-	p    paths
-	l    *lab.Lab
-	h    *lab.Host  // the host without tabby-node: every case but the deployed one
-	hn   *lab.Host  // the host running tabby-node (the deployed configuration)
-	node *nodeBench // hn's tabby-node
-	kv   store.KV   // the bench's own etcd client (it dials inside the lab)
-	etcd cpuMeter   // the lab's etcd server process
-	work string     // netconf dirs, state dirs, host-local data, logs (in the lab's Dir)
-	env  []string   // the environment every plugin run starts from
-	nsN  int        // container namespace counter
+	s       *lab.Script // the run's cleanups
+	p       paths
+	l       *lab.Lab
+	h       *lab.Host  // the host without tabby-node: every case but the deployed one
+	hn      *lab.Host  // the host running tabby-node (the deployed configuration)
+	node    *nodeBench // hn's tabby-node
+	kv      store.KV   // the bench's own etcd client (it dials inside the lab)
+	etcd    cpuMeter   // the lab's etcd server process
+	nodeCPU cpuMeter   // hn's tabby-node process
+	work    string     // netconf dirs, state dirs, host-local data, logs (in the lab's Dir)
+	env     []string   // the environment every plugin run starts from
+	nsN     int        // container namespace counter
 }
 
 // sample is one call: its wall time, the CPU time (user+system) of the

@@ -255,6 +255,7 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 	if err := waitNodeReady(b.node.stateDir(b.hn), 60*time.Second); err != nil {
 		return nil, err
 	}
+	b.nodeCPU = cpuMeter{pid: b.node.procs[1].PID}
 	rep := &Report{Meta: meta(c, p), Notes: notes(c)}
 	loadStart := loadavg()
 

@@ -183,6 +183,10 @@ func (b *bench) sequential(cases []*cniCase, n int, mode string) ([]Row, error) 
 func (b *bench) interleave(cases []*cniCase, ns [][]string, n int, mode string) ([]Row, error) {
 	ops := []string{"ADD", "DEL"}
 	samples := make([][2][]sample, len(cases))
+	// tabby-node works only for the deployed case, partly after a call has
+	// returned (a DEL's set member goes after the DEL): its CPU is the
+	// phase's total over the deployed case's iterations.
+	node0 := b.nodeCPU.read()
 	for i := range n {
 		for j := range cases {
 			ci := (i + j) % len(cases)
@@ -199,10 +203,15 @@ func (b *bench) interleave(cases []*cniCase, ns [][]string, n int, mode string) 
 			}
 		}
 	}
+	nodeCPU := b.nodeCPU.read() - node0
 	var rows []Row
 	for ci, c := range cases {
 		for k, op := range ops {
-			rows = append(rows, callRow(c.rowKey(mode, op), c.name, c.section, "sequential", op, samples[ci][k]))
+			r := callRow(c.rowKey(mode, op), c.name, c.section, "sequential", op, samples[ci][k])
+			if c.h == b.hn && n > 0 {
+				r.NodeCPU = round2(ms(nodeCPU) / float64(n))
+			}
+			rows = append(rows, r)
 		}
 	}
 	return rows, nil
