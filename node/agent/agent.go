@@ -9,9 +9,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -72,9 +74,15 @@ type Agent struct {
 	sets         *iptables.Sets
 	inc          incremental       // what the last full policy pass programmed
 	gens         map[string]uint64 // base prefixes' change counts at the last full reconcile
-	metrics      *metrics
-	ipipOK       bool
-	ready        *readiness
+	// hosts is the host list as of its change count gen (hostList).
+	hosts struct {
+		gen   uint64
+		nodes map[string]*model.Host
+		index *hostIndex
+	}
+	metrics *metrics
+	ipipOK  bool
+	ready   *readiness
 
 	mu        sync.Mutex
 	learned   []bgp.Route
@@ -196,7 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("found routes from a previous run; keeping them until BGP has settled")
 	}
 
-	a.cache = watch.New(a.kv.Client, a.log)
+	a.cache = newCache(a.kv.Client, a.log)
 	a.cache.Resyncs = func(string) { a.metrics.resyncs.Inc() }
 	a.cache.Start(ctx, a.basePrefixes()...)
 
@@ -237,10 +245,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	go a.register(ctx)
-	tick := time.NewTicker(a.cfg.ResyncEvery)
+	tick := time.NewTimer(jitter(a.cfg.ResyncEvery))
 	defer tick.Stop()
 	routesCh := a.speaker.Routes()
 	var rest <-chan time.Time // a deferred reconcile of BGP, routes and NAT
+	started := false          // the first pass on a synced cache is done
 	for {
 		full := false
 		select {
@@ -253,12 +262,22 @@ func (a *Agent) Run(ctx context.Context) error {
 				continue
 			}
 			a.mu.Lock()
+			// The kernel's routes depend on prefixes and next hops only.
+			// A set that differs in nothing else needs no pass: with two
+			// reflectors a new block's second copy often becomes the best
+			// path (same next hop, other peer), and a pass on every host
+			// for it is CPU the next change waits behind. So do routes
+			// turning stale or fresh in a peer's restart.
+			same := a.settled && sameNextHops(a.learned, r)
 			a.learned = r
 			if !a.settled {
 				a.settled = true
 				a.log.Info("BGP settled; stale routes may now be removed", "routes", len(r))
 			}
 			a.mu.Unlock()
+			if same {
+				continue
+			}
 		case <-a.cache.Changed():
 			// Endpoints and tag members coming and going are the common
 			// change on a busy host (every ADD and DEL): patch the filter
@@ -280,12 +299,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.kick:
 		case <-tick.C:
 			full = true // read the kernel: repair what others changed
+			tick.Reset(jitter(a.cfg.ResyncEvery))
 		}
 		rest = nil
 		// Coalesce bursts (a profile change touches many keys).
 		drain(a.cache.Changed(), a.kick)
 		if a.cache.Synced() {
 			a.reconcile(ctx, a.pass(full))
+			if !started {
+				started = true
+				// The cold start read and decoded every prefix at
+				// once: garbage that grows with the cluster and that no
+				// later pass makes again. Collected and returned now, it
+				// does not stay resident as headroom.
+				debug.FreeOSMemory()
+			}
 		}
 	}
 }
@@ -302,6 +330,20 @@ func (a *Agent) onlyWorkloadsChanged() bool {
 			continue
 		}
 		if a.cache.Gen(p) != a.gens[p] {
+			return false
+		}
+	}
+	return true
+}
+
+// sameNextHops reports whether two route sets (sorted by prefix, as
+// bgp.Speaker publishes them) have the same prefixes and next hops.
+func sameNextHops(a, b []bgp.Route) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Prefix.String() != b[i].Prefix.String() || !a[i].NextHop.Equal(b[i].NextHop) {
 			return false
 		}
 	}
@@ -327,14 +369,12 @@ func (a *Agent) clusterBGP(ctx context.Context) model.BGPConfig {
 
 // snapshot builds the view from the cache.
 func (a *Agent) snapshot() *view {
-	v := &view{me: a.cfg.Name, nodes: map[string]model.Host{}, bgp: model.DefaultBGPConfig()}
+	v := &view{me: a.cfg.Name, bgp: model.DefaultBGPConfig()}
 	for _, p := range watch.Decode[model.Pool](a.cache, model.PoolPrefix, nil) {
 		v.pools = append(v.pools, p)
 	}
 	sort.Slice(v.pools, func(i, j int) bool { return v.pools[i].CIDR < v.pools[j].CIDR })
-	for _, h := range watch.Decode[model.Host](a.cache, model.NodePrefix, nil) {
-		v.nodes[h.Name] = h
-	}
+	v.nodes, v.hosts = a.hostList()
 	if b, ok := a.cache.Get(model.BGPConfigKey, model.BGPConfigKey); ok {
 		_ = store.DecodeJSON(b, &v.bgp)
 	}
@@ -357,11 +397,31 @@ func (a *Agent) snapshot() *view {
 		}
 	}
 	sort.Slice(v.blocks, func(i, j int) bool { return v.blocks[i].String() < v.blocks[j].String() })
-	v.self = v.nodes[a.cfg.Name]
+	if h := v.nodes[a.cfg.Name]; h != nil {
+		v.self = *h
+	}
 	if v.self.IPv4 == "" {
 		v.self = a.hostRecord()
 	}
 	return v
+}
+
+// hostList is the host list by name and its index, rebuilt only when the
+// list has changed since the last pass. The records are the watch cache's
+// (decodeHost): shared, read-only.
+func (a *Agent) hostList() (map[string]*model.Host, *hostIndex) {
+	// The count first: a change landing after it makes the next pass
+	// rebuild again, never keep a stale list.
+	gen := a.cache.Gen(model.NodePrefix)
+	if a.hosts.index != nil && a.hosts.gen == gen {
+		return a.hosts.nodes, a.hosts.index
+	}
+	nodes := map[string]*model.Host{}
+	for _, h := range watch.Decode[*model.Host](a.cache, model.NodePrefix, nil) {
+		nodes[h.Name] = h
+	}
+	a.hosts.gen, a.hosts.nodes, a.hosts.index = gen, nodes, newHostIndex(nodes)
+	return nodes, a.hosts.index
 }
 
 // detectIPTables picks the iptables backends. IPv4 is required; without a
@@ -448,7 +508,7 @@ func (a *Agent) reconcile(ctx context.Context, p pass) {
 	if settled {
 		if err := a.routeManager(tun); err != nil {
 			errs = append(errs, err)
-		} else if err := a.rt.Sync(routes.Local{Blocks: append(append([]*net.IPNet{}, v.blocks...), cidrs(unserved)...)}, rem); err != nil {
+		} else if err := p.syncRoutes(a.rt, routes.Local{Blocks: append(append([]*net.IPNet{}, v.blocks...), cidrs(unserved)...)}, rem); err != nil {
 			errs = append(errs, fmt.Errorf("routes: %w", err))
 		}
 	}
@@ -503,6 +563,16 @@ func (p pass) syncSets(sets ...iptables.Set) error {
 	}
 	_, err := sync(sets...)
 	return err
+}
+
+// syncRoutes: every host passes for every BGP change anywhere in the
+// cluster, so event passes send the kernel only the difference from what
+// tabby installed; the periodic pass reads the kernel's tables back.
+func (p pass) syncRoutes(m *routes.Manager, local routes.Local, remotes []routes.Remote) error {
+	if p.full {
+		return m.Sync(local, remotes)
+	}
+	return m.SyncKnown(local, remotes)
 }
 
 func (p pass) apply(b *iptables.Backend, tables ...iptables.Table) error {
@@ -613,7 +683,7 @@ func (a *Agent) register(ctx context.Context) {
 		} else if ctx.Err() == nil {
 			a.log.Warn("registering the host failed; retrying", "err", err)
 		}
-		wait := a.cfg.ResyncEvery
+		wait := jitter(a.cfg.ResyncEvery)
 		if err != nil {
 			wait = 2 * time.Second
 		}
@@ -624,6 +694,14 @@ func (a *Agent) register(ctx context.Context) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// jitter is d give or take a tenth, drawn anew each time: nodes started
+// together (a DaemonSet rollout, a lab) would otherwise run their periodic
+// passes in the same second for ever, and a route or an ADD arriving then
+// waits behind all of them on shared CPUs and etcd.
+func jitter(d time.Duration) time.Duration {
+	return d - d/10 + rand.N(d/5+1)
 }
 
 // checkSchema writes the datastore's schema record when there is none and

@@ -2,7 +2,7 @@ package agent
 
 import (
 	"net"
-	"sort"
+	"net/netip"
 	"strings"
 
 	"github.com/tabby-net/tabby/node/bgp"
@@ -16,7 +16,8 @@ type view struct {
 	me        string
 	self      model.Host
 	pools     []model.Pool
-	nodes     map[string]model.Host // by name
+	nodes     map[string]*model.Host // by name; shared with the watch cache: read-only
+	hosts     *hostIndex             // of nodes; nil: derived when needed
 	bgp       model.BGPConfig
 	global    []model.BGPPeer
 	hostPeers []model.BGPPeer
@@ -46,24 +47,35 @@ func (v *view) peers() []bgp.Peer {
 		out = append(out, p)
 	}
 	own := map[string]bool{addrOf(v.self.IPv4): true, addrOf(v.self.IPv6): true}
-	names := make([]string, 0, len(v.nodes))
-	anyReflector := false
-	for n, h := range v.nodes {
-		names = append(names, n)
-		anyReflector = anyReflector || h.IsReflector()
+	ownAddr := map[netip.Addr]bool{}
+	for _, s := range []string{v.self.IPv4, v.self.IPv6} {
+		if a, ok := hostAddr(s); ok {
+			ownAddr[a] = true
+		}
 	}
-	sort.Strings(names)
-	useReflectors := !v.bgp.Mesh && anyReflector
+	x := v.index()
+	useReflectors := !v.bgp.Mesh && len(x.reflectors) > 0
+	// The hosts that can be peers under the rule: with the mesh off, an
+	// ordinary host looks at the reflectors only, and with no reflector at
+	// no host, so a pass at 10,000 hosts does not walk them all.
+	var names []string
+	switch {
+	case v.bgp.Mesh, useReflectors && v.self.IsReflector():
+		names = x.names
+	case useReflectors:
+		names = x.reflectors
+	}
 	for _, n := range names {
 		h := v.nodes[n]
-		if n == v.me || h.IPv4 == "" || own[addrOf(h.IPv4)] {
+		a, ok := hostAddr(h.IPv4)
+		if n == v.me || !ok || ownAddr[a] {
 			continue
 		}
 		// One side of each tabby pair only listens: after a session drops,
 		// two sides dialling each other keep colliding.
 		p := bgp.Peer{Address: addrOf(h.IPv4), ASN: asOf(h, v.bgp), Port: int32(h.BGPPort), Kind: "mesh",
 			Passive: bgp.MeshPassive(addrOf(v.self.IPv4), addrOf(h.IPv4))}
-		sameAS := p.ASN == asOf(v.self, v.bgp)
+		sameAS := p.ASN == asOf(&v.self, v.bgp)
 		reflectTo := v.self.IsReflector() && !h.IsReflector() && sameAS
 		// Reflectors give each other only their own blocks: each has every
 		// client's routes from the client itself, and copies passed between
@@ -110,7 +122,7 @@ func (v *view) peers() []bgp.Peer {
 	return out
 }
 
-func asOf(h model.Host, c model.BGPConfig) uint32 {
+func asOf(h *model.Host, c model.BGPConfig) uint32 {
 	if h.ASNumber != 0 {
 		return h.ASNumber
 	}
@@ -164,17 +176,22 @@ func (v *view) poolOf(ip net.IP) *model.Pool {
 	return nil
 }
 
-// nodeByAddr finds the host whose underlay address is ip.
-func (v *view) nodeByAddr(ip net.IP) *model.Host {
-	for _, h := range v.nodes {
-		for _, a := range []string{h.IPv4, h.IPv6} {
-			if a != "" && addrOf(a) == ip.String() {
-				h := h
-				return &h
-			}
-		}
+// index is the host index of v's nodes.
+func (v *view) index() *hostIndex {
+	if v.hosts != nil {
+		return v.hosts
 	}
-	return nil
+	return newHostIndex(v.nodes)
+}
+
+// nodeByAddr finds the host whose underlay address is ip. It is asked once
+// per learned route: a lookup, not a walk of the host list.
+func (v *view) nodeByAddr(x *hostIndex, ip net.IP) *model.Host {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return nil
+	}
+	return x.byAddr[a.Unmap()]
 }
 
 func sameSubnet(a, b string) bool {
@@ -206,11 +223,12 @@ func (v *view) encapFor(prefix *net.IPNet, h *model.Host) routes.Encap {
 // come back (the speaker filters them); a route whose encapsulation cannot be
 // served here (IPIP without kernel support) is skipped and reported.
 func (v *view) remotes(learned []bgp.Route, ipipOK bool) (out []routes.Remote, unserved []string) {
+	x := v.index()
 	for _, r := range learned {
 		if r.Prefix == nil || r.NextHop == nil {
 			continue
 		}
-		h := v.nodeByAddr(r.NextHop)
+		h := v.nodeByAddr(x, r.NextHop)
 		enc := v.encapFor(r.Prefix, h)
 		rem := routes.Remote{Prefix: r.Prefix, Gateway: r.NextHop, Encap: enc}
 		switch enc {

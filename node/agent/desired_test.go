@@ -21,7 +21,7 @@ func testView() *view {
 			{CIDR: "10.2.0.0/16", IPIPMode: "always", VXLANMode: "never"},
 			{CIDR: "fd00::/64", IPIPMode: "never", VXLANMode: "never", NATOutgoing: true},
 		},
-		nodes: map[string]model.Host{
+		nodes: map[string]*model.Host{
 			"h1": {Name: "h1", IPv4: "198.19.0.1/24"},
 			"h2": {Name: "h2", IPv4: "198.19.0.2/24", VXLANTunnelAddr: "10.1.9.1", VXLANMAC: "02:00:00:00:00:02"},
 			"h3": {Name: "h3", IPv4: "198.19.1.3/24", VXLANTunnelAddr: "10.1.9.3", VXLANMAC: "02:00:00:00:00:03", BGPPort: 1179},

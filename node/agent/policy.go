@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"sync"
@@ -106,18 +107,15 @@ func newReadiness() *readiness {
 func (r *readiness) patch(ready map[string]string, drop []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	applied := make(map[string]string, len(r.applied)+len(ready))
-	for k, v := range r.applied {
-		applied[k] = v
-	}
+	// In place: the map is readiness's own (set copies), and a copy here
+	// would make every ADD's patch cost as much as the host's endpoints.
 	for _, k := range drop {
-		delete(applied, k)
+		delete(r.applied, k)
 	}
 	for k, v := range ready {
-		applied[k] = v
+		r.applied[k] = v
 		delete(r.refused, k)
 	}
-	r.applied = applied
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
@@ -125,7 +123,11 @@ func (r *readiness) patch(ready map[string]string, drop []string) {
 func (r *readiness) set(applied map[string]string, refused map[string]*refusal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.applied, r.refused = applied, refused
+	// A copy: patch changes it in place, and applied is the render's.
+	r.applied, r.refused = maps.Clone(applied), refused
+	if r.applied == nil {
+		r.applied = map[string]string{}
+	}
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
@@ -143,7 +145,13 @@ func (r *readiness) has(iface, container string) bool {
 // the reconcile loop wakes on the change. The record read decides what is
 // programmed; the profile names only choose which tag keys to read along.
 // A failure only means the watch brings them, a little later.
-func (a *Agent) refreshEndpoint(ctx context.Context, key string, profiles []string) {
+//
+// Most of the time the watch is not behind: the plugin commits the record
+// before it creates the veth, and by the time it asks, the record (of this
+// container) and its tag entries are here. Then there is nothing to read,
+// and under many ADDs at once the read would be etcd CPU that every other
+// ADD waits behind.
+func (a *Agent) refreshEndpoint(ctx context.Context, key, iface, container string, profiles []string) {
 	rest, ok := strings.CutPrefix(key, model.HostWorkloadPrefix(a.cfg.Name))
 	parts := strings.Split(rest, "/")
 	if !ok || len(parts) != 4 || parts[2] != "endpoint" {
@@ -155,6 +163,10 @@ func (a *Agent) refreshEndpoint(ctx context.Context, key string, profiles []stri
 		if model.ValidName(p) == nil {
 			keys = append(keys, model.TagMemberKey(p, a.cfg.Name, parts[0], parts[1], parts[3]))
 		}
+	}
+	if e, ok := watch.DecodeKey[model.Endpoint](a.cache, model.HostSubtree(a.cfg.Name), key); ok && e.ContainerID == container && e.HostInterface == iface &&
+		a.cache.Holds(append(keys, model.MemberKeyOf(&e))...) {
+		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

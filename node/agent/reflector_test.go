@@ -13,17 +13,17 @@ import (
 // rrView is six hosts, r1 and r2 reflectors (r2 with its own BGP port),
 // one global and one per-host peer, seen from host me.
 func rrView(me string, mesh bool) *view {
-	v := &view{me: me, nodes: map[string]model.Host{}, bgp: model.BGPConfig{ASNumber: model.DefaultASNumber, Mesh: mesh},
+	v := &view{me: me, nodes: map[string]*model.Host{}, bgp: model.BGPConfig{ASNumber: model.DefaultASNumber, Mesh: mesh},
 		global:    []model.BGPPeer{{IP: "198.19.0.100", ASNumber: 65000}},
 		hostPeers: []model.BGPPeer{{IP: "198.19.0.101", ASNumber: 65001, Host: me}},
 	}
 	for i := 1; i <= 4; i++ {
 		n := fmt.Sprintf("h%d", i)
-		v.nodes[n] = model.Host{Name: n, IPv4: fmt.Sprintf("198.19.0.%d/24", i)}
+		v.nodes[n] = &model.Host{Name: n, IPv4: fmt.Sprintf("198.19.0.%d/24", i)}
 	}
-	v.nodes["r1"] = model.Host{Name: "r1", IPv4: "198.19.0.11/24", RouteReflectorClusterID: "244.0.0.1"}
-	v.nodes["r2"] = model.Host{Name: "r2", IPv4: "198.19.0.12/24", RouteReflectorClusterID: "244.0.0.2", BGPPort: 1179}
-	v.self = v.nodes[me]
+	v.nodes["r1"] = &model.Host{Name: "r1", IPv4: "198.19.0.11/24", RouteReflectorClusterID: "244.0.0.1"}
+	v.nodes["r2"] = &model.Host{Name: "r2", IPv4: "198.19.0.12/24", RouteReflectorClusterID: "244.0.0.2", BGPPort: 1179}
+	v.self = *v.nodes[me]
 	return v
 }
 
@@ -95,17 +95,17 @@ func TestPeersReflectors(t *testing.T) {
 
 	// A host in an AS of its own gets no reflector sessions, either way.
 	v = rrView("h2", false)
-	odd := v.nodes["h4"]
+	odd := *v.nodes["h4"]
 	odd.ASNumber = 65099
-	v.nodes["h4"] = odd
+	v.nodes["h4"] = &odd
 	if got := render(v.peers()); strings.Contains(got, "198.19.0.4 ") {
 		t.Errorf("client with another AS: %s", got)
 	}
-	v.me, v.self = "r1", v.nodes["r1"]
+	v.me, v.self = "r1", *v.nodes["r1"]
 	if got := render(v.peers()); strings.Contains(got, "198.19.0.4 ") {
 		t.Errorf("reflector peers a host of another AS: %s", got)
 	}
-	v.me, v.self = "h4", v.nodes["h4"]
+	v.me, v.self = "h4", *v.nodes["h4"]
 	if got := render(v.peers()); got != sortJoin(strings.Join(explicit, "; ")) {
 		t.Errorf("host of another AS: %s", got)
 	}
@@ -113,9 +113,9 @@ func TestPeersReflectors(t *testing.T) {
 	// A hand-written cluster ID GoBGP would refuse: the reflector still
 	// serves its clients (with its router ID as the cluster ID).
 	v = rrView("r1", false)
-	bad := v.nodes["r1"]
+	bad := *v.nodes["r1"]
 	bad.RouteReflectorClusterID = "cluster-one"
-	v.nodes["r1"], v.self = bad, bad
+	v.nodes["r1"], v.self = &bad, bad
 	for _, p := range v.peers() {
 		if p.Kind == "rr-client" && p.ClusterID != "" {
 			t.Errorf("invalid cluster ID passed on: %+v", p)

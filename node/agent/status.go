@@ -41,7 +41,7 @@ func (a *Agent) serveStatus() (func(), error) {
 		// it (and its tag entries) now instead of waiting for the watch to
 		// bring it, so its rules go in at once.
 		if key := q.Get("key"); key != "" && !a.ready.has(q.Get("iface"), q.Get("container")) {
-			a.refreshEndpoint(ctx, key, q["profile"])
+			a.refreshEndpoint(ctx, key, q.Get("iface"), q.Get("container"), q["profile"])
 		}
 		if err := a.ready.wait(ctx, q.Get("iface"), q.Get("container")); err != nil {
 			code := http.StatusGatewayTimeout

@@ -52,7 +52,7 @@ func runLearn(b *testing.B, prefixes []*net.IPNet) {
 	}
 	learn := time.Since(start)
 	start = time.Now()
-	_ = s.call(func() error { _, err := s.bestRoutes(); return err })
+	_ = s.call(func() error { _, err := s.bestRoutes(nil); return err })
 	list := time.Since(start)
 	b.ReportMetric(adv.Seconds(), "advertise-s")
 	b.ReportMetric(learn.Seconds(), "learn-s")

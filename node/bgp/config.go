@@ -77,8 +77,10 @@ type Config struct {
 	// first SetPeers while waiting for every peer's End-of-RIB (10 s when
 	// 0); see Routes.
 	InitialSyncTimeout time.Duration
-	// Coalesce is how long a burst of best-path changes is collected
-	// before one new route set is published (100 ms when 0).
+	// Coalesce shapes how route sets are published: the first best-path
+	// change after a quiet spell at once; changes within Coalesce of a
+	// publish together once they pause for Coalesce/10, and at the latest
+	// Coalesce after that publish (100 ms when 0).
 	Coalesce time.Duration
 	// Logger receives GoBGP's log. Nil means slog.Default() at Warn and
 	// above, since GoBGP logs every session event at Info.

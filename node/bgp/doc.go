@@ -26,10 +26,11 @@
 // IPv4 gateway). Our own prefixes, routes whose next hop is one of our
 // addresses, and withdrawn paths never appear in Routes.
 //
-// Routes delivers complete snapshots, coalesced, newest wins; the first
-// one waits for the initial sync (every peer's End-of-RIB, bounded by
-// Config.InitialSyncTimeout) so that a restarting daemon does not
-// reconcile the kernel against a half-learned table.
+// Routes delivers complete snapshots, the first change at once and bursts
+// coalesced, newest wins; the first one waits for the initial sync (every
+// peer's End-of-RIB, bounded by Config.InitialSyncTimeout) so that a
+// restarting daemon does not reconcile the kernel against a half-learned
+// table.
 //
 // # Route reflectors
 //

@@ -6,6 +6,7 @@ import (
 	"net"
 
 	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -59,10 +60,12 @@ func canonical(p *net.IPNet) *net.IPNet {
 func (s *Speaker) advertise(want map[string]*net.IPNet) error {
 	st := s.st
 	var errs []error
+	changed := false
 	for key, a := range st.adverts {
 		if _, ok := want[key]; ok {
 			continue
 		}
+		changed = true
 		if err := s.withdraw(a); err != nil {
 			errs = append(errs, err)
 			continue
@@ -73,6 +76,7 @@ func (s *Speaker) advertise(want map[string]*net.IPNet) error {
 		if _, ok := st.adverts[key]; ok {
 			continue
 		}
+		changed = true
 		a, err := s.originate(p)
 		if err != nil {
 			errs = append(errs, err)
@@ -80,8 +84,12 @@ func (s *Speaker) advertise(want map[string]*net.IPNet) error {
 		}
 		st.adverts[key] = a
 	}
-	// Our own path may now win (or stop winning) over a learned one.
-	s.poke()
+	// Our own path may now win (or stop winning) over a learned one. The
+	// daemon calls Advertise on every pass, mostly with the same set:
+	// that wakes nothing.
+	if changed {
+		s.poke()
+	}
 	return errors.Join(errs...)
 }
 
@@ -139,8 +147,12 @@ func localPath(p *net.IPNet, nextHop4, nextHop6 string) (*api.Path, error) {
 	return &api.Path{Family: family, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}, nil
 }
 
-// learnedRoute turns a best path into a Route; ok is false for paths we
-// originate ourselves, withdrawals, and paths that point back at us.
+// learnedRoute turns a best path, listed with EnableOnlyBinary, into a
+// Route; ok is false for paths we originate ourselves, withdrawals, and
+// paths that point back at us. Binary, because GoBGP otherwise marshals
+// every attribute of every path (both reflectors' copies) into protobuf
+// for each listing, most of the listing's cost, and every host lists its
+// RIB after every change anywhere in the cluster.
 func learnedRoute(p *api.Path, own map[string]bool) (Route, bool, error) {
 	if p.GetIsWithdraw() {
 		return Route{}, false, nil
@@ -149,15 +161,14 @@ func learnedRoute(p *api.Path, own map[string]bool) (Route, bool, error) {
 	if peer == nil {
 		return Route{}, false, nil
 	}
-	var pfx api.IPAddressPrefix
-	if err := p.GetNlri().UnmarshalTo(&pfx); err != nil {
+	ipnet, err := prefixOf(p)
+	if err != nil {
 		return Route{}, false, fmt.Errorf("decode NLRI from %s: %w", peer, err)
 	}
-	_, ipnet, err := net.ParseCIDR(fmt.Sprintf("%s/%d", pfx.Prefix, pfx.PrefixLen))
+	nh, err := nextHop(p)
 	if err != nil {
-		return Route{}, false, fmt.Errorf("prefix %s/%d from %s: %w", pfx.Prefix, pfx.PrefixLen, peer, err)
+		return Route{}, false, fmt.Errorf("prefix %s from %s: %w", ipnet, peer, err)
 	}
-	nh := nextHop(p)
 	if nh == nil {
 		return Route{}, false, fmt.Errorf("prefix %s from %s has no next hop", ipnet, peer)
 	}
@@ -167,20 +178,63 @@ func learnedRoute(p *api.Path, own map[string]bool) (Route, bool, error) {
 	return Route{Prefix: ipnet, NextHop: nh, Peer: peer.String(), Stale: p.GetStale()}, true, nil
 }
 
+// prefixOf decodes a path's binary NLRI (IPv4 or IPv6 unicast).
+func prefixOf(p *api.Path) (*net.IPNet, error) {
+	f := p.GetFamily()
+	n, err := bgp.NewPrefixFromRouteFamily(uint16(f.GetAfi()), uint8(f.GetSafi()))
+	if err != nil {
+		return nil, err
+	}
+	if err := n.DecodeFromBytes(p.GetNlriBinary()); err != nil {
+		return nil, err
+	}
+	var ip net.IP
+	var ones uint8
+	switch n := n.(type) {
+	case *bgp.IPAddrPrefix:
+		ip, ones = n.Prefix, n.Length
+	case *bgp.IPv6AddrPrefix:
+		ip, ones = n.Prefix, n.Length
+	default:
+		return nil, fmt.Errorf("family %v/%v is not unicast", f.GetAfi(), f.GetSafi())
+	}
+	bits := 8 * net.IPv6len
+	if v4 := ip.To4(); v4 != nil && f.GetAfi() == api.Family_AFI_IP {
+		ip, bits = v4, 8*net.IPv4len
+	}
+	if int(ones) > bits {
+		return nil, fmt.Errorf("prefix length %d of %s", ones, ip)
+	}
+	m := net.CIDRMask(int(ones), bits)
+	return &net.IPNet{IP: ip.Mask(m), Mask: m}, nil
+}
+
 // nextHop reads NEXT_HOP, or the first next hop of MP_REACH_NLRI (an IPv6
-// path may add a link-local second one, which we cannot route via).
-func nextHop(p *api.Path) net.IP {
-	for _, a := range p.GetPattrs() {
-		var nh api.NextHopAttribute
-		if a.MessageIs(&nh) && a.UnmarshalTo(&nh) == nil {
-			return normalizeIP(net.ParseIP(nh.NextHop))
+// path may add a link-local second one, which we cannot route via), from
+// the binary attributes; the others are not decoded.
+func nextHop(p *api.Path) (net.IP, error) {
+	for _, b := range p.GetPattrsBinary() {
+		if len(b) < 2 {
+			continue
 		}
-		var mp api.MpReachNLRIAttribute
-		if a.MessageIs(&mp) && a.UnmarshalTo(&mp) == nil && len(mp.NextHops) > 0 {
-			return normalizeIP(net.ParseIP(mp.NextHops[0]))
+		switch bgp.BGPAttrType(b[1]) {
+		case bgp.BGP_ATTR_TYPE_NEXT_HOP:
+			var a bgp.PathAttributeNextHop
+			if err := a.DecodeFromBytes(b); err != nil {
+				return nil, fmt.Errorf("decode NEXT_HOP: %w", err)
+			}
+			return normalizeIP(a.Value), nil
+		case bgp.BGP_ATTR_TYPE_MP_REACH_NLRI:
+			var a bgp.PathAttributeMpReachNLRI
+			if err := a.DecodeFromBytes(b); err != nil {
+				return nil, fmt.Errorf("decode MP_REACH_NLRI: %w", err)
+			}
+			if a.Nexthop != nil {
+				return normalizeIP(a.Nexthop), nil
+			}
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // normalizeIP gives IPv4 (and IPv4-mapped) addresses their 4-byte form.

@@ -66,6 +66,7 @@ func (s *Speaker) SetPeers(peers []Peer) error {
 func (s *Speaker) setPeers(want map[string]Peer) error {
 	st := s.st
 	var errs []error
+	changed := !st.peersSet
 	for addr, have := range st.peers {
 		w, keep := want[addr]
 		if keep && sameSession(have, w) {
@@ -74,6 +75,7 @@ func (s *Speaker) setPeers(want map[string]Peer) error {
 			}
 			continue
 		}
+		changed = true
 		if err := s.deletePeer(addr); err != nil {
 			errs = append(errs, err)
 			continue
@@ -88,6 +90,7 @@ func (s *Speaker) setPeers(want map[string]Peer) error {
 		if _, ok := st.peers[addr]; ok {
 			continue
 		}
+		changed = true
 		if err := s.addPeer(w); err != nil {
 			errs = append(errs, err)
 			continue
@@ -95,7 +98,12 @@ func (s *Speaker) setPeers(want map[string]Peer) error {
 		st.peers[addr] = w
 	}
 	st.peersSet = true
-	s.poke() // an empty peer set makes the initial sync complete
+	// A changed set may complete the initial sync (an empty one does at
+	// once). The daemon calls SetPeers on every pass, mostly with the
+	// same set: after the first route set that wakes nothing.
+	if changed || !st.ready {
+		s.poke()
+	}
 	return errors.Join(errs...)
 }
 

@@ -28,8 +28,10 @@ type Speaker struct {
 	ops    chan func()
 	kick   chan struct{} // capacity 1: "the RIB or a session changed"
 	routes chan []Route  // capacity 1, the newest set replaces an unread one
-	quit   chan struct{} // closed by Stop: run must return
-	done   chan struct{} // closed when run has returned
+	// changed is filled by GoBGP's watcher goroutine, emptied by run.
+	changed changedSet
+	quit    chan struct{} // closed by Stop: run must return
+	done    chan struct{} // closed when run has returned
 
 	// st is read and written only on the run goroutine (in run itself and
 	// in closures passed through call).
@@ -103,8 +105,10 @@ func New(cfg Config) (*Speaker, error) {
 }
 
 // watch asks GoBGP for best-path, End-of-RIB and session events. They only
-// wake run up: run then lists the RIB itself, so a burst of events costs
-// one listing and the published set is always complete and consistent.
+// note what changed and wake run up: run then looks the changed prefixes
+// up in the RIB itself (the whole RIB after a session event or an
+// End-of-RIB), so a burst of events costs one lookup and the published set
+// is always what the RIB holds.
 func (s *Speaker) watch() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancelWatch = cancel
@@ -115,7 +119,11 @@ func (s *Speaker) watch() error {
 			{Type: api.WatchEventRequest_Table_Filter_EOR},
 		}},
 	}
-	err := s.srv.WatchEvent(ctx, req, func(*api.WatchEventResponse) { s.poke() })
+	err := s.srv.WatchEvent(ctx, req, func(r *api.WatchEventResponse) {
+		if s.changed.note(r) {
+			s.poke()
+		}
+	})
 	if err != nil {
 		cancel()
 		return fmt.Errorf("watch bgp events: %w", err)
@@ -140,8 +148,33 @@ func (s *Speaker) run() {
 	// table "settled" (its kernel routes would be removed).
 	var initial <-chan time.Time
 	armed := false
-	var coalesce *time.Timer
-	var coalesceC <-chan time.Time
+	// The first change after a quiet spell is published at once: waiting
+	// to collect a burst that mostly never comes (one new block is one
+	// UPDATE) put a fixed Coalesce on every route's way into the kernel.
+	// Changes within Coalesce of a publish wait for the burst to pause
+	// (quiet) and go out together, at the latest Coalesce after that
+	// publish: a session coming up or a peer's restart still costs one
+	// RIB listing per pause, while the second copy of a change (with two
+	// reflectors a withdrawal comes from each, a few ms apart) waits
+	// quiet, not the whole window.
+	quiet := s.cfg.Coalesce / 10
+	var timer *time.Timer
+	var timerC <-chan time.Time // nil: no publish within the last Coalesce
+	var last time.Time          // the last publish
+	pending := false            // a change not yet published
+	arm := func(d time.Duration) {
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		timerC = timer.C
+	}
+	publish := func() {
+		pending = !s.publish(st)
+		last = time.Now()
+		arm(s.cfg.Coalesce)
+	}
 	for {
 		select {
 		case f := <-s.ops:
@@ -151,20 +184,23 @@ func (s *Speaker) run() {
 				initial = time.After(s.cfg.InitialSyncTimeout)
 			}
 		case <-s.kick:
-			// Collect the rest of the burst before listing the RIB.
-			if coalesceC == nil {
-				coalesce = time.NewTimer(s.cfg.Coalesce)
-				coalesceC = coalesce.C
+			if timerC == nil {
+				publish()
+				continue
 			}
-		case <-coalesceC:
-			coalesceC = nil
-			s.publish(st)
+			pending = true
+			arm(min(quiet, time.Until(last.Add(s.cfg.Coalesce))))
+		case <-timerC:
+			timerC = nil
+			if pending {
+				publish()
+			}
 		case <-initial:
 			st.deadlinePast = true
-			s.publish(st)
+			publish()
 		case <-s.quit:
-			if coalesce != nil {
-				coalesce.Stop()
+			if timer != nil {
+				timer.Stop()
 			}
 			return
 		}

@@ -7,6 +7,7 @@
 //
 //	New(Options) (*Manager, error)            netlink socket in a netns; changes nothing
 //	(*Manager).Sync(Local, []Remote) error     reconcile; all errors joined
+//	(*Manager).SyncKnown(Local, []Remote) error  only the difference from the last Sync
 //	(*Manager).Installed() ([]netlink.Route, error)  routes it owns now
 //	(*Manager).Changes() uint64                mutating netlink requests so far
 //	(*Manager).Close()

@@ -20,6 +20,9 @@ type Manager struct {
 
 	mu      sync.Mutex    // one Sync at a time
 	changes atomic.Uint64 // mutating netlink requests sent, for tests and metrics
+	// known is what the last Sync or SyncKnown installed when it met no
+	// error, nil otherwise; under mu.
+	known *known
 }
 
 // New opens a netlink socket in the namespace of opts.NetNSPath (or the
@@ -100,6 +103,11 @@ func (m *Manager) Installed() ([]netlink.Route, error) {
 func (m *Manager) Sync(local Local, remotes []Remote) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.sync(local, remotes)
+}
+
+func (m *Manager) sync(local Local, remotes []Remote) error {
+	m.known = nil
 	var errs []error
 
 	good := make([]Remote, 0, len(remotes))
@@ -146,7 +154,11 @@ func (m *Manager) Sync(local Local, remotes []Remote) error {
 	if vxIdx != 0 {
 		errs = append(errs, m.removeStaleVXLANEntries(vxIdx, vx))
 	}
-	return errors.Join(errs...)
+	err = errors.Join(errs...)
+	if err == nil {
+		m.known = &known{routes: want, vx: vx, dev: dev, vxIdx: vxIdx, needVXLAN: needVXLAN, needIPIP: needIPIP}
+	}
+	return err
 }
 
 // devices holds the tunnel devices' indexes (0 = absent or not usable).

@@ -7,6 +7,7 @@ package watch
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
@@ -30,17 +31,61 @@ type Cache struct {
 	tombstones int               // entries Refresh left for deleted keys (see entry)
 	gens       map[string]uint64 // prefix -> changes seen, for callers that skip work
 
+	// decoders are the prefixes whose values are kept decoded only (see
+	// SetDecoder).
+	decoders map[string]func(key string, value []byte) (any, error)
+
 	notify  chan struct{}
 	Resyncs func(prefix string) // optional: called on every (re)sync, for metrics
 }
 
+// loadPage is how many keys one read of a prefix's (re)load returns. A
+// node's big prefix is the host list (10,000 records at 10,000 hosts): read
+// whole, its response and the decoded copy of it were all alive at once
+// and set the heap the daemon kept; in pages only one page is.
+const loadPage = 1000
+
 // entry is a value and the revision that wrote it. A deleted key that was
-// injected ahead of the watch stays as a tombstone (nil value) until the
-// watch passes it, so an older event cannot bring the key back.
+// injected ahead of the watch stays as a tombstone (no value, not decoded)
+// until the watch passes it, so an older event cannot bring the key back.
 type entry struct {
-	value   []byte
+	value   []byte // nil in a prefix with a decoder: only decoded is kept
 	rev     int64
-	decoded any // what Decode made of value, so an unchanged key is decoded once
+	decoded any // what Decode (or the prefix's decoder) made of value, so an unchanged key is decoded once
+}
+
+func (e entry) live() bool { return e.value != nil || e.decoded != nil }
+
+// undecodable stands for a value its prefix's decoder refused: the key
+// exists (Each lists it) but decodes as nothing.
+type undecodable struct{}
+
+// SetDecoder makes the cache keep, for the keys of prefix, only what decode
+// makes of their values, not the values: Decode and DecodeKey return it
+// (asked for as the type decode returns), and Get and Snapshot return
+// nothing for that prefix. It is for a big prefix of which a node needs
+// only a few fields per key (the host list). Call it before the prefix is
+// followed; decode must not call the cache.
+func (c *Cache) SetDecoder(prefix string, decode func(key string, value []byte) (any, error)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.decoders == nil {
+		c.decoders = map[string]func(string, []byte) (any, error){}
+	}
+	c.decoders[prefix] = decode
+}
+
+// newEntry is what the cache keeps of a value read or watched in prefix.
+// Callers hold c.mu or have read the decoder under it.
+func newEntry(decode func(string, []byte) (any, error), key string, value []byte, rev int64) entry {
+	if decode == nil {
+		return entry{value: value, rev: rev}
+	}
+	d, err := decode(key, value)
+	if err != nil || d == nil {
+		d = undecodable{}
+	}
+	return entry{rev: rev, decoded: d}
 }
 
 // New makes a cache; Run starts it.
@@ -125,6 +170,32 @@ func (c *Cache) Get(prefix, key string) ([]byte, bool) {
 	return e.value, ok && e.value != nil
 }
 
+// Holds reports whether every key that lies in a followed prefix is in the
+// copy (keys outside every followed prefix are not asked for): what a
+// Refresh of them would read, the watch has already brought.
+func (c *Cache) Holds(keys ...string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, k := range keys {
+		if p := c.prefixOf(k); p != "" && !c.data[p][k].live() {
+			return false
+		}
+	}
+	return true
+}
+
+// prefixOf is the longest followed prefix that holds key, "" if none.
+// Callers hold c.mu.
+func (c *Cache) prefixOf(key string) string {
+	best := ""
+	for p := range c.data {
+		if strings.HasPrefix(key, p) && len(p) > len(best) {
+			best = p
+		}
+	}
+	return best
+}
+
 // Snapshot copies one prefix: key -> value.
 func (c *Cache) Snapshot(prefix string) map[string][]byte {
 	c.mu.RLock()
@@ -150,13 +221,7 @@ func (c *Cache) Refresh(ctx context.Context, keys ...string) (bool, error) {
 	var in []string // the followed prefix of each read key
 	var read []string
 	for _, k := range keys {
-		best := ""
-		for p := range c.data {
-			if strings.HasPrefix(k, p) && len(p) > len(best) {
-				best = p
-			}
-		}
-		if best != "" {
+		if best := c.prefixOf(k); best != "" {
 			ops, in, read = append(ops, clientv3.OpGet(k)), append(in, best), append(read, k)
 		}
 	}
@@ -180,10 +245,10 @@ func (c *Cache) Refresh(ctx context.Context, keys ...string) (bool, error) {
 		cur, had := m[k]
 		switch {
 		case len(kvs) == 1 && kvs[0].ModRevision > cur.rev:
-			m[k] = entry{value: kvs[0].Value, rev: kvs[0].ModRevision}
+			m[k] = newEntry(c.decoders[in[i]], k, kvs[0].Value, kvs[0].ModRevision)
 			c.bump(in[i])
 			changed = true
-		case len(kvs) == 0 && had && cur.value != nil:
+		case len(kvs) == 0 && had && cur.live():
 			// Deleted since: the delete's revision is at most the read's.
 			m[k] = entry{rev: r.Header.Revision}
 			c.tombstones++
@@ -219,7 +284,7 @@ func (c *Cache) Each(prefix string, fn func(key string, rev int64)) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for k, e := range c.data[prefix] {
-		if e.value != nil {
+		if e.live() {
 			fn(k, e.rev)
 		}
 	}
@@ -232,13 +297,13 @@ func DecodeKey[T any](c *Cache, prefix, key string) (T, bool) {
 	var t T
 	m := c.data[prefix]
 	e, ok := m[key]
-	if !ok || e.value == nil {
+	if !ok || !e.live() {
 		return t, false
 	}
 	if d, ok := e.decoded.(T); ok {
 		return d, true
 	}
-	if json.Unmarshal(e.value, &t) != nil {
+	if e.value == nil || json.Unmarshal(e.value, &t) != nil {
 		return t, false
 	}
 	e.decoded = t
@@ -255,12 +320,12 @@ func DecodeRev[T any](c *Cache, prefix string, match func(key string) bool) (map
 	out := make(map[string]T, len(m))
 	revs := make(map[string]int64, len(m))
 	for k, e := range m {
-		if e.value == nil || (match != nil && !match(k)) {
+		if !e.live() || (match != nil && !match(k)) {
 			continue
 		}
 		t, ok := e.decoded.(T)
 		if !ok {
-			if json.Unmarshal(e.value, &t) != nil {
+			if e.value == nil || json.Unmarshal(e.value, &t) != nil {
 				continue
 			}
 			e.decoded = t
@@ -281,7 +346,7 @@ func Decode[T any](c *Cache, prefix string, match func(key string) bool) map[str
 	m := c.data[prefix]
 	out := make(map[string]T, len(m))
 	for k, e := range m {
-		if e.value == nil || (match != nil && !match(k)) {
+		if !e.live() || (match != nil && !match(k)) {
 			continue
 		}
 		if t, ok := e.decoded.(T); ok {
@@ -289,7 +354,7 @@ func Decode[T any](c *Cache, prefix string, match func(key string) bool) map[str
 			continue
 		}
 		var t T
-		if json.Unmarshal(e.value, &t) == nil {
+		if e.value != nil && json.Unmarshal(e.value, &t) == nil {
 			out[k] = t
 			e.decoded = t
 			m[k] = e
@@ -320,23 +385,48 @@ func (c *Cache) follow(ctx context.Context, prefix string) {
 	}
 }
 
-// load replaces the prefix's copy with one Get and returns its revision.
+// load replaces the prefix's copy with what etcd holds at one revision
+// and returns that revision. It reads in pages of loadPage keys, the first
+// at etcd's current revision and the rest at the same revision, so the copy
+// is one consistent state, and a prefix with a decoder holds only one
+// page's raw values at a time. A compaction between pages fails the load,
+// and follow reads again.
 func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
-	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	r, err := c.cli.Get(gctx, prefix, clientv3.WithPrefix())
-	if err != nil {
-		return 0, err
-	}
-	m := make(map[string]entry, len(r.Kvs))
-	for _, kv := range r.Kvs {
-		m[string(kv.Key)] = entry{value: kv.Value, rev: kv.ModRevision}
+	c.mu.RLock()
+	decode := c.decoders[prefix]
+	c.mu.RUnlock()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var m map[string]entry
+	var rev int64
+	for from := prefix; ; {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		r, err := c.cli.Get(gctx, from, opts...)
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("read %s from %q: %w", prefix, from, err)
+		}
+		if m == nil {
+			rev = r.Header.Revision
+			m = make(map[string]entry, r.Count)
+		}
+		for _, kv := range r.Kvs {
+			k := string(kv.Key)
+			m[k] = newEntry(decode, k, kv.Value, kv.ModRevision)
+		}
+		if !r.More || len(r.Kvs) == 0 {
+			break
+		}
+		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
 	}
 	c.mu.Lock()
 	if _, still := c.cancels[prefix]; still {
-		// What Refresh read after this Get stays: it is newer.
+		// What Refresh read after this read stays: it is newer.
 		for k, e := range c.data[prefix] {
-			if e.rev > r.Header.Revision {
+			if e.rev > rev {
 				m[k] = e
 			}
 		}
@@ -349,7 +439,7 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 		c.Resyncs(prefix)
 	}
 	c.poke()
-	return r.Header.Revision, nil
+	return rev, nil
 }
 
 // watch applies events until the watch is lost.
@@ -385,9 +475,9 @@ func (c *Cache) apply(prefix string, events []*clientv3.Event, rev int64) (chang
 		}
 		if ev.Type == clientv3.EventTypeDelete {
 			delete(m, k)
-			changed = changed || (ok && cur.value != nil)
+			changed = changed || (ok && cur.live())
 		} else {
-			m[k] = entry{value: ev.Kv.Value, rev: ev.Kv.ModRevision}
+			m[k] = newEntry(c.decoders[prefix], k, ev.Kv.Value, ev.Kv.ModRevision)
 			changed = true
 		}
 	}
@@ -397,7 +487,7 @@ func (c *Cache) apply(prefix string, events []*clientv3.Event, rev int64) (chang
 	// Tombstones the watch has passed are no longer needed.
 	if c.tombstones > 0 {
 		for k, e := range m {
-			if e.value == nil && e.rev <= rev {
+			if !e.live() && e.rev <= rev {
 				delete(m, k)
 				c.tombstones--
 			}

@@ -99,6 +99,13 @@ func TestRefreshAheadOfTheWatch(t *testing.T) {
 	if v, ok := c.Get("/h/", "/h/ep"); !ok || string(v) != "v2" {
 		t.Fatalf("after Refresh: %q %v", v, ok)
 	}
+	// Holds: what is here, or outside every followed prefix, needs no read.
+	if !c.Holds("/h/ep", "/elsewhere/x") {
+		t.Fatal("Holds: /h/ep was read and /elsewhere/ is not followed")
+	}
+	if c.Holds("/h/ep", "/h/other") {
+		t.Fatal("Holds: /h/other is followed and not here")
+	}
 	// An event older than what Refresh read (as a lagging watch would
 	// deliver it) must not bring v1 back.
 	stale := &clientv3.Event{Type: clientv3.EventTypePut, Kv: &mvccpb.KeyValue{Key: []byte("/h/ep"), Value: []byte("v1"), ModRevision: old.Header.Revision}}
@@ -119,6 +126,9 @@ func TestRefreshAheadOfTheWatch(t *testing.T) {
 	if v, ok := c.Get("/h/", "/h/ep"); ok {
 		t.Fatalf("deleted key came back as %q", v)
 	}
+	if c.Holds("/h/ep") {
+		t.Fatal("Holds: a tombstone is not the key")
+	}
 	// A real watch converges on etcd: a new write shows, the tombstone goes.
 	delete(c.data, "/h/")
 	c.Start(ctx, "/h/")
@@ -126,4 +136,65 @@ func TestRefreshAheadOfTheWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "watch after refresh", func() bool { v, ok := c.Get("/h/", "/h/ep"); return ok && string(v) == "v3" })
+}
+
+// A prefix with a decoder keeps only what it decodes, from the paged
+// first read, the watch and Refresh alike; a prefix bigger than a page
+// loads whole.
+func TestDecoderAndPagedLoad(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := client(t, e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 2*loadPage + 7
+	for i := 0; i < n; i += 100 {
+		var ops []clientv3.Op
+		for j := i; j < min(i+100, n); j++ {
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/d/%05d", j), fmt.Sprint(j)))
+		}
+		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli.Put(ctx, "/d/bad", "not a number")
+	type num struct{ n int }
+	c := New(cli, slog.Default())
+	c.SetDecoder("/d/", func(key string, v []byte) (any, error) {
+		var x num
+		_, err := fmt.Sscan(string(v), &x.n)
+		return &x, err
+	})
+	c.Start(ctx, "/d/")
+	waitFor(t, "sync", c.Synced)
+	got := Decode[*num](c, "/d/", nil)
+	if len(got) != n || got["/d/00042"].n != 42 || got[fmt.Sprintf("/d/%05d", n-1)].n != n-1 {
+		t.Fatalf("decoded %d of %d keys", len(got), n)
+	}
+	keys := 0
+	c.Each("/d/", func(string, int64) { keys++ })
+	if keys != n+1 {
+		t.Fatalf("Each lists %d keys, want %d (the undecodable one too)", keys, n+1)
+	}
+	if _, ok := c.Get("/d/", "/d/00042"); ok || len(c.Snapshot("/d/")) != 0 {
+		t.Fatal("a decoded prefix still holds raw values")
+	}
+	for _, e := range c.data["/d/"] {
+		if e.value != nil {
+			t.Fatal("raw value kept beside the decoded one")
+		}
+	}
+	cli.Put(ctx, "/d/00042", "4242")
+	cli.Delete(ctx, "/d/00043")
+	waitFor(t, "events decoded", func() bool {
+		x, ok := DecodeKey[*num](c, "/d/", "/d/00042")
+		_, gone := DecodeKey[*num](c, "/d/", "/d/00043")
+		return ok && x.n == 4242 && !gone
+	})
+	cli.Put(ctx, "/d/00044", "44044")
+	if _, err := c.Refresh(ctx, "/d/00044"); err != nil {
+		t.Fatal(err)
+	}
+	if x, ok := DecodeKey[*num](c, "/d/", "/d/00044"); !ok || x.n != 44044 {
+		t.Fatalf("refreshed key: %+v %v", x, ok)
+	}
 }
