@@ -269,6 +269,29 @@ func run(s *lab.Script, c config, labID *string) (*Report, error) {
 		return rep, fmt.Errorf("warm-up: %w", err)
 	}
 
+	// A host as users run it holds workloads: one of every CNI case stays
+	// for the whole run, so the timed ADD and DEL are never a host's first
+	// and last workload of a network, which with tabby-ipam claim and
+	// release the host's block (and tabby-node announces and withdraws
+	// it, a pass over everything on the host) on every iteration.
+	resident := map[*cniCase]string{}
+	defer func() {
+		for rc, ns := range resident {
+			if _, err := rc.do("DEL", "bench-resident-"+rc.key, ns); err != nil {
+				progress("resident workload of %s: DEL: %v", rc.name, err)
+			}
+			_ = b.removeContainers([]string{ns})
+		}
+	}()
+	for _, rc := range cni {
+		ns := b.containers(rc.h, 1)[0]
+		if _, err := rc.do("ADD", "bench-resident-"+rc.key, ns); err != nil {
+			_ = b.removeContainers([]string{ns})
+			return rep, fmt.Errorf("resident workload of %s: %w", rc.name, err)
+		}
+		resident[rc] = ns
+	}
+
 	progress("IPAM library in-process, %d assign+release", c.n)
 	rows, err := b.ipamRows(c.n)
 	if err != nil {
@@ -516,6 +539,7 @@ func notes(c config) []string {
 		"Two hosts: host2 runs tabby-node (log level info) and its tabby case puts profile " + nodeProfile + " on every workload, so its ADD returns once tabby-node has the workload's rules in force: the configuration tabby is deployed in. Every other case runs on host1, which has no tabby-node. The deployed case is interleaved with the others in every sequential and concurrent phase.",
 		"Sequential rows: per iteration every case does ADD then DEL; cases are interleaved and their order rotates each iteration, so load drift hits all alike. One untimed warm-up ADD+DEL per case ran first.",
 		fmt.Sprintf("Concurrent rows: %d goroutines take the ADDs from a queue (each sample is one call's wall time under that load); the DELs follow the same way once every ADD is done. %d calls per case in two rounds, the second in reverse case order.", c.callers, c.callers*c.per),
+		"Every CNI case keeps one resident workload on its host for the whole run (ADDed after the warm-up, DELeted at the end), as a host in use has: the timed calls are never a host's first and last workload, which with tabby-ipam claim and release the host's block on every iteration (and tabby-node announces and withdraws it). Runs before 2026-12-04 14:40 had no resident workload.",
 		"ptp runs with ipMasq=false (no iptables). host-local's dataDir and tabby's state_dir sit in the lab's work directory; tabby logs at info level to a file there.",
 		"etcd is the lab's single etcd-lab member in the underlay namespace of this machine: its CPU time competes with the plugins'. The tabby-ipam pool is " + tabbyPool + ", host-local's range " + hostLocalSubnet + ".",
 		"Direct rows: tabby exec'd as a runtime would, once as deployed by default (tabby-ipam's code runs inside the tabby process: no second process) and once with \"ipam_exec\": true (tabby execs the tabby-ipam binary from CNI_PATH, as with any other IPAM plugin); tabby-ipam exec'd alone with the netconf ptp hands it. The IPAM library rows keep one connection open and reuse it; the plugins open one per process.",
