@@ -388,6 +388,7 @@ func (a *Agent) snapshot() *view {
 	}
 	var eps map[string]model.Endpoint
 	eps, v.epRevs = watch.DecodeRev[model.Endpoint](a.cache, sub, isEndpointKey)
+	v.endpoints = make([]model.Endpoint, 0, len(eps))
 	for _, e := range eps {
 		v.endpoints = append(v.endpoints, e)
 	}
