@@ -7,7 +7,6 @@ package watch
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
@@ -15,6 +14,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 )
 
 // Cache is an up-to-date copy of some prefixes.
@@ -395,32 +397,15 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 	c.mu.RLock()
 	decode := c.decoders[prefix]
 	c.mu.RUnlock()
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	var m map[string]entry
-	var rev int64
-	for from := prefix; ; {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+	m := map[string]entry{}
+	rev, err := store.Walk(ctx, etcdv3.FromClient(c.cli, nil), prefix, store.WalkOptions{Limit: loadPage, Snapshot: true}, func(p *store.Page) error {
+		for _, kv := range p.KVs {
+			m[kv.Key] = newEntry(decode, kv.Key, kv.Value, kv.ModRev)
 		}
-		gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		r, err := c.cli.Get(gctx, from, opts...)
-		cancel()
-		if err != nil {
-			return 0, fmt.Errorf("read %s from %q: %w", prefix, from, err)
-		}
-		if m == nil {
-			rev = r.Header.Revision
-			m = make(map[string]entry, r.Count)
-		}
-		for _, kv := range r.Kvs {
-			k := string(kv.Key)
-			m[k] = newEntry(decode, k, kv.Value, kv.ModRevision)
-		}
-		if !r.More || len(r.Kvs) == 0 {
-			break
-		}
-		from = string(r.Kvs[len(r.Kvs)-1].Key) + "\x00"
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	c.mu.Lock()
 	if _, still := c.cancels[prefix]; still {

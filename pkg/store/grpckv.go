@@ -188,15 +188,7 @@ func (g *GRPCKV) ListPage(ctx context.Context, prefix string, opt PageOptions) (
 	if err != nil {
 		return nil, err
 	}
-	p := &Page{KVs: rr.kvs, Rev: rr.revision}
-	// etcd's header carries its latest revision, not the one asked for.
-	if opt.Rev != 0 {
-		p.Rev = opt.Rev
-	}
-	if rr.more && len(rr.kvs) > 0 {
-		p.Next = NextAfter(rr.kvs[len(rr.kvs)-1].Key)
-	}
-	return p, nil
+	return NewPage(rr.kvs, rr.revision, rr.more, opt), nil
 }
 
 // Txn implements KV.

@@ -261,15 +261,7 @@ func (h *HTTPKV) ListPage(ctx context.Context, prefix string, opt PageOptions) (
 	if err := h.call(ctx, "/v3/kv/range", req, &resp); err != nil {
 		return nil, err
 	}
-	p := &Page{KVs: toKVs(resp.Kvs), Rev: int64(resp.Header.Revision)}
-	// etcd's header carries its latest revision, not the one asked for.
-	if opt.Rev != 0 {
-		p.Rev = opt.Rev
-	}
-	if resp.More && len(p.KVs) > 0 {
-		p.Next = NextAfter(p.KVs[len(p.KVs)-1].Key)
-	}
-	return p, nil
+	return NewPage(toKVs(resp.Kvs), int64(resp.Header.Revision), resp.More, opt), nil
 }
 
 // Txn implements KV.

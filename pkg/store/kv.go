@@ -113,6 +113,21 @@ func PageRange(prefix string, opt PageOptions) (start string, end []byte, limit 
 	return start, PrefixEnd(prefix), limit, nil
 }
 
+// NewPage is the page a range read answered: kvs, read at rev (etcd's
+// header revision) with more after them or not. etcd's header carries its
+// latest revision, not the one a fixed-revision read asked for, so the
+// asked one is kept: pages that continue from it stay one snapshot.
+func NewPage(kvs []KeyValue, rev int64, more bool, opt PageOptions) *Page {
+	p := &Page{KVs: kvs, Rev: rev}
+	if opt.Rev != 0 {
+		p.Rev = opt.Rev
+	}
+	if more && len(kvs) > 0 {
+		p.Next = NextAfter(kvs[len(kvs)-1].Key)
+	}
+	return p
+}
+
 // NextAfter is the continuation key of a page whose last key is last and
 // after which etcd said there are more: the smallest key above last.
 func NextAfter(last string) string { return last + "\x00" }

@@ -101,21 +101,14 @@ var ListPageSize = 2000
 // List implements store.KV.
 func (g *KV) List(ctx context.Context, prefix string, keysOnly bool) ([]store.KeyValue, int64, error) {
 	var out []store.KeyValue
-	opt := store.PageOptions{Limit: ListPageSize, KeysOnly: keysOnly}
-	for {
-		p, err := g.ListPage(ctx, prefix, opt)
-		if err != nil {
-			return nil, 0, err
-		}
-		if out == nil {
-			out = make([]store.KeyValue, 0, len(p.KVs))
-		}
+	rev, err := store.Walk(ctx, g, prefix, store.WalkOptions{Limit: ListPageSize, KeysOnly: keysOnly, Snapshot: true}, func(p *store.Page) error {
 		out = append(out, p.KVs...)
-		if p.Next == "" {
-			return out, p.Rev, nil
-		}
-		opt.From, opt.Rev = p.Next, p.Rev
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
 	}
+	return out, rev, nil
 }
 
 // ListPage implements store.KV.
@@ -138,18 +131,11 @@ func (g *KV) ListPage(ctx context.Context, prefix string, opt store.PageOptions)
 	if err != nil {
 		return nil, g.wrap(err)
 	}
-	p := &store.Page{Rev: r.Header.Revision, KVs: make([]store.KeyValue, len(r.Kvs))}
+	kvs := make([]store.KeyValue, len(r.Kvs))
 	for i, k := range r.Kvs {
-		p.KVs[i] = store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}
+		kvs[i] = store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}
 	}
-	// etcd's header carries its latest revision, not the one asked for.
-	if opt.Rev != 0 {
-		p.Rev = opt.Rev
-	}
-	if r.More && len(r.Kvs) > 0 {
-		p.Next = store.NextAfter(p.KVs[len(p.KVs)-1].Key)
-	}
-	return p, nil
+	return store.NewPage(kvs, r.Header.Revision, r.More, opt), nil
 }
 
 // Txn implements store.KV.
