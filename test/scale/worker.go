@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -212,6 +213,56 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 	return rows, nil
 }
 
+const (
+	checkReading = 10 * time.Second
+	checkHeld    = 5 * time.Second
+	checkSettle  = 500 * time.Millisecond
+)
+
+// gate is ipam check's pacer in the harness: it paces as inner does and
+// holds the check while the gate is shut.
+type gate struct {
+	inner ipam.Pacer // nil: unpaced
+	mu    sync.Mutex
+	open  chan struct{} // closed while the check may read
+}
+
+func (g *gate) set(open bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if was := isClosed(g.open); open && !was {
+		close(g.open)
+	} else if !open && was {
+		g.open = make(chan struct{})
+	}
+}
+
+func (g *gate) Wait(ctx context.Context, keys int) error {
+	if g.inner != nil {
+		if err := g.inner.Wait(ctx, keys); err != nil {
+			return err
+		}
+	}
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	select {
+	case <-open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
 // sampleHeap samples the Go heap every 100 ms until the function it
 // returns is called, which returns the largest sample.
 func sampleHeap() func() uint64 {
@@ -250,14 +301,22 @@ type IPAMResult struct {
 	// The checker's Go heap at its largest during the check (sampled every
 	// 100 ms) and what it allocated in all: the worker runs nothing else
 	// then but the others' writers.
-	CheckHeapPeak  uint64          `json:"check_heap_peak_bytes"`
-	CheckAllocated uint64          `json:"check_allocated_bytes"`
-	DuringCheck    sim.ChurnResult `json:"during_check"`
-	GCSeconds      float64         `json:"gc_s"`
-	GCReleased     int             `json:"gc_released"`
-	DuringGC       sim.ChurnResult `json:"during_gc"`
-	CheckError     string          `json:"check_error,omitempty"`
-	GCError        string          `json:"gc_error,omitempty"`
+	CheckHeapPeak  uint64 `json:"check_heap_peak_bytes"`
+	CheckAllocated uint64 `json:"check_allocated_bytes"`
+	// The others' writes are measured in alternating windows, the check
+	// reading in one and held in the next (checkReading, checkHeld), so
+	// that the machine's load, which moves over minutes on shared cores,
+	// weighs on both alike: DuringCheck against CheckHeld is the check's
+	// cost to others. CheckSeconds counts the reading windows only.
+	DuringCheck      sim.ChurnResult `json:"during_check"`
+	CheckHeld        sim.ChurnResult `json:"check_held"`
+	CheckWindows     int             `json:"check_windows"`
+	CheckWallSeconds float64         `json:"check_wall_s"`
+	GCSeconds        float64         `json:"gc_s"`
+	GCReleased       int             `json:"gc_released"`
+	DuringGC         sim.ChurnResult `json:"during_gc"`
+	CheckError       string          `json:"check_error,omitempty"`
+	GCError          string          `json:"gc_error,omitempty"`
 }
 
 func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, error) {
@@ -296,32 +355,70 @@ func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, erro
 		res.CheckRate = ipam.DefaultCheckRate
 	}
 	res.CheckRate, res.CheckPage = max(res.CheckRate, 0), sp.CheckPage
-	progress("ipam: check on the full datastore at %.0f keys/s (0: unpaced)", res.CheckRate)
+	progress("ipam: check on the full datastore at %.0f keys/s (0: unpaced), in windows of %v reading and %v held", res.CheckRate, checkReading, checkHeld)
 	runtime.GC()
 	var m0 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	heapPeak := sampleHeap()
-	took, cr, err := during(func(ctx context.Context) error {
-		rep, err := ipam.CheckPaced(ctx, kv, ipam.CheckOptions{Rate: res.CheckRate, PageSize: sp.CheckPage})
-		if rep != nil {
-			res.CheckReport.Blocks, res.CheckReport.Allocations, res.CheckReport.Handles = rep.Blocks, rep.Allocations, rep.Handles
-			res.CheckReport.Endpoints, res.CheckReport.Problems = rep.Endpoints, len(rep.Problems)
-			res.CheckReport.Kinds = map[string]int{}
-			for _, p := range rep.Problems {
-				res.CheckReport.Kinds[p.Kind]++
-			}
+	g := &gate{open: make(chan struct{})}
+	if res.CheckRate > 0 {
+		g.inner = ipam.NewRatePacer(res.CheckRate)
+	}
+	checkDone := make(chan struct{})
+	var rep *ipam.Report
+	var checkErr error
+	t0 := time.Now()
+	go func() {
+		defer close(checkDone)
+		rep, checkErr = ipam.CheckPaced(ctx, kv, ipam.CheckOptions{PageSize: sp.CheckPage, Pacer: g})
+	}()
+	var reading, held []sim.ChurnResult
+	var active time.Duration
+	for i := 0; ; i++ {
+		open := i%2 == 1
+		g.set(open)
+		w0 := time.Now()
+		c := others
+		c.Duration, c.Seed, c.Stop = checkHeld, uint64(100+i), nil
+		if open {
+			c.Duration, c.Stop = checkReading, checkDone
 		}
-		return err
-	})
+		// The page in flight when the gate closes must not count against
+		// the held window.
+		select {
+		case <-checkDone:
+		case <-time.After(checkSettle):
+		}
+		r := ch.Run(ctx, c)
+		if open {
+			active += time.Since(w0)
+			reading = append(reading, r)
+		} else {
+			held = append(held, r)
+		}
+		if isClosed(checkDone) && !open {
+			break // a held window after the check's last reading one
+		}
+	}
 	var m1 runtime.MemStats
 	runtime.ReadMemStats(&m1)
 	res.CheckHeapPeak, res.CheckAllocated = heapPeak(), m1.TotalAlloc-m0.TotalAlloc
-	res.CheckSeconds, res.DuringCheck = took.Seconds(), cr
-	if err != nil {
-		res.CheckError = err.Error()
+	res.CheckSeconds, res.CheckWallSeconds = active.Seconds(), time.Since(t0).Seconds()
+	res.DuringCheck, res.CheckHeld, res.CheckWindows = sim.Merge(reading...), sim.Merge(held...), len(reading)
+	if rep != nil {
+		res.CheckReport.Blocks, res.CheckReport.Allocations, res.CheckReport.Handles = rep.Blocks, rep.Allocations, rep.Handles
+		res.CheckReport.Endpoints, res.CheckReport.Problems = rep.Endpoints, len(rep.Problems)
+		res.CheckReport.Kinds = map[string]int{}
+		for _, p := range rep.Problems {
+			res.CheckReport.Kinds[p.Kind]++
+		}
 	}
-	progress("ipam: check %.1f s, %+v, heap peak %.0f MB; others' p50 %v p99 %v (alone %v, %v)", took.Seconds(), res.CheckReport,
-		float64(res.CheckHeapPeak)/1e6, cr.P50, cr.P99, res.Baseline.P50, res.Baseline.P99)
+	if checkErr != nil {
+		res.CheckError = checkErr.Error()
+	}
+	progress("ipam: check %.1f s reading (%.1f s in all), %+v, heap peak %.0f MB; others' p50 %v p99 %v with the check reading, %v %v held (alone before: %v, %v)",
+		res.CheckSeconds, res.CheckWallSeconds, res.CheckReport, float64(res.CheckHeapPeak)/1e6,
+		res.DuringCheck.P50, res.DuringCheck.P99, res.CheckHeld.P50, res.CheckHeld.P99, res.Baseline.P50, res.Baseline.P99)
 
 	// One host's GC (it reads that host's blocks and attachment notes, not
 	// the network's handles), with every loaded attachment valid: it

@@ -44,6 +44,39 @@ type ChurnResult struct {
 	P50        time.Duration `json:"p50_ns"`
 	P99        time.Duration `json:"p99_ns"`
 	Max        time.Duration `json:"max_ns"`
+	// Latencies are the writes' latencies, sorted, so that runs can be
+	// merged (Merge) before their percentiles are taken.
+	Latencies []time.Duration `json:"-"`
+}
+
+// Merge is the runs as one: their writes, keys and errors added, their
+// durations summed, percentiles over all their writes.
+func Merge(runs ...ChurnResult) ChurnResult {
+	var res ChurnResult
+	var all []time.Duration
+	for _, r := range runs {
+		all = append(all, r.Latencies...)
+		res.Keys += r.Keys
+		res.Errors += r.Errors
+		res.Duration += r.Duration
+		if res.FirstError == "" {
+			res.FirstError = r.FirstError
+		}
+	}
+	return res.withLatencies(all)
+}
+
+func (res ChurnResult) withLatencies(all []time.Duration) ChurnResult {
+	slices.Sort(all)
+	res.Latencies, res.Writes = all, len(all)
+	if res.Duration > 0 {
+		res.Rate = float64(res.Writes) / res.Duration.Seconds()
+	}
+	res.P50, res.P99 = load.Percentile(all, 50), load.Percentile(all, 99)
+	if len(all) > 0 {
+		res.Max = all[len(all)-1]
+	}
+	return res
 }
 
 // Churner writes against a loaded cluster and remembers which of its
@@ -156,14 +189,7 @@ func (c *Churner) Run(ctx context.Context, cfg ChurnConfig) ChurnResult {
 			res.FirstError = o.err.Error()
 		}
 	}
-	slices.Sort(all)
-	res.Writes = len(all)
-	res.Rate = float64(res.Writes) / res.Duration.Seconds()
-	res.P50, res.P99 = load.Percentile(all, 50), load.Percentile(all, 99)
-	if len(all) > 0 {
-		res.Max = all[len(all)-1]
-	}
-	return res
+	return res.withLatencies(all)
 }
 
 // flipEndpoint deletes one of worker w's endpoints, or adds back one it
