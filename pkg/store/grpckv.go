@@ -188,7 +188,7 @@ func (g *GRPCKV) ListPage(ctx context.Context, prefix string, opt PageOptions) (
 	if err != nil {
 		return nil, err
 	}
-	return NewPage(rr.kvs, rr.revision, rr.more, opt), nil
+	return NewPage(rr.kvs, rr.revision, rr.more, rr.count, opt), nil
 }
 
 // Txn implements KV.
@@ -375,6 +375,7 @@ type rangeResp struct {
 	revision int64
 	kvs      []KeyValue
 	more     bool
+	count    int64
 }
 
 // decodeRange reads a RangeResponse: header 1, kvs 2, more 3.
@@ -392,6 +393,8 @@ func decodeRange(b []byte) (*rangeResp, error) {
 			return err
 		case 3:
 			r.more = v != 0
+		case 4:
+			r.count = int64(v)
 		}
 		return nil
 	})

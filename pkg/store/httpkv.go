@@ -94,6 +94,7 @@ type gwRangeResp struct {
 	Header gwHeader `json:"header"`
 	Kvs    []gwKV   `json:"kvs"`
 	More   bool     `json:"more"`
+	Count  gwInt    `json:"count"`
 }
 
 type gwCompare struct {
@@ -261,7 +262,7 @@ func (h *HTTPKV) ListPage(ctx context.Context, prefix string, opt PageOptions) (
 	if err := h.call(ctx, "/v3/kv/range", req, &resp); err != nil {
 		return nil, err
 	}
-	return NewPage(toKVs(resp.Kvs), int64(resp.Header.Revision), resp.More, opt), nil
+	return NewPage(toKVs(resp.Kvs), int64(resp.Header.Revision), resp.More, int64(resp.Count), opt), nil
 }
 
 // Txn implements KV.

@@ -78,6 +78,10 @@ type PageOptions struct {
 	// compacted revision with an error.
 	Rev      int64
 	KeysOnly bool
+	// End, when set, bounds the page's range below it (a key inside the
+	// prefix): etcd counts every key of a range it is asked for, limit or
+	// not, so a walk keeps its ranges small (Walk).
+	End string
 }
 
 // Page is one page of a prefix.
@@ -86,8 +90,11 @@ type Page struct {
 	// Rev is the store revision the page was read at.
 	Rev int64
 	// Next is where the following page starts (PageOptions.From); "" when
-	// this page ended the prefix.
+	// this page ended its range (the prefix, or End).
 	Next string
+	// Count is how many keys the range from From to End (or the prefix's
+	// end) held at Rev, as etcd counted them.
+	Count int64
 }
 
 // DefaultPageSize is ListPage's page without a Limit: big enough that a
@@ -110,15 +117,22 @@ func PageRange(prefix string, opt PageOptions) (start string, end []byte, limit 
 	if limit <= 0 {
 		limit = DefaultPageSize
 	}
-	return start, PrefixEnd(prefix), limit, nil
+	end = PrefixEnd(prefix)
+	if opt.End != "" {
+		if !strings.HasPrefix(opt.End, prefix) || opt.End <= start {
+			return "", nil, 0, fmt.Errorf("page of %s: end %q is outside the prefix or not after %q", prefix, opt.End, start)
+		}
+		end = []byte(opt.End)
+	}
+	return start, end, limit, nil
 }
 
 // NewPage is the page a range read answered: kvs, read at rev (etcd's
 // header revision) with more after them or not. etcd's header carries its
 // latest revision, not the one a fixed-revision read asked for, so the
 // asked one is kept: pages that continue from it stay one snapshot.
-func NewPage(kvs []KeyValue, rev int64, more bool, opt PageOptions) *Page {
-	p := &Page{KVs: kvs, Rev: rev}
+func NewPage(kvs []KeyValue, rev int64, more bool, count int64, opt PageOptions) *Page {
+	p := &Page{KVs: kvs, Rev: rev, Count: count}
 	if opt.Rev != 0 {
 		p.Rev = opt.Rev
 	}

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -86,6 +87,20 @@ func TestListPageConformance(t *testing.T) {
 			if _, err := kv.ListPage(ctx, p, store.PageOptions{From: "/elsewhere"}); err == nil {
 				t.Fatal("a continuation outside the prefix was accepted")
 			}
+			// End bounds the range, and Count is the range's keys, not the page's.
+			pg, err = kv.ListPage(ctx, p, store.PageOptions{From: p + "k005", End: p + "k009", Limit: 2})
+			if err != nil || len(pg.KVs) != 2 || pg.Count != 4 || pg.Next != p+"k006\x00" {
+				t.Fatalf("bounded page: %+v %v", pg, err)
+			}
+			pg, err = kv.ListPage(ctx, p, store.PageOptions{From: p + "k007", End: p + "k009", Limit: 2})
+			if err != nil || len(pg.KVs) != 2 || pg.Count != 2 || pg.Next != "" {
+				t.Fatalf("bounded last page: %+v %v", pg, err)
+			}
+			for _, end := range []string{"/elsewhere", p + "k004"} {
+				if _, err := kv.ListPage(ctx, p, store.PageOptions{From: p + "k005", End: end}); err == nil {
+					t.Fatalf("end %q accepted", end)
+				}
+			}
 		})
 	}
 }
@@ -138,5 +153,82 @@ func TestWalk(t *testing.T) {
 				t.Fatalf("each's error: %v", err)
 			}
 		})
+	}
+}
+
+// countingKV adds up the keys etcd had to count for each page.
+type countingKV struct {
+	store.KV
+	counted, pages int64
+}
+
+func (c *countingKV) ListPage(ctx context.Context, prefix string, opt store.PageOptions) (*store.Page, error) {
+	p, err := c.KV.ListPage(ctx, prefix, opt)
+	if err == nil {
+		c.counted += p.Count
+		c.pages++
+	}
+	return p, err
+}
+
+// A walk's pages do not each ask etcd for the rest of the prefix: etcd
+// counts every key of a range whatever the limit, so that would cost
+// n^2/limit key visits (here 20,000 keys in pages of 100: 2M). Every key
+// still comes once, in order, at one revision.
+func TestWalkBoundsRanges(t *testing.T) {
+	e := etcdtest.Start(t)
+	for name, kv := range clients(t, e.Endpoints()) {
+		t.Run(name, func(t *testing.T) { walkBounded(t, kv, "/tabby/v1/bounded/"+name+"/") })
+	}
+}
+
+func walkBounded(t *testing.T, kv store.KV, p string) {
+	ctx := context.Background()
+	var want []string
+	// Shapes the datastore has: hosts with workloads under them, hashed
+	// handle names, and a few odd ones out.
+	for h := range 100 {
+		for w := range 150 {
+			want = append(want, fmt.Sprintf("%shost/node-%04d/wl/pod-%03d", p, h, w))
+		}
+	}
+	for i := range 5000 {
+		want = append(want, fmt.Sprintf("%shandle/k8s.%016x", p, uint64(i)*0x9e3779b97f4a7c15))
+	}
+	want = append(want, p+"a", p+"host", p+"z\xff\xff")
+	for i := 0; i < len(want); i += 100 {
+		var ops []store.Op
+		for _, k := range want[i:min(i+100, len(want))] {
+			ops = append(ops, store.Put(k, []byte("v")))
+		}
+		if _, err := kv.Txn(ctx, nil, ops); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(want)
+	for _, snapshot := range []bool{false, true} {
+		c := &countingKV{KV: kv}
+		var got []string
+		revs := map[int64]bool{}
+		if _, err := store.Walk(ctx, c, p, store.WalkOptions{Limit: 100, Snapshot: snapshot}, func(pg *store.Page) error {
+			for _, x := range pg.KVs {
+				got = append(got, x.Key)
+			}
+			revs[pg.Rev] = true
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("snapshot %v: walked %d keys, want %d", snapshot, len(got), len(want))
+		}
+		if snapshot && len(revs) != 1 {
+			t.Fatalf("snapshot walk read at %d revisions", len(revs))
+		}
+		n := int64(len(want))
+		t.Logf("snapshot %v: %d keys, %d pages, etcd counted %d keys (%.1f per key)", snapshot, n, c.pages, c.counted, float64(c.counted)/float64(n))
+		if c.counted > 10*n {
+			t.Fatalf("etcd counted %d keys for a walk of %d (unbounded pages: ~%d)", c.counted, n, n*n/200)
+		}
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -451,6 +452,13 @@ type Latencies struct {
 	P50     float64   `json:"p50_ms"`
 	P99     float64   `json:"p99_ms"`
 	Failed  int       `json:"failed"`
+	// Steps is the ADD's own steps, p50 each in ms, from the plugin's
+	// debug log: where the time goes when the datastore is full.
+	Steps map[string]float64 `json:"steps_p50_ms,omitempty"`
+	// What else ran meanwhile: the machine's busy cores over the series
+	// and tabby-node's CPU per ADD+DEL.
+	BusyCores float64 `json:"busy_cores,omitempty"`
+	NodeCPUms float64 `json:"node_cpu_ms_per_add,omitempty"`
 }
 
 func latencies(d []time.Duration, failed int) *Latencies {
@@ -462,11 +470,88 @@ func latencies(d []time.Duration, failed int) *Latencies {
 	return l
 }
 
+// machineCPU is the machine's busy and total jiffies (/proc/stat).
+func machineCPU() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	for i, x := range f[1:] {
+		v, _ := strconv.ParseUint(x, 10, 64)
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+// procCPU is a process's CPU seconds (user and system), 0 if unknown.
+func procCPU(p *lab.Proc) float64 {
+	if p == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
+	if err != nil {
+		return 0
+	}
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+var stepRE = regexp.MustCompile(`msg="ADD step" .*step=(\w+) elapsed=(\S+)`)
+
+// addSteps reads the plugin's "ADD step" lines written after from: each
+// is the time since the ADD began, so a step's own time is its elapsed
+// less the previous step's ("done" after "endpoint" is the wait for the
+// policy, named so).
+func addSteps(path string, from int64) map[string]float64 {
+	b, err := os.ReadFile(path)
+	if err != nil || int64(len(b)) < from {
+		return nil
+	}
+	per := map[string][]time.Duration{}
+	var prev time.Duration
+	for _, line := range strings.Split(string(b[from:]), "\n") {
+		m := stepRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		el, err := time.ParseDuration(m[2])
+		if err != nil {
+			continue
+		}
+		step := m[1]
+		if step == "identity" {
+			prev = 0
+		}
+		if step == "done" {
+			step = "policy"
+		}
+		per[step] = append(per[step], el-prev)
+		prev = el
+	}
+	out := map[string]float64{}
+	for k, v := range per {
+		slices.Sort(v)
+		out[k] = ms(load.Percentile(v, 50))
+	}
+	return out
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func (r *runner) conf(profile string) []byte {
 	return fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"tabby-net","type":"tabby","etcd_endpoints":%q,"nodename":%q,
-	  "state_dir":%q,"log_file":%q,"log_level":"info","profiles":[%q],"ipam":{"type":"tabby-ipam"}}`,
+	  "state_dir":%q,"log_file":%q,"log_level":"debug","profiles":[%q],"ipam":{"type":"tabby-ipam"}}`,
 		r.l.EtcdURL, r.h.Name, r.stateDir(), filepath.Join(r.l.Dir, "cni.log"), profile)
 }
 
@@ -478,6 +563,13 @@ func (r *runner) plugin(cmd, id, nsPath string, conf []byte) testutil.Outcome {
 // addLatency times n CNI ADDs on the lab host (tabby-node enforcing a
 // profile on each), each followed by its DEL.
 func (r *runner) addLatency(n int) (*Latencies, error) {
+	logPath := filepath.Join(r.l.Dir, "cni.log")
+	var logFrom int64
+	if st, err := os.Stat(logPath); err == nil {
+		logFrom = st.Size()
+	}
+	busy0, total0 := machineCPU()
+	node0 := procCPU(r.node)
 	var d []time.Duration
 	failed := 0
 	var firstErr error
@@ -502,7 +594,15 @@ func (r *runner) addLatency(n int) (*Latencies, error) {
 		}
 	}
 	l := latencies(d, failed)
-	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed)", l.P50, l.P99, failed)
+	l.Steps = addSteps(logPath, logFrom)
+	if busy1, total1 := machineCPU(); total1 > total0 {
+		l.BusyCores = float64(busy1-busy0) / float64(total1-total0) * float64(runtime.NumCPU())
+	}
+	if n > 0 {
+		l.NodeCPUms = (procCPU(r.node) - node0) * 1000 / float64(n)
+	}
+	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v; machine busy %.2f cores, tabby-node %.2f ms CPU per ADD+DEL",
+		l.P50, l.P99, failed, l.Steps, l.BusyCores, l.NodeCPUms)
 	return l, firstErr
 }
 

@@ -105,9 +105,15 @@ func renderMD(rep *Report) string {
 		{"profile change to enforcement, empty datastore", rep.EnforceEmpty}, {"profile change to enforcement, full datastore, hosts watching", rep.Enforce}} {
 		if l.v != nil {
 			if l.name == "CNI ADD, empty datastore" {
-				w.WriteString("\n## Latencies\n\n| series | n | p50 ms | p99 ms | failed |\n|---|---|---|---|---|\n")
+				w.WriteString("\n## Latencies\n\n| series | n | p50 ms | p99 ms | failed | machine busy cores | tabby-node CPU ms per ADD+DEL |\n|---|---|---|---|---|---|---|\n")
 			}
-			fmt.Fprintf(&w, "| %s | %d | %.1f | %.1f | %d |\n", l.name, l.v.N, l.v.P50, l.v.P99, l.v.Failed)
+			fmt.Fprintf(&w, "| %s | %d | %.1f | %.1f | %d | %.2f | %.2f |\n", l.name, l.v.N, l.v.P50, l.v.P99, l.v.Failed, l.v.BusyCores, l.v.NodeCPUms)
+		}
+	}
+	if a, f := rep.AddEmpty, rep.AddFull; a != nil && f != nil && len(a.Steps) > 0 && len(f.Steps) > 0 {
+		w.WriteString("\nThe ADD's steps (p50 ms each, from the plugin's debug log; the rest of an ADD is the plugin's process start under `ip netns exec`, its netconf and its etcd connection):\n\n| step | empty datastore | full datastore |\n|---|---|---|\n")
+		for _, st := range []string{"identity", "ipam", "mtu", "veth", "endpoint", "policy"} {
+			fmt.Fprintf(&w, "| %s | %.2f | %.2f |\n", st, a.Steps[st], f.Steps[st])
 		}
 	}
 	if ip := rep.IPAM; ip != nil {

@@ -135,7 +135,7 @@ func (g *KV) ListPage(ctx context.Context, prefix string, opt store.PageOptions)
 	for i, k := range r.Kvs {
 		kvs[i] = store.KeyValue{Key: string(k.Key), Value: k.Value, ModRev: k.ModRevision, CreateRev: k.CreateRevision}
 	}
-	return store.NewPage(kvs, r.Header.Revision, r.More, opt), nil
+	return store.NewPage(kvs, r.Header.Revision, r.More, r.Count, opt), nil
 }
 
 // Txn implements store.KV.
