@@ -115,6 +115,9 @@ func parse() (*options, error) {
 	if o.steps == nil {
 		o.steps = []int{0, 1000, 5000, 10000}
 	}
+	// Changes alternate allow and remove: an even number leaves B's
+	// profile denying A, as the next series expects.
+	o.changes += o.changes % 2
 	for i, n := range o.steps {
 		o.steps[i] = min(n, o.cluster.Hosts)
 	}
@@ -137,6 +140,9 @@ type Report struct {
 	ColdFull     *ColdStart  `json:"cold_start_full"`
 	AddEmpty     *Latencies  `json:"add_empty"`
 	AddFull      *Latencies  `json:"add_full"`
+	// ptp + host-local's ADDs, taken in turns with tabby's.
+	RefEmpty *Latencies `json:"ref_add_empty,omitempty"`
+	RefFull  *Latencies `json:"ref_add_full,omitempty"`
 	Enforce      *Latencies  `json:"enforce_10k_watching"`
 	EnforceEmpty *Latencies  `json:"enforce_empty"`
 	Fanout       []FanoutRow `json:"fanout"`
@@ -250,7 +256,7 @@ func (r *runner) all() error {
 		return err
 	}
 	progress("CNI ADD on the empty datastore: %d", r.o.adds)
-	if r.rep.AddEmpty, err = r.addLatency(r.o.adds); err != nil {
+	if r.rep.AddEmpty, r.rep.RefEmpty, err = r.addLatency(r.o.adds); err != nil {
 		r.fail("ADD on the empty datastore", err)
 	}
 	progress("profile change to enforcement on the empty datastore: %d changes", r.o.changes)
@@ -277,7 +283,7 @@ func (r *runner) all() error {
 		return err
 	}
 	progress("CNI ADD on the full datastore: %d", r.o.adds)
-	if r.rep.AddFull, err = r.addLatency(r.o.adds); err != nil {
+	if r.rep.AddFull, r.rep.RefFull, err = r.addLatency(r.o.adds); err != nil {
 		r.fail("ADD on the full datastore", err)
 	}
 
@@ -555,14 +561,20 @@ func (r *runner) conf(profile string) []byte {
 		r.l.EtcdURL, r.h.Name, r.stateDir(), filepath.Join(r.l.Dir, "cni.log"), profile)
 }
 
-func (r *runner) plugin(cmd, id, nsPath string, conf []byte) testutil.Outcome {
-	return testutil.Run(filepath.Join(r.o.bin, "tabby"), testutil.Call{Command: cmd, ContainerID: id, Netns: nsPath,
+// plugin runs a CNI plugin: tabby from bin/, the reference from the
+// system's CNI plugins.
+func (r *runner) plugin(name, cmd, id, nsPath string, conf []byte) testutil.Outcome {
+	path := filepath.Join(r.o.bin, name)
+	if name != "tabby" {
+		path = filepath.Join("/usr/lib/cni", name)
+	}
+	return testutil.Run(path, testutil.Call{Command: cmd, ContainerID: id, Netns: nsPath,
 		IfName: "eth0", Path: r.o.bin + ":/usr/lib/cni", Conf: conf, Wrap: []string{"ip", "netns", "exec", r.h.NS}, Timeout: 60 * time.Second})
 }
 
 // addLatency times n CNI ADDs on the lab host (tabby-node enforcing a
 // profile on each), each followed by its DEL.
-func (r *runner) addLatency(n int) (*Latencies, error) {
+func (r *runner) addLatency(n int) (*Latencies, *Latencies, error) {
 	logPath := filepath.Join(r.l.Dir, "cni.log")
 	var logFrom int64
 	if st, err := os.Stat(logPath); err == nil {
@@ -570,27 +582,43 @@ func (r *runner) addLatency(n int) (*Latencies, error) {
 	}
 	busy0, total0 := machineCPU()
 	node0 := procCPU(r.node)
-	var d []time.Duration
-	failed := 0
+	var d, ref []time.Duration
+	failed, refFailed := 0, 0
 	var firstErr error
-	for i := 0; i < n; i++ {
-		name := fmt.Sprintf("add%d", i)
+	// one ADD and DEL of a plugin in a fresh container namespace.
+	call := func(plugin, name string, conf []byte) (time.Duration, bool) {
 		nsName, nsPath := r.l.AddContainer(r.h, name)
-		id := fmt.Sprintf("scale-add-%d-%d", time.Now().UnixNano(), i)
-		out := r.plugin("ADD", id, nsPath, r.conf(profA))
-		if out.ExitCode != 0 {
-			failed++
-			if firstErr == nil {
-				firstErr = fmt.Errorf("ADD: exit %d: %s %s", out.ExitCode, out.Stdout, out.Stderr)
-			}
-		} else {
-			d = append(d, out.Took)
+		id := fmt.Sprintf("scale-%s-%d", name, time.Now().UnixNano())
+		out := r.plugin(plugin, "ADD", id, nsPath, conf)
+		ok := out.ExitCode == 0
+		if !ok && firstErr == nil {
+			firstErr = fmt.Errorf("%s ADD: exit %d: %s %s", plugin, out.ExitCode, out.Stdout, out.Stderr)
 		}
-		if del := r.plugin("DEL", id, nsPath, r.conf(profA)); del.ExitCode != 0 && firstErr == nil {
-			firstErr = fmt.Errorf("DEL: exit %d: %s", del.ExitCode, del.Stdout)
+		if del := r.plugin(plugin, "DEL", id, nsPath, conf); del.ExitCode != 0 && firstErr == nil {
+			firstErr = fmt.Errorf("%s DEL: exit %d: %s", plugin, del.ExitCode, del.Stdout)
 		}
 		if err := r.l.RemoveContainer(nsName); err != nil && firstErr == nil {
 			firstErr = err
+		}
+		return out.Took, ok
+	}
+	// Each tabby ADD beside one of ptp + host-local (no datastore), in
+	// turns A B B A: what the machine does to ADDs between the empty and
+	// the full datastore (here: a 9 GB etcd beside them) shows in the
+	// reference too.
+	for i := 0; i < n; i++ {
+		for k := range 2 {
+			if (i%2 == 0) == (k == 0) {
+				if t, ok := call("tabby", fmt.Sprintf("add%d", i), r.conf(profA)); ok {
+					d = append(d, t)
+				} else {
+					failed++
+				}
+			} else if t, ok := call("ptp", fmt.Sprintf("ref%d", i), r.refConf()); ok {
+				ref = append(ref, t)
+			} else {
+				refFailed++
+			}
 		}
 	}
 	l := latencies(d, failed)
@@ -601,9 +629,16 @@ func (r *runner) addLatency(n int) (*Latencies, error) {
 	if n > 0 {
 		l.NodeCPUms = (procCPU(r.node) - node0) * 1000 / float64(n)
 	}
-	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v; machine busy %.2f cores, tabby-node %.2f ms CPU per ADD+DEL",
-		l.P50, l.P99, failed, l.Steps, l.BusyCores, l.NodeCPUms)
-	return l, firstErr
+	rl := latencies(ref, refFailed)
+	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v; ptp + host-local p50 %.1f ms p99 %.1f ms; machine busy %.2f cores, tabby-node %.2f ms CPU per ADD+DEL",
+		l.P50, l.P99, failed, l.Steps, rl.P50, rl.P99, l.BusyCores, l.NodeCPUms)
+	return l, rl, firstErr
+}
+
+// refConf is the reference: ptp + host-local on a range of its own.
+func (r *runner) refConf() []byte {
+	return fmt.Appendf(nil, `{"cniVersion":"1.0.0","name":"ref-net","type":"ptp","ipMasq":false,
+	  "ipam":{"type":"host-local","ranges":[[{"subnet":"198.18.0.0/16"}]],"dataDir":%q}}`, filepath.Join(r.l.Dir, "host-local"))
 }
 
 const (
@@ -624,7 +659,7 @@ func (r *runner) newProbe() (*probe, error) {
 	for i, prof := range []string{profA, profB} {
 		name := fmt.Sprintf("probe%c", 'a'+i)
 		nsName, nsPath := r.l.AddContainer(r.h, name)
-		out := r.plugin("ADD", "scale-"+name, nsPath, r.conf(prof))
+		out := r.plugin("tabby", "ADD", "scale-"+name, nsPath, r.conf(prof))
 		if out.ExitCode != 0 {
 			return nil, fmt.Errorf("probe workload %s: exit %d: %s", name, out.ExitCode, out.Stdout)
 		}

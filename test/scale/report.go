@@ -67,6 +67,14 @@ func renderMD(rep *Report) string {
 	if a, f := rep.AddEmpty, rep.AddFull; a != nil && f != nil && a.N > 0 && f.N > 0 {
 		fmt.Fprintf(&w, "| ADD on the full datastore <= 1.1x empty | p50 %.1f vs %.1f ms (%.2fx), p99 %.1f vs %.1f ms (%.2fx) | %s |\n",
 			f.P50, a.P50, f.P50/a.P50, f.P99, a.P99, f.P99/a.P99, verdict(f.P50/a.P50 <= goalAddRatio && f.P99/a.P99 <= goalAddRatio))
+		if ra, rf := rep.RefEmpty, rep.RefFull; ra != nil && rf != nil && ra.N > 0 && rf.N > 0 {
+			// The same ratio over the reference's own: what the full
+			// datastore costs tabby beyond what the machine did to every ADD.
+			p50 := (f.P50 / a.P50) / (rf.P50 / ra.P50)
+			p99 := (f.P99 / a.P99) / (rf.P99 / ra.P99)
+			fmt.Fprintf(&w, "| the same, over ptp + host-local's own change (ADDs taken in turns with tabby's) | ptp + host-local p50 %.1f vs %.1f ms (%.2fx), p99 %.1f vs %.1f ms (%.2fx); tabby over it: p50 %.2fx, p99 %.2fx | %s |\n",
+				rf.P50, ra.P50, rf.P50/ra.P50, rf.P99, ra.P99, rf.P99/ra.P99, p50, p99, verdict(p50 <= goalAddRatio && p99 <= goalAddRatio))
+		}
 	}
 	if cs := rep.ColdFull; cs != nil {
 		fmt.Fprintf(&w, "| tabby-node cold start on the full datastore < 1 s | %.2f s (empty: %.2f s) | %s |\n", cs.ReadySeconds, rep.ColdEmpty.ReadySeconds, verdict(cs.ReadySeconds < goalColdStart))
@@ -102,6 +110,7 @@ func renderMD(rep *Report) string {
 		name string
 		v    *Latencies
 	}{{"CNI ADD, empty datastore", rep.AddEmpty}, {"CNI ADD, full datastore", rep.AddFull},
+		{"ptp + host-local ADD, beside the empty datastore", rep.RefEmpty}, {"ptp + host-local ADD, beside the full datastore", rep.RefFull},
 		{"profile change to enforcement, empty datastore", rep.EnforceEmpty}, {"profile change to enforcement, full datastore, hosts watching", rep.Enforce}} {
 		if l.v != nil {
 			if l.name == "CNI ADD, empty datastore" {
