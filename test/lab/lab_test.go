@@ -55,9 +55,16 @@ func assertGone(t *testing.T, id string, pids ...int) {
 			t.Errorf("namespace %s left behind", ns)
 		}
 	}
+	// A SIGKILLed process dies when the kernel next runs it, which on a
+	// loaded machine can be a while after kill(2) returned: wait for it, up
+	// to a deadline, rather than for a fixed time.
+	deadline := time.Now().Add(5 * time.Second)
 	for _, pid := range pids {
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
 		if alive(pid) {
-			t.Errorf("process %d left running", pid)
+			t.Errorf("process %d left running 5 s after cleanup", pid)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(stateRoot, id)); err == nil {
@@ -414,7 +421,6 @@ func TestCleanupStale(t *testing.T) {
 	if err := CleanupStale("tlst"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
 	assertGone(t, id, sleeper.Process.Pid)
 	if _, err := os.Stat(pathOf(foreign)); err != nil {
 		t.Errorf("unrecorded namespace %s was removed", foreign)
