@@ -57,11 +57,8 @@ func Walk(ctx context.Context, kv KV, prefix string, opt WalkOptions, each func(
 	delivered := false
 	for {
 		po.End = ""
-		if depth > len(prefix) {
+		if depth > len(prefix) { // never on the first page: From is set
 			from := po.From
-			if from == "" {
-				from = prefix
-			}
 			if end := string(PrefixEnd(from[:min(depth, len(from))])); end < prefixEnd {
 				po.End = end
 			}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -160,23 +159,7 @@ func parallel(workers, n int, f func(i int) error) error {
 	return first
 }
 
-// cpuMeter reads a running process's CPU time, summed over its threads,
-// from /proc/PID/task/*/schedstat (nanoseconds, unlike the clock ticks of
-// /proc/PID/stat). Threads that already exited are not counted.
+// cpuMeter reads a running process's CPU time (lab.CPUTime).
 type cpuMeter struct{ pid int }
 
-func (m cpuMeter) read() time.Duration {
-	if m.pid == 0 {
-		return 0
-	}
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", m.pid))
-	var sum time.Duration
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
-			ns, _ := strconv.ParseInt(f[0], 10, 64)
-			sum += time.Duration(ns)
-		}
-	}
-	return sum
-}
+func (m cpuMeter) read() time.Duration { return lab.CPUTime(m.pid) }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -286,4 +287,24 @@ func Tail(path string, n int) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// CPUTime is a running process's CPU time, summed over its threads, from
+// /proc/PID/task/*/schedstat (nanoseconds, unlike the clock ticks of
+// /proc/PID/stat); 0 for pid 0. Threads that already exited are not
+// counted.
+func CPUTime(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
 }

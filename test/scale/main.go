@@ -132,17 +132,17 @@ func parse() (*options, error) {
 
 // Report is everything one run measured.
 type Report struct {
-	Started      time.Time   `json:"started"`
-	Cluster      load.Config `json:"cluster"`
-	Load         *LoadResult `json:"load"`
-	LoadError    string      `json:"load_error,omitempty"`
-	ColdEmpty    *ColdStart  `json:"cold_start_empty"`
-	ColdFull     *ColdStart  `json:"cold_start_full"`
-	AddEmpty     *Latencies  `json:"add_empty"`
-	AddFull      *Latencies  `json:"add_full"`
+	Started   time.Time   `json:"started"`
+	Cluster   load.Config `json:"cluster"`
+	Load      *LoadResult `json:"load"`
+	LoadError string      `json:"load_error,omitempty"`
+	ColdEmpty *ColdStart  `json:"cold_start_empty"`
+	ColdFull  *ColdStart  `json:"cold_start_full"`
+	AddEmpty  *Latencies  `json:"add_empty"`
+	AddFull   *Latencies  `json:"add_full"`
 	// ptp + host-local's ADDs, taken in turns with tabby's.
-	RefEmpty *Latencies `json:"ref_add_empty,omitempty"`
-	RefFull  *Latencies `json:"ref_add_full,omitempty"`
+	RefEmpty     *Latencies  `json:"ref_add_empty,omitempty"`
+	RefFull      *Latencies  `json:"ref_add_full,omitempty"`
 	Enforce      *Latencies  `json:"enforce_10k_watching"`
 	EnforceEmpty *Latencies  `json:"enforce_empty"`
 	Fanout       []FanoutRow `json:"fanout"`
@@ -494,25 +494,6 @@ func machineCPU() (busy, total uint64) {
 	return busy, total
 }
 
-// procCPU is a process's CPU seconds (user and system), 0 if unknown.
-func procCPU(p *lab.Proc) float64 {
-	if p == nil {
-		return 0
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
-	if err != nil {
-		return 0
-	}
-	_, rest, ok := strings.Cut(string(b), ") ")
-	f := strings.Fields(rest)
-	if !ok || len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
 var stepRE = regexp.MustCompile(`msg="ADD step" .*step=(\w+) elapsed=(\S+)`)
 
 // addSteps reads the plugin's "ADD step" lines written after from: each
@@ -581,7 +562,7 @@ func (r *runner) addLatency(n int) (*Latencies, *Latencies, error) {
 		logFrom = st.Size()
 	}
 	busy0, total0 := machineCPU()
-	node0 := procCPU(r.node)
+	node0 := lab.CPUTime(r.node.PID)
 	var d, ref []time.Duration
 	failed, refFailed := 0, 0
 	var firstErr error
@@ -627,7 +608,7 @@ func (r *runner) addLatency(n int) (*Latencies, *Latencies, error) {
 		l.BusyCores = float64(busy1-busy0) / float64(total1-total0) * float64(runtime.NumCPU())
 	}
 	if n > 0 {
-		l.NodeCPUms = (procCPU(r.node) - node0) * 1000 / float64(n)
+		l.NodeCPUms = ms(lab.CPUTime(r.node.PID)-node0) / float64(n)
 	}
 	rl := latencies(ref, refFailed)
 	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v; ptp + host-local p50 %.1f ms p99 %.1f ms; machine busy %.2f cores, tabby-node %.2f ms CPU per ADD+DEL",
