@@ -140,15 +140,21 @@ func (a *Agent) patchPolicy() bool {
 		return false
 	}
 	v6ok := a.ipt6 != nil && !a.v6PolicyBroken()
-	same := true
+	// The profiles the rules were rendered from: any of them written,
+	// created or deleted since needs a full pass.
 	n := 0
-	a.cache.Each(model.ProfilePrefix, func(k string, rev int64) {
-		n++
-		if in.profiles[k] != rev {
-			same = false
+	for p := range in.used {
+		k := model.ProfileKey(p)
+		same := true
+		a.cache.Each(k, func(_ string, rev int64) {
+			n++
+			same = in.profiles[k] == rev
+		})
+		if !same {
+			return false
 		}
-	})
-	if !same || n != len(in.profiles) {
+	}
+	if n != len(in.profiles) {
 		return false
 	}
 	// Policies, namespaces, followed member records: a full pass.

@@ -257,3 +257,75 @@ func TestPolicyReadyWaitsForPeers(t *testing.T) {
 		}
 	})
 }
+
+// A node follows the profiles its endpoints name, one key each, and no
+// other: an edit of another profile (even one whose name starts with a
+// followed one's) reaches it not at all, an edit of its own re-renders,
+// and a profile is followed from its first endpoint to its last.
+func TestFollowsOnlyItsProfiles(t *testing.T) {
+	withPolicyAgent(t, func(p *policyAgent, _ *etcdtest.Etcd) {
+		a := p.Agent
+		allow := []model.Rule{{Action: "allow"}}
+		p.put(model.ProfileKey("PX"), model.Profile{Name: "PX", Inbound: allow, Outbound: allow})
+		p.put(model.ProfileKey("Q"), model.Profile{Name: "Q", Inbound: allow, Outbound: allow})
+		ep := func(name, ip, profile string) model.Endpoint {
+			return model.Endpoint{Host: "h1", Orchestrator: "k8s", Workload: "prod." + name, Name: "eth0", ContainerID: "c-" + name,
+				HostInterface: "tby" + (name + "00000000000")[:11], IPv4Nets: []string{ip + "/32"}, Profiles: []string{profile}}
+		}
+		add := func(e model.Endpoint) string {
+			k := model.EndpointKey(e.Host, e.Orchestrator, e.Workload, e.Name)
+			p.put(k, e)
+			return k
+		}
+		e1 := ep("one", "10.0.0.1", "P")
+		add(e1)
+		a.cache = watch.New(p.cli, a.log)
+		a.cache.Start(p.ctx, a.basePrefixes()...)
+		p.settle("one ready", func() bool { return a.ready.has(e1.HostInterface, e1.ContainerID) })
+		follows := func(pre string) bool { return slices.Contains(a.cache.Prefixes(), pre) }
+		if !follows(model.ProfileKey("P")) || follows(model.ProfileKey("Q")) || follows(model.ProfileKey("PX")) || follows(model.ProfilePrefix) {
+			t.Fatalf("follows %v", a.cache.Prefixes())
+		}
+		if s := a.cache.Snapshot(model.ProfileKey("P")); len(s) != 1 {
+			t.Fatalf("profile P's key holds %d keys", len(s))
+		}
+
+		// Others' profiles change; then a new endpoint of the same group:
+		// nothing the rules came from changed, so it is patched in.
+		p.put(model.ProfileKey("Q"), model.Profile{Name: "Q", Inbound: []model.Rule{{Action: "deny"}}})
+		p.put(model.ProfileKey("PX"), model.Profile{Name: "PX", Inbound: []model.Rule{{Action: "deny"}}})
+		e2 := ep("two", "10.0.0.2", "P")
+		p.cached(model.HostSubtree("h1"), add(e2))
+		if !a.patchPolicy() || !a.ready.has(e2.HostInterface, e2.ContainerID) {
+			t.Fatal("an edit of profiles no endpoint here names stopped the incremental path")
+		}
+
+		// Its own profile's edit: a full pass, whose tags are then followed.
+		p.put(model.ProfileKey("P"), model.Profile{Name: "P", Inbound: []model.Rule{{Action: "allow", SrcTag: "T"}}, Outbound: allow})
+		deadline := time.Now().Add(10 * time.Second)
+		for v, _ := a.cache.Get(model.ProfileKey("P"), model.ProfileKey("P")); !strings.Contains(string(v), `"T"`); v, _ = a.cache.Get(model.ProfileKey("P"), model.ProfileKey("P")) {
+			if time.Now().After(deadline) {
+				t.Fatal("P's edit never reached the cache")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if a.patchPolicy() {
+			t.Fatal("an edit of a profile in use was patched")
+		}
+		p.settle("tag T followed", func() bool { return follows(model.TagMembersPrefix("T")) && a.cache.Synced() })
+
+		// The first endpoint naming Q: Q followed, the endpoint ready; its
+		// last gone: Q no longer followed.
+		e3 := ep("three", "10.0.0.3", "Q")
+		k3 := add(e3)
+		p.cached(model.HostSubtree("h1"), k3)
+		if a.patchPolicy() {
+			t.Fatal("an endpoint of a profile not yet followed was patched in")
+		}
+		p.settle("three ready under Q", func() bool { return follows(model.ProfileKey("Q")) && a.ready.has(e3.HostInterface, e3.ContainerID) })
+		if _, err := p.cli.Delete(p.ctx, k3); err != nil {
+			t.Fatal(err)
+		}
+		p.settle("Q dropped", func() bool { return !follows(model.ProfileKey("Q")) })
+	})
+}

@@ -15,13 +15,65 @@ import (
 	"github.com/tabby-net/tabby/pkg/model"
 )
 
-// basePrefixes are what every node follows; tag prefixes come on top, for
-// the tags its local rules name, and member index prefixes, for the
-// namespaces the peers of the policies selecting its endpoints name.
-// Policies and namespaces (labels) are small: every node follows them.
-func (a *Agent) basePrefixes() []string {
-	return []string{model.PoolPrefix, model.NodePrefix, model.BGPConfigKey, model.BGPPeerPrefix, model.ProfilePrefix,
-		model.HostSubtree(a.cfg.Name), model.AffinityHostPrefix(a.cfg.Name), model.PolicyPrefix, model.NamespacePrefix}
+func (a *Agent) basePrefixes() []string { return BasePrefixes(a.cfg.Name) }
+
+// BasePrefixes are what every node follows. On top of them a node follows
+// what its own endpoints need (Followed): the profiles they name, one key
+// each, the tags those profiles' rules name, and the member index
+// prefixes of the namespaces the policies selecting them name. Policies
+// and namespaces (labels) are small: every node follows them. Profiles
+// are not: at 10,000 hosts a profile edit sent to every node is 10,000
+// events for the ~50 hosts that run the profile's workloads.
+func BasePrefixes(host string) []string {
+	return []string{model.PoolPrefix, model.NodePrefix, model.BGPConfigKey, model.BGPPeerPrefix,
+		model.HostSubtree(host), model.AffinityHostPrefix(host), model.PolicyPrefix, model.NamespacePrefix}
+}
+
+// Followed is what a node follows, given the profiles its endpoints name
+// and the tags and member prefixes their rules need.
+func Followed(host string, profiles, tags, memPrefixes []string) []string {
+	want := BasePrefixes(host)
+	for _, p := range profiles {
+		want = append(want, model.ProfileKey(p))
+	}
+	for _, t := range tags {
+		want = append(want, model.TagMembersPrefix(t))
+	}
+	return append(want, memPrefixes...)
+}
+
+// usedProfiles are the profiles endpoints name, sorted, once each.
+func usedProfiles(eps []model.Endpoint) []string {
+	seen := map[string]bool{}
+	var out []string
+	for i := range eps {
+		for _, p := range eps[i].Profiles {
+			if !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// readProfiles decodes the followed profiles (a profile not yet loaded,
+// not in etcd or undecodable is absent) and the revision of each one's key.
+func (a *Agent) readProfiles(names []string) (map[string]model.Profile, map[string]int64) {
+	profiles := make(map[string]model.Profile, len(names))
+	revs := make(map[string]int64, len(names))
+	for _, n := range names {
+		// Value and revision read in one instant: a pass must never
+		// record a newer revision than the rules it rendered.
+		k := model.ProfileKey(n)
+		byKey, rev := watch.DecodeRev[model.Profile](a.cache, k, nil)
+		if p, ok := byKey[k]; ok {
+			p.Name = n // the key's name, whatever the record says
+			profiles[n], revs[k] = p, rev[k]
+		}
+	}
+	return profiles, revs
 }
 
 // policyInputs reads the policies and namespaces from the cache. A
@@ -218,22 +270,10 @@ func (a *Agent) syncPolicy(v *view, p pass) error {
 	prepared := policy.PreparePolicies(pols)
 	scope, all := policy.MemberScope(v.endpoints, prepared, nss)
 	memPrefixes := memberPrefixes(scope, all)
-	profiles := map[string]model.Profile{}
-	byKey, profRevs := watch.DecodeRev[model.Profile](a.cache, model.ProfilePrefix, nil)
-	for _, p := range byKey {
-		profiles[p.Name] = p
-	}
-	var names []string
-	for _, e := range v.endpoints {
-		names = append(names, e.Profiles...)
-	}
+	names := usedProfiles(v.endpoints)
+	profiles, profRevs := a.readProfiles(names)
 	tags := policy.Referenced(profiles, names)
-	want := a.basePrefixes()
-	for _, t := range tags {
-		want = append(want, model.TagMembersPrefix(t))
-	}
-	want = append(want, memPrefixes...)
-	a.cache.SetPrefixes(want...)
+	a.cache.SetPrefixes(Followed(a.cfg.Name, names, tags, memPrefixes)...)
 	// Loaded before they are read: otherwise the rules may lack members
 	// and must not be reported ready (the load wakes another pass).
 	loaded := a.cache.Synced()

@@ -2,6 +2,11 @@
 // per prefix, then a watch from the revision of that Get. A watch that is lost
 // (compaction, a canceled stream) resyncs only the prefix it covered. The set
 // of prefixes can change at run time (tags named by local rules come and go).
+//
+// A followed name that ends in "/" is a prefix; any other is one key,
+// read and watched alone (a profile, the BGP configuration): a node that
+// follows the profiles its endpoints name must not also be sent every
+// profile whose name merely starts with one of them.
 package watch
 
 import (
@@ -186,12 +191,23 @@ func (c *Cache) Holds(keys ...string) bool {
 	return true
 }
 
+// singleKey reports whether a followed name is one key, not a prefix.
+func singleKey(name string) bool { return !strings.HasSuffix(name, "/") }
+
+// covers reports whether the followed name holds key.
+func covers(name, key string) bool {
+	if singleKey(name) {
+		return key == name
+	}
+	return strings.HasPrefix(key, name)
+}
+
 // prefixOf is the longest followed prefix that holds key, "" if none.
 // Callers hold c.mu.
 func (c *Cache) prefixOf(key string) string {
 	best := ""
 	for p := range c.data {
-		if strings.HasPrefix(key, p) && len(p) > len(best) {
+		if covers(p, key) && len(p) > len(best) {
 			best = p
 		}
 	}
@@ -398,12 +414,24 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 	decode := c.decoders[prefix]
 	c.mu.RUnlock()
 	m := map[string]entry{}
-	rev, err := store.Walk(ctx, etcdv3.FromClient(c.cli, nil), prefix, store.WalkOptions{Limit: loadPage, Snapshot: true}, func(p *store.Page) error {
-		for _, kv := range p.KVs {
-			m[kv.Key] = newEntry(decode, kv.Key, kv.Value, kv.ModRev)
+	var rev int64
+	var err error
+	if singleKey(prefix) {
+		var r *clientv3.GetResponse
+		if r, err = c.cli.Get(ctx, prefix); err == nil {
+			rev = r.Header.Revision
+			for _, kv := range r.Kvs {
+				m[string(kv.Key)] = newEntry(decode, string(kv.Key), kv.Value, kv.ModRevision)
+			}
 		}
-		return nil
-	})
+	} else {
+		rev, err = store.Walk(ctx, etcdv3.FromClient(c.cli, nil), prefix, store.WalkOptions{Limit: loadPage, Snapshot: true}, func(p *store.Page) error {
+			for _, kv := range p.KVs {
+				m[kv.Key] = newEntry(decode, kv.Key, kv.Value, kv.ModRev)
+			}
+			return nil
+		})
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -431,7 +459,11 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 func (c *Cache) watch(ctx context.Context, prefix string, rev int64) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for resp := range c.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	opts := []clientv3.OpOption{clientv3.WithRev(rev + 1)}
+	if !singleKey(prefix) {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	for resp := range c.cli.Watch(wctx, prefix, opts...) {
 		if err := resp.Err(); err != nil {
 			c.log.Info("watch lost; resyncing the prefix", "prefix", prefix, "err", err)
 			return

@@ -198,3 +198,43 @@ func TestDecoderAndPagedLoad(t *testing.T) {
 		t.Fatalf("refreshed key: %+v %v", x, ok)
 	}
 }
+
+// A followed name without a trailing "/" is one key: keys that merely
+// start with it are neither read, nor delivered, nor counted as changes,
+// and Refresh of them reads nothing.
+func TestSingleKeyIsNotAPrefix(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := client(t, e)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli.Put(ctx, "/p/web", "v1")
+	cli.Put(ctx, "/p/webapp", "other")
+	c := New(cli, slog.Default())
+	c.Start(ctx, "/p/web", "/q/")
+	waitFor(t, "initial sync", c.Synced)
+	if s := c.Snapshot("/p/web"); len(s) != 1 || string(s["/p/web"]) != "v1" {
+		t.Fatalf("initial read of one key: %q", s)
+	}
+	gen := c.Gen("/p/web")
+	cli.Put(ctx, "/p/webapp", "other 2")
+	cli.Put(ctx, "/p/web2", "x")
+	// A write to the key itself, after the others: once it is seen, the
+	// others would have been too.
+	cli.Put(ctx, "/q/marker", "m")
+	cli.Put(ctx, "/p/web", "v2")
+	waitFor(t, "the key's write", func() bool { v, _ := c.Get("/p/web", "/p/web"); return string(v) == "v2" })
+	if s := c.Snapshot("/p/web"); len(s) != 1 {
+		t.Fatalf("keys beyond the one followed were delivered: %q", s)
+	}
+	if got := c.Gen("/p/web") - gen; got != 1 {
+		t.Fatalf("%d changes counted for one write to the key", got)
+	}
+	if changed, err := c.Refresh(ctx, "/p/webapp"); err != nil || changed {
+		t.Fatalf("Refresh of a key outside the followed one: changed %v, err %v", changed, err)
+	}
+	if c.Holds("/p/webapp") != true {
+		t.Fatal("Holds asks for a key no followed name covers")
+	}
+	cli.Delete(ctx, "/p/web")
+	waitFor(t, "the key's delete", func() bool { return len(c.Snapshot("/p/web")) == 0 })
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -214,7 +215,8 @@ func TestSmallCluster(t *testing.T) {
 	}
 	t.Logf("etcd watchers: %v for 100 direct hosts, %v for 100 proxied hosts (%d watches each)", w1-w0, w2-w1, 100*perHost)
 
-	// Every host follows the profiles: one edit reaches all 200.
+	// A host follows only the profiles its workloads name: one edit
+	// reaches the hosts that run the namespace's pods, and no other.
 	kv, err := etcdv3.New(store.Config{Endpoints: []string{etcdURL}})
 	if err != nil {
 		t.Fatal(err)
@@ -222,17 +224,46 @@ func TestSmallCluster(t *testing.T) {
 	defer kv.Client.Close()
 	e0, p0 := direct.Counters().Events, viaProxy.Counters().Events
 	name := model.K8sNamespaceProfile(cl.Namespace(0))
+	var runIt int64
+	for h := range 100 {
+		if slices.Contains(cl.HostNamespaces(h), cl.Namespace(0)) {
+			runIt++
+		}
+	}
+	if runIt == 0 || runIt == 100 {
+		t.Fatalf("%d of 100 hosts run namespace %s: the check below needs some that do not", runIt, cl.Namespace(0))
+	}
 	if _, err := kv.Txn(ctx, nil, []store.Op{store.Put(model.ProfileKey(name), store.MustJSON(load.ProfileVersion(name, 1)))}); err != nil {
 		t.Fatal(err)
 	}
 	if err := lab.Eventually(30*time.Second, func() error {
-		if d, p := direct.Counters().Events-e0, viaProxy.Counters().Events-p0; d < 100 || p < 100 {
-			return fmt.Errorf("profile edit seen %d times by direct hosts, %d by proxied ones; want 100 each", d, p)
+		if d, p := direct.Counters().Events-e0, viaProxy.Counters().Events-p0; d < runIt || p < runIt {
+			return fmt.Errorf("profile edit seen %d times by direct hosts, %d by proxied ones; want %d each", d, p, runIt)
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The other hosts' watches would have delivered it with the rest: a
+	// key written after it, that every host follows, is seen by all.
+	if _, err := kv.Txn(ctx, nil, []store.Op{store.Put(model.PoolPrefix+"scale-marker", []byte("{}"))}); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Eventually(30*time.Second, func() error {
+		if d, p := direct.Counters().Events-e0, viaProxy.Counters().Events-p0; d < runIt+100 || p < runIt+100 {
+			return fmt.Errorf("marker: %d and %d events, want %d each", d, p, runIt+100)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if d, p := direct.Counters().Events-e0, viaProxy.Counters().Events-p0; d != runIt+100 || p != runIt+100 {
+		t.Fatalf("one profile edit and one pool key: %d events to direct hosts, %d to proxied ones; want %d each (the edit to the %d hosts running %s only)", d, p, runIt+100, runIt, cl.Namespace(0))
+	}
+	if _, err := kv.Txn(ctx, nil, []store.Op{store.Delete(model.PoolPrefix + "scale-marker")}); err != nil {
+		t.Fatal(err)
+	}
+	e0, p0 = direct.Counters().Events, viaProxy.Counters().Events
 
 	ch := sim.NewChurner(cl, kv)
 	res := ch.Run(ctx, sim.ChurnConfig{Workers: 4, Duration: 2 * time.Second, ProfileEvery: 10, HostEvery: 20, Seed: 1})
@@ -240,7 +271,7 @@ func TestSmallCluster(t *testing.T) {
 		t.Fatalf("churn: %d writes, %d errors (%s)", res.Writes, res.Errors, res.FirstError)
 	}
 	if err := lab.Eventually(30*time.Second, func() error {
-		if d, p := direct.Counters().Events-e0, viaProxy.Counters().Events-p0; d < 100+int64(res.Writes)/10 || p < 100+int64(res.Writes)/10 {
+		if d, p := direct.Counters().Events-e0, viaProxy.Counters().Events-p0; d < int64(res.Writes)/10 || p < int64(res.Writes)/10 {
 			return fmt.Errorf("after %d writes the hosts saw %d and %d events", res.Writes, d, p)
 		}
 		return nil

@@ -27,22 +27,22 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/tabby-net/tabby/node/agent"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/test/scale/load"
 )
 
-// NodePrefixes are the prefixes a tabby-node on host follows, given the
-// namespaces (profiles k8s_ns.<ns>) of its workloads: node/agent's
-// basePrefixes, then one tag prefix per profile its endpoints name (the
-// default profile's inbound rule names its own tag). The loaded cluster has
-// no policies, so no member prefix is followed (policy.MemberScope is empty).
+// NodePrefixes are what a tabby-node on host follows, given the namespaces
+// (profiles k8s_ns.<ns>) of its workloads: node/agent's own list for the
+// profiles its endpoints name, one key each, and the tags their rules name
+// (a namespace's profile names its own tag). The loaded cluster has no
+// policies, so no member prefix is followed (policy.MemberScope is empty).
 func NodePrefixes(host string, namespaces []string) []string {
-	out := []string{model.PoolPrefix, model.NodePrefix, model.BGPConfigKey, model.BGPPeerPrefix, model.ProfilePrefix,
-		model.HostSubtree(host), model.AffinityHostPrefix(host), model.PolicyPrefix, model.NamespacePrefix}
+	profiles := make([]string, 0, len(namespaces))
 	for _, ns := range namespaces {
-		out = append(out, model.TagMembersPrefix(model.K8sNamespaceProfile(ns)))
+		profiles = append(profiles, model.K8sNamespaceProfile(ns))
 	}
-	return out
+	return agent.Followed(host, profiles, profiles, nil)
 }
 
 // Config of a set of simulated hosts.
@@ -184,7 +184,11 @@ func (s *Hosts) start(ctx context.Context, i int) error {
 	countOnly := s.cfg.CountOnlyFrom > 0 && i >= s.cfg.CountOnlyFrom
 	for _, p := range NodePrefixes(name, s.cl.HostNamespaces(i)) {
 		gctx, gcancel := context.WithTimeout(ctx, 60*time.Second)
-		opts := []clientv3.OpOption{clientv3.WithPrefix()}
+		// A name that does not end in "/" is one key (node/watch).
+		var opts, wopts []clientv3.OpOption
+		if strings.HasSuffix(p, "/") {
+			opts, wopts = append(opts, clientv3.WithPrefix()), append(wopts, clientv3.WithPrefix())
+		}
 		if countOnly && !strings.Contains(p, "/"+name+"/") {
 			opts = append(opts, clientv3.WithCountOnly())
 		}
@@ -199,7 +203,7 @@ func (s *Hosts) start(ctx context.Context, i int) error {
 			b += int64(len(kv.Key) + len(kv.Value))
 		}
 		s.getBytes.Add(b)
-		wch := cli.Watch(wctx, p, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1), clientv3.WithCreatedNotify())
+		wch := cli.Watch(wctx, p, append(wopts, clientv3.WithRev(r.Header.Revision+1), clientv3.WithCreatedNotify())...)
 		// Wait for the created notice, so that a caller that writes after
 		// Join knows every watch sees the write.
 		select {
