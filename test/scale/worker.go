@@ -16,6 +16,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -128,6 +129,10 @@ type FanoutRow struct {
 	Events       int64           `json:"events"` // delivered to the simulated hosts during the churn
 	EventsPerSec float64         `json:"events_per_s"`
 	EtcdCPU      float64         `json:"etcd_cpu_s"` // etcd's CPU seconds during the churn
+	// SimCPU is this worker's CPU seconds during the churn: the simulated
+	// hosts receiving and the churn's writers, which on a real cluster run
+	// on other machines than etcd.
+	SimCPU  float64 `json:"sim_cpu_s"`
 	EtcdRSS      float64         `json:"etcd_rss_bytes"`
 	ReadBytes    int64           `json:"join_read_bytes"`
 	FullReads    int             `json:"join_full_reads"` // hosts of this step that read shared prefixes whole
@@ -173,21 +178,23 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 			join := time.Since(t0)
 			joined := hosts.Counters()
 			m0 := metricsOf(ctx, sp.Etcd)
+			sim0 := selfCPU()
 			progress("%s: %d hosts joined in %.1f s (%d watches, etcd %v watchers); churn %v", mode, n, join.Seconds(), joined.Watchers, m0["etcd_debugging_mvcc_watcher_total"], sp.Churn)
 			res := ch.Run(ctx, sim.ChurnConfig{Workers: sp.Workers, Duration: sp.Churn, ProfileEvery: 100, HostEvery: 200, Seed: uint64(n)})
 			after := hosts.Counters()
+			simCPU := selfCPU() - sim0
 			m1 := metricsOf(ctx, sp.Etcd)
 			row := FanoutRow{Mode: mode, Hosts: n, JoinSeconds: join.Seconds(), Watches: joined.Watchers,
 				EtcdWatchers: m0["etcd_debugging_mvcc_watcher_total"], EtcdStreams: m0["etcd_debugging_mvcc_watch_stream_total"],
 				EtcdSlow: m1["etcd_debugging_mvcc_slow_watcher_total"], Churn: res, Events: after.Events - joined.Events,
 				EtcdCPU: m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"], EtcdRSS: m1["process_resident_memory_bytes"],
-				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost, FullReads: full}
+				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost, FullReads: full, SimCPU: simCPU}
 			if mode == "proxy" {
 				row.Proxies = len(sp.Proxies)
 			}
 			row.EventsPerSec = float64(row.Events) / res.Duration.Seconds()
-			progress("%s %d hosts: %.0f writes/s (p50 %v p99 %v, %d errors %s), %.0f events/s to the hosts, etcd CPU %.1f s",
-				mode, n, res.Rate, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Errors, res.FirstError, row.EventsPerSec, row.EtcdCPU)
+			progress("%s %d hosts: %.0f writes/s (p50 %v p99 %v, %d errors %s), %.0f events/s to the hosts, etcd CPU %.1f s, simulator and writers %.1f s",
+				mode, n, res.Rate, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Errors, res.FirstError, row.EventsPerSec, row.EtcdCPU, row.SimCPU)
 			rows = append(rows, row)
 		}
 		if sp.Hold && mode == "direct" {
@@ -448,4 +455,13 @@ func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, erro
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	return res, nil
+}
+
+// selfCPU is this process's CPU seconds so far (user and system).
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
