@@ -132,11 +132,11 @@ type FanoutRow struct {
 	// SimCPU is this worker's CPU seconds during the churn: the simulated
 	// hosts receiving and the churn's writers, which on a real cluster run
 	// on other machines than etcd.
-	SimCPU  float64 `json:"sim_cpu_s"`
-	EtcdRSS      float64         `json:"etcd_rss_bytes"`
-	ReadBytes    int64           `json:"join_read_bytes"`
-	FullReads    int             `json:"join_full_reads"` // hosts of this step that read shared prefixes whole
-	Lost         int64           `json:"lost_watches"`
+	SimCPU    float64 `json:"sim_cpu_s"`
+	EtcdRSS   float64 `json:"etcd_rss_bytes"`
+	ReadBytes int64   `json:"join_read_bytes"`
+	FullReads int     `json:"join_full_reads"` // hosts of this step that read shared prefixes whole
+	Lost      int64   `json:"lost_watches"`
 }
 
 func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, error) {
