@@ -78,10 +78,10 @@ func parse() (*options, error) {
 	eps := flag.Int("endpoints", 0, "workloads (default 1000000)")
 	profiles := flag.Int("profiles", 0, "profiles/namespaces (default 1000)")
 	steps := flag.String("steps", "", "simulated hosts watching at each step (default 0,1000,5000,10000)")
-	flag.DurationVar(&o.churn, "churn", 20*time.Second, "write load per step")
+	flag.DurationVar(&o.churn, "churn", 60*time.Second, "write load per step (sustained: a minute)")
 	flag.IntVar(&o.workers, "workers", 32, "writers of the churn")
 	flag.IntVar(&o.changes, "changes", 20, "profile changes timed on the real node")
-	flag.IntVar(&o.adds, "adds", 100, "CNI ADDs timed on the empty and on the full datastore")
+	flag.IntVar(&o.adds, "adds", 200, "CNI ADDs timed on the empty and on the full datastore")
 	flag.IntVar(&o.proxies, "proxies", 1, "gRPC proxies (the simulated hosts are spread over them)")
 	flag.IntVar(&o.conns, "conns", 8, "client connections per etcd or proxy endpoint")
 	flag.Float64Var(&o.rate, "rate", 100, "others' writes/s during ipam check and GC")
@@ -196,13 +196,14 @@ func run() error {
 }
 
 type runner struct {
-	o       *options
-	l       *lab.Lab
-	h       *lab.Host
-	self    string
-	rep     *Report
-	node    *lab.Proc
-	proxies []string
+	o         *options
+	l         *lab.Lab
+	h         *lab.Host
+	self      string
+	rep       *Report
+	node      *lab.Proc
+	proxies   []string
+	proxyPIDs []int
 }
 
 func (r *runner) ctl(args ...string) (string, error) {
@@ -299,7 +300,7 @@ func (r *runner) all() error {
 			r.fail("enforcement while watched", err)
 		}
 	}
-	if err := r.worker(spec{Task: "fanout", Cluster: cl, Proxies: r.proxies, Steps: r.o.steps, Churn: r.o.churn,
+	if err := r.worker(spec{Task: "fanout", Cluster: cl, Proxies: r.proxies, ProxyPIDs: r.proxyPIDs, Steps: r.o.steps, Churn: r.o.churn,
 		Workers: r.o.workers, Hold: true, Conns: r.o.conns, FullReads: r.o.fullReads}, &rows, hold); err != nil {
 		r.fail("fan-out", err)
 	}
@@ -370,8 +371,9 @@ func (r *runner) startProxies() error {
 	host, _, _ := net.SplitHostPort(strings.TrimPrefix(r.l.EtcdURL, "http://"))
 	for i := 0; i < r.o.proxies; i++ {
 		addr := net.JoinHostPort(host, strconv.Itoa(23790+i))
-		r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, fmt.Sprintf("grpc-proxy-%d.log", i)), filepath.Join(r.o.bin, "etcd-lab"),
+		p := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, fmt.Sprintf("grpc-proxy-%d.log", i)), filepath.Join(r.o.bin, "etcd-lab"),
 			"grpc-proxy", "--endpoints", r.l.EtcdURL, "--listen", addr)
+		r.proxyPIDs = append(r.proxyPIDs, p.PID)
 		err := lab.Eventually(30*time.Second, func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()

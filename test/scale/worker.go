@@ -25,21 +25,25 @@ import (
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+	"github.com/tabby-net/tabby/test/lab"
 	"github.com/tabby-net/tabby/test/scale/load"
 	"github.com/tabby-net/tabby/test/scale/sim"
 )
 
 // spec is one worker task.
 type spec struct {
-	Task    string        `json:"task"` // load, fanout, ipam
-	Etcd    string        `json:"etcd"`
-	Proxies []string      `json:"proxies,omitempty"`
-	Cluster load.Config   `json:"cluster"`
-	Steps   []int         `json:"steps,omitempty"`
-	Churn   time.Duration `json:"churn_ns,omitempty"`
-	Workers int           `json:"workers,omitempty"`
-	Hold    bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
-	Rate    float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
+	Task    string   `json:"task"` // load, fanout, ipam
+	Etcd    string   `json:"etcd"`
+	Proxies []string `json:"proxies,omitempty"`
+	// ProxyPIDs are the proxies' processes, whose CPU the fan-out rows
+	// report.
+	ProxyPIDs []int         `json:"proxy_pids,omitempty"`
+	Cluster   load.Config   `json:"cluster"`
+	Steps     []int         `json:"steps,omitempty"`
+	Churn     time.Duration `json:"churn_ns,omitempty"`
+	Workers   int           `json:"workers,omitempty"`
+	Hold      bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
+	Rate      float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
 	// CheckRate is ipam check's pace in keys/s: 0 is tabbyctl's default
 	// (ipam.DefaultCheckRate), below 0 unpaced.
 	CheckRate float64 `json:"check_rate,omitempty"`
@@ -133,6 +137,7 @@ type FanoutRow struct {
 	// hosts receiving and the churn's writers, which on a real cluster run
 	// on other machines than etcd.
 	SimCPU    float64 `json:"sim_cpu_s"`
+	ProxyCPU  float64 `json:"proxy_cpu_s,omitempty"` // the proxies' CPU seconds during the churn
 	EtcdRSS   float64 `json:"etcd_rss_bytes"`
 	ReadBytes int64   `json:"join_read_bytes"`
 	FullReads int     `json:"join_full_reads"` // hosts of this step that read shared prefixes whole
@@ -178,11 +183,11 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 			join := time.Since(t0)
 			joined := hosts.Counters()
 			m0 := metricsOf(ctx, sp.Etcd)
-			sim0 := selfCPU()
+			sim0, proxy0 := selfCPU(), proxiesCPU(sp.ProxyPIDs)
 			progress("%s: %d hosts joined in %.1f s (%d watches, etcd %v watchers); churn %v", mode, n, join.Seconds(), joined.Watchers, m0["etcd_debugging_mvcc_watcher_total"], sp.Churn)
 			res := ch.Run(ctx, sim.ChurnConfig{Workers: sp.Workers, Duration: sp.Churn, ProfileEvery: 100, HostEvery: 200, Seed: uint64(n)})
 			after := hosts.Counters()
-			simCPU := selfCPU() - sim0
+			simCPU, proxyCPU := selfCPU()-sim0, proxiesCPU(sp.ProxyPIDs)-proxy0
 			m1 := metricsOf(ctx, sp.Etcd)
 			row := FanoutRow{Mode: mode, Hosts: n, JoinSeconds: join.Seconds(), Watches: joined.Watchers,
 				EtcdWatchers: m0["etcd_debugging_mvcc_watcher_total"], EtcdStreams: m0["etcd_debugging_mvcc_watch_stream_total"],
@@ -190,11 +195,11 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 				EtcdCPU: m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"], EtcdRSS: m1["process_resident_memory_bytes"],
 				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost, FullReads: full, SimCPU: simCPU}
 			if mode == "proxy" {
-				row.Proxies = len(sp.Proxies)
+				row.Proxies, row.ProxyCPU = len(sp.Proxies), proxyCPU
 			}
 			row.EventsPerSec = float64(row.Events) / res.Duration.Seconds()
-			progress("%s %d hosts: %.0f writes/s (p50 %v p99 %v, %d errors %s), %.0f events/s to the hosts, etcd CPU %.1f s, simulator and writers %.1f s",
-				mode, n, res.Rate, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Errors, res.FirstError, row.EventsPerSec, row.EtcdCPU, row.SimCPU)
+			progress("%s %d hosts: %.0f writes/s (p50 %v p99 %v, %d errors %s), %.0f events/s to the hosts, etcd CPU %.1f s, proxies %.1f s, simulator and writers %.1f s",
+				mode, n, res.Rate, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Errors, res.FirstError, row.EventsPerSec, row.EtcdCPU, row.ProxyCPU, row.SimCPU)
 			rows = append(rows, row)
 		}
 		if sp.Hold && mode == "direct" {
@@ -455,6 +460,15 @@ func workIPAM(ctx context.Context, sp spec, cl *load.Cluster) (*IPAMResult, erro
 		return res, fmt.Errorf("restore: %w", err)
 	}
 	return res, nil
+}
+
+// proxiesCPU is the proxies' CPU seconds so far.
+func proxiesCPU(pids []int) float64 {
+	var d time.Duration
+	for _, pid := range pids {
+		d += lab.CPUTime(pid)
+	}
+	return d.Seconds()
 }
 
 // selfCPU is this process's CPU seconds so far (user and system).
