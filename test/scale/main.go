@@ -463,6 +463,8 @@ type Latencies struct {
 	// Steps is the ADD's own steps, p50 each in ms, from the plugin's
 	// debug log: where the time goes when the datastore is full.
 	Steps map[string]float64 `json:"steps_p50_ms,omitempty"`
+	// Steps99 is each step's p99: where the slow ADDs spent their time.
+	Steps99 map[string]float64 `json:"steps_p99_ms,omitempty"`
 	// What else ran meanwhile: the machine's busy cores over the series
 	// and tabby-node's CPU per ADD+DEL.
 	BusyCores float64 `json:"busy_cores,omitempty"`
@@ -501,11 +503,11 @@ var stepRE = regexp.MustCompile(`msg="ADD step" .*step=(\w+) elapsed=(\S+)`)
 // addSteps reads the plugin's "ADD step" lines written after from: each
 // is the time since the ADD began, so a step's own time is its elapsed
 // less the previous step's ("done" after "endpoint" is the wait for the
-// policy, named so).
-func addSteps(path string, from int64) map[string]float64 {
+// policy, named so). It returns each step's p50 and p99.
+func addSteps(path string, from int64) (p50, p99 map[string]float64) {
 	b, err := os.ReadFile(path)
 	if err != nil || int64(len(b)) < from {
-		return nil
+		return nil, nil
 	}
 	per := map[string][]time.Duration{}
 	var prev time.Duration
@@ -528,12 +530,12 @@ func addSteps(path string, from int64) map[string]float64 {
 		per[step] = append(per[step], el-prev)
 		prev = el
 	}
-	out := map[string]float64{}
+	p50, p99 = map[string]float64{}, map[string]float64{}
 	for k, v := range per {
 		slices.Sort(v)
-		out[k] = ms(load.Percentile(v, 50))
+		p50[k], p99[k] = ms(load.Percentile(v, 50)), ms(load.Percentile(v, 99))
 	}
-	return out
+	return p50, p99
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -605,7 +607,7 @@ func (r *runner) addLatency(n int) (*Latencies, *Latencies, error) {
 		}
 	}
 	l := latencies(d, failed)
-	l.Steps = addSteps(logPath, logFrom)
+	l.Steps, l.Steps99 = addSteps(logPath, logFrom)
 	if busy1, total1 := machineCPU(); total1 > total0 {
 		l.BusyCores = float64(busy1-busy0) / float64(total1-total0) * float64(runtime.NumCPU())
 	}
@@ -613,8 +615,8 @@ func (r *runner) addLatency(n int) (*Latencies, *Latencies, error) {
 		l.NodeCPUms = ms(lab.CPUTime(r.node.PID)-node0) / float64(n)
 	}
 	rl := latencies(ref, refFailed)
-	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v; ptp + host-local p50 %.1f ms p99 %.1f ms; machine busy %.2f cores, tabby-node %.2f ms CPU per ADD+DEL",
-		l.P50, l.P99, failed, l.Steps, rl.P50, rl.P99, l.BusyCores, l.NodeCPUms)
+	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v p99 %v; ptp + host-local p50 %.1f ms p99 %.1f ms; machine busy %.2f cores, tabby-node %.2f ms CPU per ADD+DEL",
+		l.P50, l.P99, failed, l.Steps, l.Steps99, rl.P50, rl.P99, l.BusyCores, l.NodeCPUms)
 	return l, rl, firstErr
 }
 
