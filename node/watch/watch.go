@@ -417,8 +417,13 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 	var rev int64
 	var err error
 	if singleKey(prefix) {
+		// The same deadline as a page of a prefix's walk: a read that
+		// cannot finish fails, is logged and retried with backoff.
+		gctx, cancel := context.WithTimeout(ctx, store.DefaultTimeout)
 		var r *clientv3.GetResponse
-		if r, err = c.cli.Get(ctx, prefix); err == nil {
+		r, err = c.cli.Get(gctx, prefix)
+		cancel()
+		if err == nil {
 			rev = r.Header.Revision
 			for _, kv := range r.Kvs {
 				m[string(kv.Key)] = newEntry(decode, string(kv.Key), kv.Value, kv.ModRevision)
