@@ -270,6 +270,10 @@ func TestSmallCluster(t *testing.T) {
 	if res.Writes == 0 || res.Errors != 0 {
 		t.Fatalf("churn: %d writes, %d errors (%s)", res.Writes, res.Errors, res.FirstError)
 	}
+	// The mix is what it says: 1 in 10 a profile edit, 1 in 20 a host.
+	if res.ProfileEdits < res.Writes/20 || res.HostChanges < res.Writes/40 {
+		t.Fatalf("churn of %d writes made %d profile edits and %d host changes; want about 1 in 10 and 1 in 20", res.Writes, res.ProfileEdits, res.HostChanges)
+	}
 	if err := lab.Eventually(30*time.Second, func() error {
 		if d, p := direct.Counters().Events-e0, viaProxy.Counters().Events-p0; d < int64(res.Writes)/10 || p < int64(res.Writes)/10 {
 			return fmt.Errorf("after %d writes the hosts saw %d and %d events", res.Writes, d, p)

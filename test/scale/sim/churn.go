@@ -20,8 +20,8 @@ type ChurnConfig struct {
 	Workers  int           // writers; each owns the hosts h with h % Workers == its index
 	Rate     float64       // writes/s over all workers; 0: as fast as etcd takes them
 	Duration time.Duration // how long
-	// One write in ProfileEvery is a profile edit (every host follows
-	// every profile), one in HostEvery a host leaving or coming back
+	// One write in ProfileEvery is a profile edit (the hosts that run the
+	// profile's namespace follow it), one in HostEvery a host leaving or coming back
 	// (every host follows the host list); 0 turns either off.
 	ProfileEvery, HostEvery int
 	Seed                    uint64
@@ -35,15 +35,18 @@ type ChurnConfig struct {
 // together, as the CNI plugin commits them), a profile edit or a host
 // record put or delete.
 type ChurnResult struct {
-	Writes     int           `json:"writes"`
-	Keys       int           `json:"keys"` // keys put or deleted
-	Errors     int           `json:"errors"`
-	FirstError string        `json:"first_error,omitempty"`
-	Duration   time.Duration `json:"duration_ns"`
-	Rate       float64       `json:"writes_per_s"`
-	P50        time.Duration `json:"p50_ns"`
-	P99        time.Duration `json:"p99_ns"`
-	Max        time.Duration `json:"max_ns"`
+	Writes int `json:"writes"`
+	Keys   int `json:"keys"` // keys put or deleted
+	// ProfileEdits and HostChanges count those writes among Writes.
+	ProfileEdits int           `json:"profile_edits"`
+	HostChanges  int           `json:"host_changes"`
+	Errors       int           `json:"errors"`
+	FirstError   string        `json:"first_error,omitempty"`
+	Duration     time.Duration `json:"duration_ns"`
+	Rate         float64       `json:"writes_per_s"`
+	P50          time.Duration `json:"p50_ns"`
+	P99          time.Duration `json:"p99_ns"`
+	Max          time.Duration `json:"max_ns"`
 	// Latencies are the writes' latencies, sorted, so that runs can be
 	// merged (Merge) before their percentiles are taken.
 	Latencies []time.Duration `json:"-"`
@@ -58,6 +61,8 @@ func Merge(runs ...ChurnResult) ChurnResult {
 		all = append(all, r.Latencies...)
 		res.Keys += r.Keys
 		res.Errors += r.Errors
+		res.ProfileEdits += r.ProfileEdits
+		res.HostChanges += r.HostChanges
 		res.Duration += r.Duration
 		if res.FirstError == "" {
 			res.FirstError = r.FirstError
@@ -113,10 +118,11 @@ func (c *Churner) Run(ctx context.Context, cfg ChurnConfig) ChurnResult {
 		interval = time.Duration(float64(time.Second) * float64(cfg.Workers) / cfg.Rate)
 	}
 	type out struct {
-		lat  []time.Duration
-		keys int
-		errs int
-		err  error
+		lat             []time.Duration
+		keys            int
+		errs            int
+		err             error
+		profiles, hosts int
 	}
 	outs := make([]out, cfg.Workers)
 	start := time.Now()
@@ -154,11 +160,16 @@ func (c *Churner) Run(ctx context.Context, cfg ChurnConfig) ChurnResult {
 				t0 := time.Now()
 				var keys int
 				var err error
+				// Host changes one write out of phase with profile edits:
+				// with both at n%k == 0, every multiple of 200 was also one
+				// of 100, and no host ever left.
+				host := cfg.HostEvery > 0 && (n+1)%cfg.HostEvery == 0
+				profile := !host && cfg.ProfileEvery > 0 && n%cfg.ProfileEvery == 0
 				switch {
-				case cfg.ProfileEvery > 0 && n%cfg.ProfileEvery == 0:
-					keys, err = c.editProfile(octx, rng)
-				case cfg.HostEvery > 0 && n%cfg.HostEvery == 0:
+				case host:
 					keys, err = c.flipHost(octx, w, cfg.Workers, rng)
+				case profile:
+					keys, err = c.editProfile(octx, rng)
 				default:
 					keys, err = c.flipEndpoint(octx, w, cfg.Workers, rng)
 				}
@@ -175,6 +186,12 @@ func (c *Churner) Run(ctx context.Context, cfg ChurnConfig) ChurnResult {
 				}
 				o.lat = append(o.lat, time.Since(t0))
 				o.keys += keys
+				if profile {
+					o.profiles++
+				}
+				if host {
+					o.hosts++
+				}
 			}
 		}(w)
 	}
@@ -185,6 +202,8 @@ func (c *Churner) Run(ctx context.Context, cfg ChurnConfig) ChurnResult {
 		all = append(all, o.lat...)
 		res.Keys += o.keys
 		res.Errors += o.errs
+		res.ProfileEdits += o.profiles
+		res.HostChanges += o.hosts
 		if o.err != nil && res.FirstError == "" {
 			res.FirstError = o.err.Error()
 		}
