@@ -191,12 +191,12 @@ func (c *Cache) Holds(keys ...string) bool {
 	return true
 }
 
-// singleKey reports whether a followed name is one key, not a prefix.
-func singleKey(name string) bool { return !strings.HasSuffix(name, "/") }
+// SingleKey reports whether a followed name is one key, not a prefix.
+func SingleKey(name string) bool { return !strings.HasSuffix(name, "/") }
 
 // covers reports whether the followed name holds key.
 func covers(name, key string) bool {
-	if singleKey(name) {
+	if SingleKey(name) {
 		return key == name
 	}
 	return strings.HasPrefix(key, name)
@@ -416,26 +416,22 @@ func (c *Cache) load(ctx context.Context, prefix string) (int64, error) {
 	m := map[string]entry{}
 	var rev int64
 	var err error
-	if singleKey(prefix) {
-		// The same deadline as a page of a prefix's walk: a read that
-		// cannot finish fails, is logged and retried with backoff.
-		gctx, cancel := context.WithTimeout(ctx, store.DefaultTimeout)
-		var r *clientv3.GetResponse
-		r, err = c.cli.Get(gctx, prefix)
-		cancel()
-		if err == nil {
-			rev = r.Header.Revision
-			for _, kv := range r.Kvs {
-				m[string(kv.Key)] = newEntry(decode, string(kv.Key), kv.Value, kv.ModRevision)
-			}
+	keep := func(p *store.Page) error {
+		for _, kv := range p.KVs {
+			m[kv.Key] = newEntry(decode, kv.Key, kv.Value, kv.ModRev)
+		}
+		return nil
+	}
+	kv := etcdv3.FromClient(c.cli, nil)
+	if SingleKey(prefix) {
+		// One page bounded to the key itself: the store's own read, with
+		// its deadline and errors, as every page of a prefix's walk.
+		var p *store.Page
+		if p, err = kv.ListPage(ctx, prefix, store.PageOptions{End: prefix + "\x00"}); err == nil {
+			rev, err = p.Rev, keep(p)
 		}
 	} else {
-		rev, err = store.Walk(ctx, etcdv3.FromClient(c.cli, nil), prefix, store.WalkOptions{Limit: loadPage, Snapshot: true}, func(p *store.Page) error {
-			for _, kv := range p.KVs {
-				m[kv.Key] = newEntry(decode, kv.Key, kv.Value, kv.ModRev)
-			}
-			return nil
-		})
+		rev, err = store.Walk(ctx, kv, prefix, store.WalkOptions{Limit: loadPage, Snapshot: true}, keep)
 	}
 	if err != nil {
 		return 0, err
@@ -465,7 +461,7 @@ func (c *Cache) watch(ctx context.Context, prefix string, rev int64) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	opts := []clientv3.OpOption{clientv3.WithRev(rev + 1)}
-	if !singleKey(prefix) {
+	if !SingleKey(prefix) {
 		opts = append(opts, clientv3.WithPrefix())
 	}
 	for resp := range c.cli.Watch(wctx, prefix, opts...) {

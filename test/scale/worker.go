@@ -16,7 +16,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -471,11 +470,5 @@ func proxiesCPU(pids []int) float64 {
 	return d.Seconds()
 }
 
-// selfCPU is this process's CPU seconds so far (user and system).
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
+// selfCPU is this process's CPU seconds so far.
+func selfCPU() float64 { return lab.CPUTime(os.Getpid()).Seconds() }

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/tabby-net/tabby/node/agent"
+	"github.com/tabby-net/tabby/node/watch"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/test/scale/load"
 )
@@ -186,7 +187,7 @@ func (s *Hosts) start(ctx context.Context, i int) error {
 		// A name that does not end in "/" is one key (node/watch).
 		wc := &pb.WatchCreateRequest{Key: []byte(p)}
 		var opts []clientv3.OpOption
-		if strings.HasSuffix(p, "/") {
+		if !watch.SingleKey(p) {
 			opts = append(opts, clientv3.WithPrefix())
 			wc.RangeEnd = []byte(clientv3.GetPrefixRangeEnd(p))
 		}
