@@ -63,6 +63,7 @@ type options struct {
 	steps                  []int
 	churn                  time.Duration
 	workers, changes, adds int
+	turns                  int
 	proxies, conns         int
 	rate                   float64
 	skipIPAM               bool
@@ -82,6 +83,7 @@ func parse() (*options, error) {
 	flag.IntVar(&o.workers, "workers", 32, "writers of the churn")
 	flag.IntVar(&o.changes, "changes", 20, "profile changes timed on the real node")
 	flag.IntVar(&o.adds, "adds", 200, "CNI ADDs timed on the empty and on the full datastore")
+	flag.IntVar(&o.turns, "turns", 600, "rounds of ADDs in turns on the full and on a second, empty datastore (and ptp + host-local)")
 	flag.IntVar(&o.proxies, "proxies", 1, "gRPC proxies (the simulated hosts are spread over them)")
 	flag.IntVar(&o.conns, "conns", 8, "client connections per etcd or proxy endpoint")
 	flag.Float64Var(&o.rate, "rate", 100, "others' writes/s during ipam check and GC")
@@ -143,6 +145,13 @@ type Report struct {
 	// ptp + host-local's ADDs, taken in turns with tabby's.
 	RefEmpty     *Latencies  `json:"ref_add_empty,omitempty"`
 	RefFull      *Latencies  `json:"ref_add_full,omitempty"`
+	// The same ADD on the full datastore and on a second, empty one (its
+	// own etcd and tabby-node on a second lab host), with ptp +
+	// host-local, taken in turns in one series after the load: the two
+	// datastores see the same machine at the same minutes.
+	TurnsFull  *Latencies `json:"add_turns_full,omitempty"`
+	TurnsEmpty *Latencies `json:"add_turns_empty,omitempty"`
+	TurnsRef   *Latencies `json:"add_turns_ref,omitempty"`
 	Enforce      *Latencies  `json:"enforce_10k_watching"`
 	EnforceEmpty *Latencies  `json:"enforce_empty"`
 	Fanout       []FanoutRow `json:"fanout"`
@@ -183,7 +192,9 @@ func run() error {
 		os.Exit(1)
 	}()
 	os.Setenv("TABBY_BIN_DIR", o.bin)
-	l := lab.New(s, lab.Options{Hosts: 1, Prefix: "scl"})
+	// Host 1 is the real node on the full datastore; host 2 the same on a
+	// datastore of its own that stays empty, for ADDs in turns with host 1's.
+	l := lab.New(s, lab.Options{Hosts: 2, Prefix: "scl"})
 	l.StartEtcd()
 	r := &runner{o: o, l: l, h: l.Hosts[0], self: self, rep: rep}
 	defer func() {
@@ -206,8 +217,10 @@ type runner struct {
 	proxyPIDs []int
 }
 
-func (r *runner) ctl(args ...string) (string, error) {
-	return r.l.Exec(r.l.Underlay, append([]string{filepath.Join(r.o.bin, "tabbyctl"), "--etcd-endpoints", r.l.EtcdURL}, args...)...)
+func (r *runner) ctl(args ...string) (string, error) { return r.ctlAt(r.l.EtcdURL, args...) }
+
+func (r *runner) ctlAt(url string, args ...string) (string, error) {
+	return r.l.Exec(r.l.Underlay, append([]string{filepath.Join(r.o.bin, "tabbyctl"), "--etcd-endpoints", url}, args...)...)
 }
 
 // note records the machine's load average with a phase: the harness
@@ -286,6 +299,13 @@ func (r *runner) all() error {
 	progress("CNI ADD on the full datastore: %d", r.o.adds)
 	if r.rep.AddFull, r.rep.RefFull, err = r.addLatency(r.o.adds); err != nil {
 		r.fail("ADD on the full datastore", err)
+	}
+	if r.o.turns > 0 {
+		r.note("ADDs in turns")
+		progress("CNI ADD in turns on the full and on an empty datastore, with ptp + host-local: %d rounds", r.o.turns)
+		if err := r.addInTurns(); err != nil {
+			r.fail("ADD in turns", err)
+		}
 	}
 
 	if err := r.startProxies(); err != nil {
@@ -404,16 +424,31 @@ func (r *runner) coldStart() (*ColdStart, error) {
 			progress("tabby-node stop: %v", err)
 		}
 	}
-	sd := r.stateDir()
+	t0 := time.Now()
+	var err error
+	if r.node, err = r.startNode(r.h, r.l.EtcdURL); err != nil {
+		return nil, err
+	}
+	cs := &ColdStart{ReadySeconds: time.Since(t0).Seconds()}
+	// RSS once its first passes are done, not the moment it said ready.
+	time.Sleep(2 * time.Second)
+	cs.RSSBytes = rss(r.node.PID)
+	progress("tabby-node ready in %.2f s, RSS %.1f MB", cs.ReadySeconds, float64(cs.RSSBytes)/1e6)
+	return cs, nil
+}
+
+// startNode starts tabby-node on lab host h with the etcd at url and
+// waits until it says ready.
+func (r *runner) startNode(h *lab.Host, url string) (*lab.Proc, error) {
+	sd := r.stateDir(h)
 	if err := os.MkdirAll(sd, 0o755); err != nil {
 		return nil, err
 	}
-	t0 := time.Now()
-	r.node = r.l.Start(r.h.NS, filepath.Join(r.l.Dir, "tabby-node.log"), filepath.Join(r.o.bin, "tabby-node"), "--name", r.h.Name,
-		"--ip", r.h.CIDR, "--etcd-endpoints", r.l.EtcdURL, "--state-dir", sd, "--metrics-addr", "")
+	node := r.l.Start(h.NS, filepath.Join(r.l.Dir, "tabby-node-"+h.Name+".log"), filepath.Join(r.o.bin, "tabby-node"), "--name", h.Name,
+		"--ip", h.CIDR, "--etcd-endpoints", url, "--state-dir", sd, "--metrics-addr", "")
 	err := lab.Eventually(60*time.Second, func() error {
-		if r.node.Exited() {
-			return lab.GiveUp(fmt.Errorf("tabby-node exited: %v\n%s", r.node.Wait(), lab.Tail(r.node.Log, 20)))
+		if node.Exited() {
+			return lab.GiveUp(fmt.Errorf("tabby-node exited: %v\n%s", node.Wait(), lab.Tail(node.Log, 20)))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -427,17 +462,12 @@ func (r *runner) coldStart() (*ColdStart, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tabby-node cold start: %w", err)
+		return nil, fmt.Errorf("tabby-node on %s: %w", h.Name, err)
 	}
-	cs := &ColdStart{ReadySeconds: time.Since(t0).Seconds()}
-	// RSS once its first passes are done, not the moment it said ready.
-	time.Sleep(2 * time.Second)
-	cs.RSSBytes = rss(r.node.PID)
-	progress("tabby-node ready in %.2f s, RSS %.1f MB", cs.ReadySeconds, float64(cs.RSSBytes)/1e6)
-	return cs, nil
+	return node, nil
 }
 
-func (r *runner) stateDir() string { return filepath.Join(r.l.Dir, "state-"+r.h.Name) }
+func (r *runner) stateDir(h *lab.Host) string { return filepath.Join(r.l.Dir, "state-"+h.Name) }
 
 func rss(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -540,84 +570,208 @@ func addSteps(path string, from int64) (p50, p99 map[string]float64) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func (r *runner) conf(profile string) []byte {
+func (r *runner) conf(profile string) []byte { return r.confOf(r.h, r.l.EtcdURL, r.cniLog(r.h), profile) }
+
+func (r *runner) cniLog(h *lab.Host) string { return filepath.Join(r.l.Dir, "cni-"+h.Name+".log") }
+
+func (r *runner) confOf(h *lab.Host, url, log, profile string) []byte {
 	return fmt.Appendf(nil, `{"cniVersion":"1.1.0","name":"tabby-net","type":"tabby","etcd_endpoints":%q,"nodename":%q,
 	  "state_dir":%q,"log_file":%q,"log_level":"debug","profiles":[%q],"ipam":{"type":"tabby-ipam"}}`,
-		r.l.EtcdURL, r.h.Name, r.stateDir(), filepath.Join(r.l.Dir, "cni.log"), profile)
+		url, h.Name, r.stateDir(h), log, profile)
 }
 
-// plugin runs a CNI plugin: tabby from bin/, the reference from the
-// system's CNI plugins.
-func (r *runner) plugin(name, cmd, id, nsPath string, conf []byte) testutil.Outcome {
+// plugin runs a CNI plugin on lab host h: tabby from bin/, the reference
+// from the system's CNI plugins.
+func (r *runner) plugin(h *lab.Host, name, cmd, id, nsPath string, conf []byte) testutil.Outcome {
 	path := filepath.Join(r.o.bin, name)
 	if name != "tabby" {
 		path = filepath.Join("/usr/lib/cni", name)
 	}
 	return testutil.Run(path, testutil.Call{Command: cmd, ContainerID: id, Netns: nsPath,
-		IfName: "eth0", Path: r.o.bin + ":/usr/lib/cni", Conf: conf, Wrap: []string{"ip", "netns", "exec", r.h.NS}, Timeout: 60 * time.Second})
+		IfName: "eth0", Path: r.o.bin + ":/usr/lib/cni", Conf: conf, Wrap: []string{"ip", "netns", "exec", h.NS}, Timeout: 60 * time.Second})
+}
+
+// side is one series of ADDs: a plugin on a lab host with its netconf.
+type side struct {
+	name   string
+	plugin string
+	h      *lab.Host
+	conf   []byte
+	log    string    // tabby's debug log, for the ADD's steps ("" for the reference)
+	node   *lab.Proc // the host's tabby-node, for its CPU (nil for the reference)
+}
+
+func (r *runner) tabbySide(name string) side {
+	return side{name: name, plugin: "tabby", h: r.h, conf: r.conf(profA), log: r.cniLog(r.h), node: r.node}
+}
+
+func (r *runner) refSide() side {
+	return side{name: "ptp + host-local", plugin: "ptp", h: r.h, conf: r.refConf()}
 }
 
 // addLatency times n CNI ADDs on the lab host (tabby-node enforcing a
-// profile on each), each followed by its DEL.
+// profile on each), each followed by its DEL, beside as many of ptp +
+// host-local (no datastore) in turns A B B A: what the machine does to
+// ADDs between the empty and the full datastore (here: a 9 GB etcd beside
+// them) shows in the reference too.
 func (r *runner) addLatency(n int) (*Latencies, *Latencies, error) {
-	logPath := filepath.Join(r.l.Dir, "cni.log")
-	var logFrom int64
-	if st, err := os.Stat(logPath); err == nil {
-		logFrom = st.Size()
+	l, err := r.addTurns(n, []side{r.tabbySide("tabby"), r.refSide()})
+	return l[0], l[1], err
+}
+
+// addInTurns times ADDs on the full datastore and on a second, empty one
+// in one series, in turns with each other and with ptp + host-local (every
+// order of the three in rotation): ADDs on an empty datastore timed before
+// the load, minutes earlier, met another machine than those on the full
+// one, and on 2 shared cores that alone moves a p99 of a few hundred ADDs
+// by more than the 10% the goal allows.
+func (r *runner) addInTurns() error {
+	empty, stop, err := r.startEmpty()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	l, err := r.addTurns(r.o.turns, []side{r.tabbySide("tabby, full datastore"), empty, r.refSide()})
+	r.rep.TurnsFull, r.rep.TurnsEmpty, r.rep.TurnsRef = l[0], l[1], l[2]
+	return err
+}
+
+// startEmpty runs a second etcd and a tabby-node on lab host 2 with it:
+// the empty datastore, holding what a host in use holds (the pool, the
+// BGP configuration, the profile and one resident workload, so that no
+// timed ADD claims or frees the host's block).
+func (r *runner) startEmpty() (s side, stop func(), err error) {
+	h := r.l.Hosts[1]
+	host, _, _ := net.SplitHostPort(strings.TrimPrefix(r.l.EtcdURL, "http://"))
+	url := "http://" + net.JoinHostPort(host, "23800")
+	etcd := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, "etcd-empty.log"), filepath.Join(r.o.bin, "etcd-lab"),
+		"--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"))
+	var node *lab.Proc
+	var nsName, nsPath string
+	stop = func() {
+		if nsName != "" {
+			r.plugin(h, "tabby", "DEL", "scale-resident", nsPath, s.conf)
+			if err := r.l.RemoveContainer(nsName); err != nil {
+				progress("remove %s: %v", nsName, err)
+			}
+		}
+		for _, p := range []*lab.Proc{node, etcd} {
+			if p != nil {
+				if err := p.Stop(10 * time.Second); err != nil {
+					progress("stop pid %d: %v", p.PID, err)
+				}
+			}
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	if err = lab.Eventually(60*time.Second, func() error {
+		if etcd.Exited() {
+			return lab.GiveUp(fmt.Errorf("etcd-lab exited: %v\n%s", etcd.Wait(), lab.Tail(etcd.Log, 20)))
+		}
+		_, err := r.ctlAt(url, "pool", "show")
+		return err
+	}); err != nil {
+		return side{}, nil, fmt.Errorf("empty etcd: %w", err)
+	}
+	for _, args := range [][]string{{"pool", "add", r.o.cluster.Pool}, {"bgp", "config", "set", "--mesh", "off"}, {"profile", "add", profA}} {
+		if out, err := r.ctlAt(url, args...); err != nil {
+			return side{}, nil, fmt.Errorf("empty etcd: tabbyctl %v: %v %s", args, err, out)
+		}
+	}
+	if node, err = r.startNode(h, url); err != nil {
+		return side{}, nil, err
+	}
+	s = side{name: "tabby, empty datastore", plugin: "tabby", h: h, conf: r.confOf(h, url, r.cniLog(h), profA), log: r.cniLog(h), node: node}
+	nsName, nsPath = r.l.AddContainer(h, "resident")
+	if out := r.plugin(h, "tabby", "ADD", "scale-resident", nsPath, s.conf); out.ExitCode != 0 {
+		return side{}, nil, fmt.Errorf("resident workload on the empty datastore: exit %d: %s", out.ExitCode, out.Stdout)
+	}
+	return s, stop, nil
+}
+
+// addTurns times n rounds of one ADD and its DEL per side, each in a
+// fresh container namespace, the sides taken in every order in rotation.
+func (r *runner) addTurns(n int, sides []side) ([]*Latencies, error) {
+	from := make([]int64, len(sides))
+	cpu0 := make([]time.Duration, len(sides))
+	for k, sd := range sides {
+		if st, err := os.Stat(sd.log); sd.log != "" && err == nil {
+			from[k] = st.Size()
+		}
+		if sd.node != nil {
+			cpu0[k] = lab.CPUTime(sd.node.PID)
+		}
 	}
 	busy0, total0 := machineCPU()
-	node0 := lab.CPUTime(r.node.PID)
-	var d, ref []time.Duration
-	failed, refFailed := 0, 0
+	d := make([][]time.Duration, len(sides))
+	failed := make([]int, len(sides))
 	var firstErr error
-	// one ADD and DEL of a plugin in a fresh container namespace.
-	call := func(plugin, name string, conf []byte) (time.Duration, bool) {
-		nsName, nsPath := r.l.AddContainer(r.h, name)
+	call := func(sd side, name string) (time.Duration, bool) {
+		nsName, nsPath := r.l.AddContainer(sd.h, name)
 		id := fmt.Sprintf("scale-%s-%d", name, time.Now().UnixNano())
-		out := r.plugin(plugin, "ADD", id, nsPath, conf)
+		out := r.plugin(sd.h, sd.plugin, "ADD", id, nsPath, sd.conf)
 		ok := out.ExitCode == 0
 		if !ok && firstErr == nil {
-			firstErr = fmt.Errorf("%s ADD: exit %d: %s %s", plugin, out.ExitCode, out.Stdout, out.Stderr)
+			firstErr = fmt.Errorf("%s ADD: exit %d: %s %s", sd.name, out.ExitCode, out.Stdout, out.Stderr)
 		}
-		if del := r.plugin(plugin, "DEL", id, nsPath, conf); del.ExitCode != 0 && firstErr == nil {
-			firstErr = fmt.Errorf("%s DEL: exit %d: %s", plugin, del.ExitCode, del.Stdout)
+		if del := r.plugin(sd.h, sd.plugin, "DEL", id, nsPath, sd.conf); del.ExitCode != 0 && firstErr == nil {
+			firstErr = fmt.Errorf("%s DEL: exit %d: %s", sd.name, del.ExitCode, del.Stdout)
 		}
 		if err := r.l.RemoveContainer(nsName); err != nil && firstErr == nil {
 			firstErr = err
 		}
 		return out.Took, ok
 	}
-	// Each tabby ADD beside one of ptp + host-local (no datastore), in
-	// turns A B B A: what the machine does to ADDs between the empty and
-	// the full datastore (here: a 9 GB etcd beside them) shows in the
-	// reference too.
+	orders := permutations(len(sides))
 	for i := 0; i < n; i++ {
-		for k := range 2 {
-			if (i%2 == 0) == (k == 0) {
-				if t, ok := call("tabby", fmt.Sprintf("add%d", i), r.conf(profA)); ok {
-					d = append(d, t)
-				} else {
-					failed++
-				}
-			} else if t, ok := call("ptp", fmt.Sprintf("ref%d", i), r.refConf()); ok {
-				ref = append(ref, t)
+		for _, k := range orders[i%len(orders)] {
+			if t, ok := call(sides[k], fmt.Sprintf("add%d_%d", i, k)); ok {
+				d[k] = append(d[k], t)
 			} else {
-				refFailed++
+				failed[k]++
 			}
 		}
 	}
-	l := latencies(d, failed)
-	l.Steps, l.Steps99 = addSteps(logPath, logFrom)
+	var busy float64
 	if busy1, total1 := machineCPU(); total1 > total0 {
-		l.BusyCores = float64(busy1-busy0) / float64(total1-total0) * float64(runtime.NumCPU())
+		busy = float64(busy1-busy0) / float64(total1-total0) * float64(runtime.NumCPU())
 	}
-	if n > 0 {
-		l.NodeCPUms = ms(lab.CPUTime(r.node.PID)-node0) / float64(n)
+	out := make([]*Latencies, len(sides))
+	for k, sd := range sides {
+		l := latencies(d[k], failed[k])
+		if sd.log != "" {
+			l.Steps, l.Steps99 = addSteps(sd.log, from[k])
+		}
+		l.BusyCores = busy
+		if sd.node != nil && n > 0 {
+			l.NodeCPUms = ms(lab.CPUTime(sd.node.PID)-cpu0[k]) / float64(n)
+		}
+		out[k] = l
+		progress("%s: ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v p99 %v; tabby-node %.2f ms CPU per ADD+DEL",
+			sd.name, l.P50, l.P99, failed[k], l.Steps, l.Steps99, l.NodeCPUms)
 	}
-	rl := latencies(ref, refFailed)
-	progress("ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v p99 %v; ptp + host-local p50 %.1f ms p99 %.1f ms; machine busy %.2f cores, tabby-node %.2f ms CPU per ADD+DEL",
-		l.P50, l.P99, failed, l.Steps, l.Steps99, rl.P50, rl.P99, l.BusyCores, l.NodeCPUms)
-	return l, rl, firstErr
+	progress("machine busy %.2f cores", busy)
+	return out, firstErr
+}
+
+// permutations is every order of 0..n-1: taken in rotation, each side
+// comes first, last and between the others equally often.
+func permutations(n int) [][]int {
+	if n == 0 {
+		return [][]int{{}}
+	}
+	var out [][]int
+	for _, p := range permutations(n - 1) {
+		for i := 0; i <= len(p); i++ {
+			q := append(append(append([]int{}, p[:i]...), n-1), p[i:]...)
+			out = append(out, q)
+		}
+	}
+	return out
 }
 
 // refConf is the reference: ptp + host-local on a range of its own.
@@ -644,7 +798,7 @@ func (r *runner) newProbe() (*probe, error) {
 	for i, prof := range []string{profA, profB} {
 		name := fmt.Sprintf("probe%c", 'a'+i)
 		nsName, nsPath := r.l.AddContainer(r.h, name)
-		out := r.plugin("tabby", "ADD", "scale-"+name, nsPath, r.conf(prof))
+		out := r.plugin(r.h, "tabby", "ADD", "scale-"+name, nsPath, r.conf(prof))
 		if out.ExitCode != 0 {
 			return nil, fmt.Errorf("probe workload %s: exit %d: %s", name, out.ExitCode, out.Stdout)
 		}
