@@ -143,15 +143,15 @@ type Report struct {
 	AddEmpty  *Latencies  `json:"add_empty"`
 	AddFull   *Latencies  `json:"add_full"`
 	// ptp + host-local's ADDs, taken in turns with tabby's.
-	RefEmpty     *Latencies  `json:"ref_add_empty,omitempty"`
-	RefFull      *Latencies  `json:"ref_add_full,omitempty"`
+	RefEmpty *Latencies `json:"ref_add_empty,omitempty"`
+	RefFull  *Latencies `json:"ref_add_full,omitempty"`
 	// The same ADD on the full datastore and on a second, empty one (its
 	// own etcd and tabby-node on a second lab host), with ptp +
 	// host-local, taken in turns in one series after the load: the two
 	// datastores see the same machine at the same minutes.
-	TurnsFull  *Latencies `json:"add_turns_full,omitempty"`
-	TurnsEmpty *Latencies `json:"add_turns_empty,omitempty"`
-	TurnsRef   *Latencies `json:"add_turns_ref,omitempty"`
+	TurnsFull    *Latencies  `json:"add_turns_full,omitempty"`
+	TurnsEmpty   *Latencies  `json:"add_turns_empty,omitempty"`
+	TurnsRef     *Latencies  `json:"add_turns_ref,omitempty"`
 	Enforce      *Latencies  `json:"enforce_10k_watching"`
 	EnforceEmpty *Latencies  `json:"enforce_empty"`
 	Fanout       []FanoutRow `json:"fanout"`
@@ -570,7 +570,9 @@ func addSteps(path string, from int64) (p50, p99 map[string]float64) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func (r *runner) conf(profile string) []byte { return r.confOf(r.h, r.l.EtcdURL, r.cniLog(r.h), profile) }
+func (r *runner) conf(profile string) []byte {
+	return r.confOf(r.h, r.l.EtcdURL, r.cniLog(r.h), profile)
+}
 
 func (r *runner) cniLog(h *lab.Host) string { return filepath.Join(r.l.Dir, "cni-"+h.Name+".log") }
 
