@@ -66,7 +66,7 @@ type options struct {
 	turns                  int
 	proxies, conns         int
 	rate                   float64
-	skipIPAM               bool
+	skipIPAM, skipFanout   bool
 	fullReads              int
 }
 
@@ -88,6 +88,7 @@ func parse() (*options, error) {
 	flag.IntVar(&o.conns, "conns", 8, "client connections per etcd or proxy endpoint")
 	flag.Float64Var(&o.rate, "rate", 100, "others' writes/s during ipam check and GC")
 	flag.BoolVar(&o.skipIPAM, "skip-ipam", false, "skip ipam check and GC")
+	flag.BoolVar(&o.skipFanout, "skip-fanout", false, "skip the watch fan-out and the enforcement timed under it")
 	flag.IntVar(&o.fullReads, "full-reads", 1000, "simulated hosts that read the shared prefixes whole at join (the rest count-only); 0: all")
 	flag.Parse()
 	if *small {
@@ -308,23 +309,11 @@ func (r *runner) all() error {
 		}
 	}
 
-	if err := r.startProxies(); err != nil {
-		return err
-	}
-	r.note("fan-out")
-	progress("watch fan-out: steps %v, %v of churn each, with %d proxies and without", r.o.steps, r.o.churn, len(r.proxies))
-	var rows []FanoutRow
-	hold := func() {
-		progress("profile change to enforcement with %d simulated hosts watching: %d changes", r.o.steps[len(r.o.steps)-1], r.o.changes)
-		if r.rep.Enforce, err = pr.changes(r.o.changes); err != nil {
-			r.fail("enforcement while watched", err)
+	if !r.o.skipFanout {
+		if err := r.fanout(pr); err != nil {
+			return err
 		}
 	}
-	if err := r.worker(spec{Task: "fanout", Cluster: cl, Proxies: r.proxies, ProxyPIDs: r.proxyPIDs, Steps: r.o.steps, Churn: r.o.churn,
-		Workers: r.o.workers, Hold: true, Conns: r.o.conns, FullReads: r.o.fullReads}, &rows, hold); err != nil {
-		r.fail("fan-out", err)
-	}
-	r.rep.Fanout = rows
 	r.note("ipam")
 	if !r.o.skipIPAM {
 		var ir IPAMResult
@@ -334,6 +323,31 @@ func (r *runner) all() error {
 			r.rep.IPAM = &ir
 		}
 	}
+	return nil
+}
+
+// fanout runs the watch fan-out steps, direct and through the proxies,
+// and times profile changes on the real node while the most hosts watch.
+func (r *runner) fanout(pr *probe) error {
+	cl := r.o.cluster
+	if err := r.startProxies(); err != nil {
+		return err
+	}
+	r.note("fan-out")
+	progress("watch fan-out: steps %v, %v of churn each, with %d proxies and without", r.o.steps, r.o.churn, len(r.proxies))
+	var rows []FanoutRow
+	hold := func() {
+		progress("profile change to enforcement with %d simulated hosts watching: %d changes", r.o.steps[len(r.o.steps)-1], r.o.changes)
+		var err error
+		if r.rep.Enforce, err = pr.changes(r.o.changes); err != nil {
+			r.fail("enforcement while watched", err)
+		}
+	}
+	if err := r.worker(spec{Task: "fanout", Cluster: cl, Proxies: r.proxies, ProxyPIDs: r.proxyPIDs, Steps: r.o.steps, Churn: r.o.churn,
+		Workers: r.o.workers, Hold: true, Conns: r.o.conns, FullReads: r.o.fullReads}, &rows, hold); err != nil {
+		r.fail("fan-out", err)
+	}
+	r.rep.Fanout = rows
 	return nil
 }
 

@@ -100,15 +100,15 @@ func renderMD(rep *Report) string {
 			mb(l.Metrics["etcd_mvcc_db_total_size_in_bytes"]), mb(l.Metrics["etcd_mvcc_db_total_size_in_use_in_bytes"]), mb(l.Metrics["process_resident_memory_bytes"]))
 	}
 	if len(rep.Fanout) > 0 {
-		fmt.Fprintf(&w, "\n## Watch fan-out\n\nEach step: the simulated hosts joined (one Get per prefix, then a watch from its revision), then the churn ran (endpoint ADD/DEL transactions, 1 in 100 writes a profile edit, 1 in 200 a host leaving or coming back) as fast as etcd took it (%d writers, closed loop). Hosts joining read the shared prefixes (host list, profiles, namespaces, tags) whole up to the first %s of them, count-only after that (same requests, same watches; see the join columns for the cost of whole reads).\n\n", fanoutWriters(rep), fullReadsText(rep))
-		w.WriteString("| mode | hosts | join s | host watches | etcd watchers | etcd watch streams | writes/s | write p50 ms | write p99 ms | events/s to hosts | etcd CPU s | proxies CPU s | simulator + writers CPU s | etcd RSS | hosts reading whole at join | read at join | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(&w, "\n## Watch fan-out\n\nEach step: etcd's history compacted (as a cluster's compactor keeps it), the simulated hosts joined (one Get per prefix, then a watch from its revision), then the churn ran (endpoint ADD/DEL transactions, 1 in 100 writes a profile edit, 1 in 200 a host leaving or coming back) as fast as etcd took it (%d writers, closed loop). Hosts joining read the shared prefixes (host list, profiles, namespaces, tags) whole up to the first %s of them, count-only after that (same requests, same watches; see the join columns for the cost of whole reads).\n\n", fanoutWriters(rep), fullReadsText(rep))
+		w.WriteString("| mode | hosts | join s | host watches | etcd watchers | etcd watch streams | writes/s | write p50 ms | write p99 ms | events/s to hosts | etcd CPU s | proxies CPU s | simulator + writers CPU s | etcd RSS | etcd db | hosts reading whole at join | read at join | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, f := range rep.Fanout {
 			mode := f.Mode
 			if f.Proxies > 0 {
 				mode = fmt.Sprintf("%d proxy", f.Proxies)
 			}
-			fmt.Fprintf(&w, "| %s | %d | %.1f | %d | %.0f | %.0f | %.0f | %.1f | %.1f | %.0f | %.1f | %.1f | %.1f | %s | %d | %s | %d |\n", mode, f.Hosts, f.JoinSeconds, f.Watches,
-				f.EtcdWatchers, f.EtcdStreams, f.Churn.Rate, ms(f.Churn.P50), ms(f.Churn.P99), f.EventsPerSec, f.EtcdCPU, f.ProxyCPU, f.SimCPU, mb(f.EtcdRSS), f.FullReads, mb(float64(f.ReadBytes)), f.Churn.Errors)
+			fmt.Fprintf(&w, "| %s | %d | %.1f | %d | %.0f | %.0f | %.0f | %.1f | %.1f | %.0f | %.1f | %.1f | %.1f | %s | %s | %d | %s | %d |\n", mode, f.Hosts, f.JoinSeconds, f.Watches,
+				f.EtcdWatchers, f.EtcdStreams, f.Churn.Rate, ms(f.Churn.P50), ms(f.Churn.P99), f.EventsPerSec, f.EtcdCPU, f.ProxyCPU, f.SimCPU, mb(f.EtcdRSS), mb(f.EtcdDB), f.FullReads, mb(float64(f.ReadBytes)), f.Churn.Errors)
 		}
 	}
 	for _, l := range []struct {

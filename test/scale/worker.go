@@ -141,6 +141,29 @@ type FanoutRow struct {
 	ReadBytes int64   `json:"join_read_bytes"`
 	FullReads int     `json:"join_full_reads"` // hosts of this step that read shared prefixes whole
 	Lost      int64   `json:"lost_watches"`
+	// EtcdDB is etcd's backend file after the step's churn, and
+	// CompactSeconds how long compacting the step before took.
+	EtcdDB         float64 `json:"etcd_db_bytes"`
+	CompactSeconds float64 `json:"compact_s"`
+}
+
+// compact compacts etcd's history up to now and waits until the space is
+// free, as a cluster's compactor (kube-apiserver's every 5 minutes, or
+// etcd's auto-compaction) keeps it bounded: a minute of the churn writes
+// gigabytes of revisions, and without it etcd's 8 GB quota is met within
+// a few steps.
+func compact(ctx context.Context, cli *clientv3.Client) (time.Duration, error) {
+	t0 := time.Now()
+	r, err := cli.Get(ctx, "compact", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("compact: %w", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	if _, err := cli.Compact(cctx, r.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		return 0, fmt.Errorf("compact to %d: %w", r.Header.Revision, err)
+	}
+	return time.Since(t0), nil
 }
 
 func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, error) {
@@ -174,6 +197,11 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 				full = max(0, min(n, sp.FullReads)-prev)
 			}
 			prev = max(prev, n)
+			took, err := compact(ctx, kv.Client)
+			if err != nil {
+				hosts.Close()
+				return nil, fmt.Errorf("%s: %d hosts: %w", mode, n, err)
+			}
 			t0 := time.Now()
 			if err := hosts.Join(ctx, n, 64); err != nil {
 				hosts.Close()
@@ -192,13 +220,14 @@ func workFanout(ctx context.Context, sp spec, cl *load.Cluster) ([]FanoutRow, er
 				EtcdWatchers: m0["etcd_debugging_mvcc_watcher_total"], EtcdStreams: m0["etcd_debugging_mvcc_watch_stream_total"],
 				EtcdSlow: m1["etcd_debugging_mvcc_slow_watcher_total"], Churn: res, Events: after.Events - joined.Events,
 				EtcdCPU: m1["process_cpu_seconds_total"] - m0["process_cpu_seconds_total"], EtcdRSS: m1["process_resident_memory_bytes"],
-				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost, FullReads: full, SimCPU: simCPU}
+				ReadBytes: joined.GetBytes - before.GetBytes, Lost: after.Lost, FullReads: full, SimCPU: simCPU,
+				EtcdDB: m1["etcd_mvcc_db_total_size_in_bytes"], CompactSeconds: took.Seconds()}
 			if mode == "proxy" {
 				row.Proxies, row.ProxyCPU = len(sp.Proxies), proxyCPU
 			}
 			row.EventsPerSec = float64(row.Events) / res.Duration.Seconds()
-			progress("%s %d hosts: %.0f writes/s (p50 %v p99 %v, %d errors %s), %.0f events/s to the hosts, etcd CPU %.1f s, proxies %.1f s, simulator and writers %.1f s",
-				mode, n, res.Rate, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Errors, res.FirstError, row.EventsPerSec, row.EtcdCPU, row.ProxyCPU, row.SimCPU)
+			progress("%s %d hosts: %.0f writes/s (p50 %v p99 %v, %d errors %s), %.0f events/s to the hosts, etcd CPU %.1f s, proxies %.1f s, simulator and writers %.1f s; etcd db %.0f MB (compacted before in %.1f s)",
+				mode, n, res.Rate, res.P50.Round(time.Microsecond), res.P99.Round(time.Microsecond), res.Errors, res.FirstError, row.EventsPerSec, row.EtcdCPU, row.ProxyCPU, row.SimCPU, row.EtcdDB/1e6, row.CompactSeconds)
 			rows = append(rows, row)
 		}
 		if sp.Hold && mode == "direct" {
