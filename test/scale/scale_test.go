@@ -290,3 +290,42 @@ func TestSmallCluster(t *testing.T) {
 	}
 	checkIPAM("after the churn")
 }
+
+// TestPermutationsBalanceTurns: the ADDs in turns take every order of the
+// sides once per cycle, so each side is first, last and in between equally
+// often and none meets the machine's state after a given other more.
+func TestPermutationsBalanceTurns(t *testing.T) {
+	for n, want := range []int{1, 1, 2, 6, 24} {
+		ps := permutations(n)
+		if len(ps) != want {
+			t.Fatalf("permutations(%d): %d orders, want %d", n, len(ps), want)
+		}
+		seen := map[string]bool{}
+		first := make([]int, n)
+		for _, p := range ps {
+			if len(p) != n {
+				t.Fatalf("permutations(%d): order %v has %d sides", n, p, len(p))
+			}
+			q := slices.Clone(p)
+			slices.Sort(q)
+			for i, x := range q {
+				if x != i {
+					t.Fatalf("permutations(%d): %v is not an order of 0..%d", n, p, n-1)
+				}
+			}
+			if k := fmt.Sprint(p); seen[k] {
+				t.Fatalf("permutations(%d): %v twice", n, p)
+			} else {
+				seen[k] = true
+			}
+			if n > 0 {
+				first[p[0]]++
+			}
+		}
+		for k, c := range first {
+			if c != want/max(n, 1) {
+				t.Fatalf("permutations(%d): side %d first in %d of %d orders", n, k, c, want)
+			}
+		}
+	}
+}
