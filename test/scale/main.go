@@ -656,7 +656,7 @@ func (r *runner) addInTurns() error {
 // the empty datastore, holding what a host in use holds (the pool, the
 // BGP configuration, the profile and one resident workload, so that no
 // timed ADD claims or frees the host's block).
-func (r *runner) startEmpty() (s side, stop func(), err error) {
+func (r *runner) startEmpty() (_ side, stop func(), err error) {
 	h := r.l.Hosts[1]
 	host, _, _ := net.SplitHostPort(strings.TrimPrefix(r.l.EtcdURL, "http://"))
 	url := "http://" + net.JoinHostPort(host, "23800")
@@ -664,9 +664,10 @@ func (r *runner) startEmpty() (s side, stop func(), err error) {
 		"--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"))
 	var node *lab.Proc
 	var nsName, nsPath string
+	conf := r.confOf(h, url, r.cniLog(h), profA)
 	stop = func() {
 		if nsName != "" {
-			r.plugin(h, "tabby", "DEL", "scale-resident", nsPath, s.conf)
+			r.plugin(h, "tabby", "DEL", "scale-resident", nsPath, conf)
 			if err := r.l.RemoveContainer(nsName); err != nil {
 				progress("remove %s: %v", nsName, err)
 			}
@@ -701,12 +702,11 @@ func (r *runner) startEmpty() (s side, stop func(), err error) {
 	if node, err = r.startNode(h, url); err != nil {
 		return side{}, nil, err
 	}
-	s = side{name: "tabby, empty datastore", plugin: "tabby", h: h, conf: r.confOf(h, url, r.cniLog(h), profA), log: r.cniLog(h), node: node}
 	nsName, nsPath = r.l.AddContainer(h, "resident")
-	if out := r.plugin(h, "tabby", "ADD", "scale-resident", nsPath, s.conf); out.ExitCode != 0 {
+	if out := r.plugin(h, "tabby", "ADD", "scale-resident", nsPath, conf); out.ExitCode != 0 {
 		return side{}, nil, fmt.Errorf("resident workload on the empty datastore: exit %d: %s", out.ExitCode, out.Stdout)
 	}
-	return s, stop, nil
+	return side{name: "tabby, empty datastore", plugin: "tabby", h: h, conf: conf, log: r.cniLog(h), node: node}, stop, nil
 }
 
 // addTurns times n rounds of one ADD and its DEL per side, each in a
