@@ -400,11 +400,17 @@ func (r *runner) worker(sp spec, out any, onHold func()) error {
 	return json.Unmarshal(result, out)
 }
 
+// besideEtcd is an address on etcd's, in the underlay namespace, at port:
+// where the harness's other servers (proxies, the empty etcd) listen.
+func (r *runner) besideEtcd(port int) string {
+	host, _, _ := net.SplitHostPort(strings.TrimPrefix(r.l.EtcdURL, "http://"))
+	return net.JoinHostPort(host, strconv.Itoa(port))
+}
+
 // startProxies runs the gRPC proxies in the underlay namespace.
 func (r *runner) startProxies() error {
-	host, _, _ := net.SplitHostPort(strings.TrimPrefix(r.l.EtcdURL, "http://"))
 	for i := 0; i < r.o.proxies; i++ {
-		addr := net.JoinHostPort(host, strconv.Itoa(23790+i))
+		addr := r.besideEtcd(23790 + i)
 		p := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, fmt.Sprintf("grpc-proxy-%d.log", i)), filepath.Join(r.o.bin, "etcd-lab"),
 			"grpc-proxy", "--endpoints", r.l.EtcdURL, "--listen", addr)
 		r.proxyPIDs = append(r.proxyPIDs, p.PID)
@@ -658,8 +664,7 @@ func (r *runner) addInTurns() error {
 // timed ADD claims or frees the host's block).
 func (r *runner) startEmpty() (_ side, stop func(), err error) {
 	h := r.l.Hosts[1]
-	host, _, _ := net.SplitHostPort(strings.TrimPrefix(r.l.EtcdURL, "http://"))
-	url := "http://" + net.JoinHostPort(host, "23800")
+	url := "http://" + r.besideEtcd(23800)
 	etcd := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, "etcd-empty.log"), filepath.Join(r.o.bin, "etcd-lab"),
 		"--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"))
 	var node *lab.Proc

@@ -126,11 +126,7 @@ func renderMD(rep *Report) string {
 			fmt.Fprintf(&w, "| %s | %d | %.1f | %.1f | %d | %.2f | %.2f |\n", l.name, l.v.N, l.v.P50, l.v.P99, l.v.Failed, l.v.BusyCores, l.v.NodeCPUms)
 		}
 	}
-	a, f := rep.AddEmpty, rep.AddFull
-	if rep.TurnsEmpty != nil && rep.TurnsFull != nil {
-		a, f = rep.TurnsEmpty, rep.TurnsFull
-	}
-	if a != nil && f != nil && len(a.Steps) > 0 && len(f.Steps) > 0 {
+	if a, f, _ := rep.adds(); a != nil && f != nil && len(a.Steps) > 0 && len(f.Steps) > 0 {
 		w.WriteString("\nThe ADD's steps (ms each, from the plugin's debug log; the rest of an ADD is the plugin's process start under `ip netns exec`, its netconf and its etcd connection):\n\n| step | empty p50 | full p50 | empty p99 | full p99 |\n|---|---|---|---|---|\n")
 		for _, st := range []string{"identity", "ipam", "mtu", "veth", "endpoint", "policy"} {
 			fmt.Fprintf(&w, "| %s | %.2f | %.2f | %.2f | %.2f |\n", st, a.Steps[st], f.Steps[st], a.Steps99[st], f.Steps99[st])
@@ -203,12 +199,8 @@ func charts(rep *Report, dir string) error {
 			errs = append(errs, err.Error())
 		}
 	}
-	// The ADDs taken in turns when there are, else the two series.
 	add := map[string][]float64{}
-	empty, full, ref := rep.AddEmpty, rep.AddFull, rep.RefFull
-	if rep.TurnsFull != nil && rep.TurnsEmpty != nil {
-		empty, full, ref = rep.TurnsEmpty, rep.TurnsFull, rep.TurnsRef
-	}
+	empty, full, ref := rep.adds()
 	if empty != nil && len(empty.Samples) > 0 {
 		add["empty datastore"] = empty.Samples
 	}
@@ -239,6 +231,16 @@ func charts(rep *Report, dir string) error {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// adds is the ADD series the report's steps table and chart show: those
+// taken in turns on two datastores when the run has them, else the empty
+// and full series timed apart (with the reference beside the full one).
+func (rep *Report) adds() (empty, full, ref *Latencies) {
+	if rep.TurnsEmpty != nil && rep.TurnsFull != nil {
+		return rep.TurnsEmpty, rep.TurnsFull, rep.TurnsRef
+	}
+	return rep.AddEmpty, rep.AddFull, rep.RefFull
 }
 
 func fanoutWriters(rep *Report) int { return rep.Writers }
