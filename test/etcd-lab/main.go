@@ -67,6 +67,7 @@ func run() error {
 	quota := flag.Int64("quota-backend-bytes", 8<<30, "backend size quota (bytes)")
 	maxTxnOps := flag.Uint("max-txn-ops", 2048, "most operations in one transaction")
 	maxRequest := flag.Uint("max-request-bytes", 8<<20, "largest request (bytes)")
+	pprof := flag.Bool("enable-pprof", false, "serve Go's profiles at the client URL + /debug/pprof/ (the scale harness profiles etcd under load)")
 	flag.Parse()
 	if *dataDir == "" {
 		return fmt.Errorf("--data-dir is required")
@@ -110,6 +111,7 @@ func run() error {
 	cfg.QuotaBackendBytes = *quota
 	cfg.MaxTxnOps = *maxTxnOps
 	cfg.MaxRequestBytes = *maxRequest
+	cfg.EnablePprof = *pprof
 	var closing atomic.Bool
 	lg, err := newLogger(*logLevel, &closing)
 	if err != nil {

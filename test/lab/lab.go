@@ -71,6 +71,8 @@ type Options struct {
 	// EtcdTLS, when set, makes the lab's etcd serve https and require
 	// client certificates (see EtcdTLS); nil is plain http, as before.
 	EtcdTLS *EtcdTLS
+	// EtcdArgs are more etcd-lab flags for the lab's etcd (--enable-pprof).
+	EtcdArgs []string
 }
 
 // Host is one simulated host.

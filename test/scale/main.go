@@ -33,6 +33,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -68,6 +69,7 @@ type options struct {
 	rate                   float64
 	skipIPAM, skipFanout   bool
 	fullReads              int
+	etcdProfile            time.Duration
 }
 
 func parse() (*options, error) {
@@ -89,6 +91,7 @@ func parse() (*options, error) {
 	flag.Float64Var(&o.rate, "rate", 100, "others' writes/s during ipam check and GC")
 	flag.BoolVar(&o.skipIPAM, "skip-ipam", false, "skip ipam check and GC")
 	flag.BoolVar(&o.skipFanout, "skip-fanout", false, "skip the watch fan-out and the enforcement timed under it")
+	flag.DurationVar(&o.etcdProfile, "etcd-profile", 0, "CPU-profile both etcds for this long at the start of the ADDs in turns (etcd-full.pprof, etcd-empty.pprof in -out); 0: no profiles")
 	flag.IntVar(&o.fullReads, "full-reads", 1000, "simulated hosts that read the shared prefixes whole at join (the rest count-only); 0: all")
 	flag.Parse()
 	if *small {
@@ -195,7 +198,11 @@ func run() error {
 	os.Setenv("TABBY_BIN_DIR", o.bin)
 	// Host 1 is the real node on the full datastore; host 2 the same on a
 	// datastore of its own that stays empty, for ADDs in turns with host 1's.
-	l := lab.New(s, lab.Options{Hosts: 2, Prefix: "scl"})
+	lo := lab.Options{Hosts: 2, Prefix: "scl"}
+	if o.etcdProfile > 0 {
+		lo.EtcdArgs = []string{"--enable-pprof"}
+	}
+	l := lab.New(s, lo)
 	l.StartEtcd()
 	r := &runner{o: o, l: l, h: l.Hosts[0], self: self, rep: rep}
 	defer func() {
@@ -653,6 +660,10 @@ func (r *runner) addInTurns() error {
 		return err
 	}
 	defer stop()
+	if r.o.etcdProfile > 0 {
+		wait := r.profileEtcds(map[string]string{"etcd-full": r.l.EtcdURL, "etcd-empty": r.emptyURL()})
+		defer wait()
+	}
 	l, err := r.addTurns(r.o.turns, []side{r.tabbySide("tabby, full datastore"), empty, r.refSide()})
 	r.rep.TurnsFull, r.rep.TurnsEmpty, r.rep.TurnsRef = l[0], l[1], l[2]
 	return err
@@ -664,9 +675,9 @@ func (r *runner) addInTurns() error {
 // timed ADD claims or frees the host's block).
 func (r *runner) startEmpty() (_ side, stop func(), err error) {
 	h := r.l.Hosts[1]
-	url := "http://" + r.besideEtcd(23800)
+	url := r.emptyURL()
 	etcd := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, "etcd-empty.log"), filepath.Join(r.o.bin, "etcd-lab"),
-		"--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"))
+		"--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"), "--enable-pprof="+strconv.FormatBool(r.o.etcdProfile > 0))
 	var node *lab.Proc
 	var nsName, nsPath string
 	conf := r.confOf(h, url, r.cniLog(h), profA)
@@ -712,6 +723,31 @@ func (r *runner) startEmpty() (_ side, stop func(), err error) {
 		return side{}, nil, fmt.Errorf("resident workload on the empty datastore: exit %d: %s", out.ExitCode, out.Stdout)
 	}
 	return side{name: "tabby, empty datastore", plugin: "tabby", h: h, conf: conf, log: r.cniLog(h), node: node}, stop, nil
+}
+
+// emptyURL is the client URL of the empty datastore's etcd.
+func (r *runner) emptyURL() string { return "http://" + r.besideEtcd(23800) }
+
+// profileEtcds takes a CPU profile of each etcd (name -> client URL) at
+// once, from the underlay namespace, into the report directory; the
+// returned func waits for them. A profile that fails is reported, not
+// fatal: it explains a run, it is not one of its figures.
+func (r *runner) profileEtcds(urls map[string]string) (wait func()) {
+	var wg sync.WaitGroup
+	for name, url := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out := filepath.Join(r.o.out, name+".pprof")
+			q := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", url, int(r.o.etcdProfile.Seconds()))
+			if b, err := r.l.Command(r.l.Underlay, "curl", "-sSf", "-o", out, q).CombinedOutput(); err != nil {
+				progress("profile %s: %v %s", name, err, b)
+				return
+			}
+			progress("profile %s: %s", name, out)
+		}()
+	}
+	return wg.Wait
 }
 
 // addTurns times n rounds of one ADD and its DEL per side, each in a
