@@ -44,6 +44,7 @@ type call struct {
 	workload string
 	epKey    string
 	veth     string
+	mark     func(step string) // ADD's step log (nil outside ADD)
 }
 
 func open(e *plugin.Env) (*call, error) {
@@ -103,7 +104,7 @@ var cmdAdd = verb("ADD", plugin.Deadline, func(ctx context.Context, c *call) err
 func (c *call) inProcessIPAM() bool { return c.Conf.IPAM.Type == "tabby-ipam" && !c.Conf.IPAMExec }
 
 func (c *call) ipam() *ipam.IPAM {
-	return &ipam.IPAM{KV: c.KV, Host: c.Host, LockDir: c.Conf.State()}
+	return &ipam.IPAM{KV: c.KV, Host: c.Host, LockDir: c.Conf.State(), Trace: c.mark}
 }
 
 // ipamOutcome is what the IPAM step did.
@@ -206,6 +207,7 @@ func (c *call) ipamDel(ctx context.Context) error { return c.ipamVerb(ctx, ipamD
 func (c *call) add(ctx context.Context) (res *current.Result, err error) {
 	t0 := time.Now()
 	mark := func(what string) { c.Log.Debug("ADD step", "step", what, "elapsed", time.Since(t0)) }
+	c.mark = mark
 	defer mark("done")
 	// The container MAC is derived, not left to the kernel, so the endpoint
 	// record can be written before the interface exists.

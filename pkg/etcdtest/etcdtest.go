@@ -56,6 +56,9 @@ func start(t testing.TB, tlsFiles *TLSFiles) *Etcd {
 	cfg.Dir = dir
 	cfg.LogLevel = "fatal" // Close logs harmless errors at "error"
 	cfg.Logger = "zap"
+	// embed leaves this 0, which makes every request "expensive": its
+	// text is rendered for a log line on every call. etcd's own default.
+	cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
 	scheme := "http"
 	if tlsFiles != nil {
 		scheme = "https"

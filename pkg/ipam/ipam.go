@@ -36,6 +36,16 @@ type IPAM struct {
 	// LockDir, when set, holds a per-host lock file so concurrent local ADDs
 	// queue instead of racing on the same block.
 	LockDir string
+	// Trace, when set, is told each phase an assignment has passed
+	// ("ipam_lock": the host lock taken and its cache read; "ipam_txn":
+	// its round trip committed), for the plugin's step log.
+	Trace func(step string)
+}
+
+func (a *IPAM) trace(step string) {
+	if a.Trace != nil {
+		a.Trace(step)
+	}
 }
 
 // Request asks for the addresses of one attachment.
@@ -261,6 +271,7 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 	defer unlock()
 	hkey := model.HandleKey(req.Network, req.ContainerID)
 	cache := a.loadCache()
+	a.trace("ipam_lock")
 	// The common case: decide from this host's cache and commit in one round
 	// trip, the caller's gets riding along.
 	if cache != nil {
@@ -273,6 +284,7 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 			}
 			d := &decision{}
 			res, ok, err := store.CommitFrom(ctx, a.KV, seed, a.decide(ctx, req, hkey, m, d), extra)
+			a.trace("ipam_txn")
 			if err == nil && ok {
 				a.updateCache(cache, nil, nil, d.written, res.Revision)
 				a.saveNote(hkey, d.ops, res.Revision)

@@ -112,6 +112,10 @@ func run() error {
 	cfg.MaxTxnOps = *maxTxnOps
 	cfg.MaxRequestBytes = *maxRequest
 	cfg.EnablePprof = *pprof
+	// embed leaves this 0, which makes every request "expensive": etcd-lab
+	// logged each one, its content rendered as text, before answering it
+	// (485 MB of log for the scale harness's load). etcd's own default.
+	cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
 	var closing atomic.Bool
 	lg, err := newLogger(*logLevel, &closing)
 	if err != nil {

@@ -99,6 +99,9 @@ func (l *Lab) startEtcd(ns, url string) (*Proc, error) {
 		args = append(args, "--cert-file", t.ServerCert, "--key-file", t.ServerKey, "--trusted-ca-file", ca, "--client-cert-auth")
 	}
 	args = append(args, l.opts.EtcdArgs...)
+	if len(l.opts.EtcdEnv) > 0 {
+		args = append(append([]string{"env"}, l.opts.EtcdEnv...), args...)
+	}
 	p, err := l.start(ns, logfile, w, args...)
 	w.Close() // the child has its own copy
 	if err != nil {

@@ -96,6 +96,9 @@ type Proc struct {
 	Args []string
 	Log  string    // file with the process's stdout and stderr
 	Cmd  *exec.Cmd // the started command (read only)
+	// Started is when it was started: a Go program's GODEBUG=gctrace=1
+	// times its collections from then.
+	Started time.Time
 
 	done chan struct{} // closed once the process has exited and been reaped
 	err  error         // exit status, valid after done
@@ -178,7 +181,7 @@ func (l *Lab) start(ns, logfile string, stdout io.Writer, argv ...string) (*Proc
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", argv[0], ns, err)
 	}
-	p := &Proc{PID: cmd.Process.Pid, NS: ns, Args: argv, Log: logfile, Cmd: cmd, done: make(chan struct{})}
+	p := &Proc{PID: cmd.Process.Pid, NS: ns, Args: argv, Log: logfile, Cmd: cmd, Started: time.Now(), done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)

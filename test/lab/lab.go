@@ -73,6 +73,9 @@ type Options struct {
 	EtcdTLS *EtcdTLS
 	// EtcdArgs are more etcd-lab flags for the lab's etcd (--enable-pprof).
 	EtcdArgs []string
+	// EtcdEnv is more environment for the lab's etcd, as NAME=value (the
+	// Go runtime's GOGC, GOMEMLIMIT, GODEBUG).
+	EtcdEnv []string
 }
 
 // Host is one simulated host.

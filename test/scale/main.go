@@ -70,6 +70,7 @@ type options struct {
 	skipIPAM, skipFanout   bool
 	fullReads              int
 	etcdProfile            time.Duration
+	etcdEnv                []string
 }
 
 func parse() (*options, error) {
@@ -92,8 +93,15 @@ func parse() (*options, error) {
 	flag.BoolVar(&o.skipIPAM, "skip-ipam", false, "skip ipam check and GC")
 	flag.BoolVar(&o.skipFanout, "skip-fanout", false, "skip the watch fan-out and the enforcement timed under it")
 	flag.DurationVar(&o.etcdProfile, "etcd-profile", 0, "CPU-profile both etcds for this long at the start of the ADDs in turns (etcd-full.pprof, etcd-empty.pprof in -out); 0: no profiles")
+	etcdEnv := flag.String("etcd-env", "", "space-separated NAME=value for both etcds' environment, e.g. \"GOGC=off GOMEMLIMIT=10GiB\"")
 	flag.IntVar(&o.fullReads, "full-reads", 1000, "simulated hosts that read the shared prefixes whole at join (the rest count-only); 0: all")
 	flag.Parse()
+	o.etcdEnv = strings.Fields(*etcdEnv)
+	for _, kv := range o.etcdEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("-etcd-env: %q is not NAME=value", kv)
+		}
+	}
 	if *small {
 		o.cluster.Hosts, o.cluster.Endpoints, o.cluster.Profiles = 200, 10000, 50
 		o.steps = []int{0, 100, 200}
@@ -153,9 +161,12 @@ type Report struct {
 	// own etcd and tabby-node on a second lab host), with ptp +
 	// host-local, taken in turns in one series after the load: the two
 	// datastores see the same machine at the same minutes.
-	TurnsFull    *Latencies  `json:"add_turns_full,omitempty"`
-	TurnsEmpty   *Latencies  `json:"add_turns_empty,omitempty"`
-	TurnsRef     *Latencies  `json:"add_turns_ref,omitempty"`
+	TurnsFull  *Latencies `json:"add_turns_full,omitempty"`
+	TurnsEmpty *Latencies `json:"add_turns_empty,omitempty"`
+	TurnsRef   *Latencies `json:"add_turns_ref,omitempty"`
+	// Dial is a plugin's etcd client's round trips to each of the two
+	// datastores, taken in turns after the ADDs.
+	Dial         *DialResult `json:"dial,omitempty"`
 	Enforce      *Latencies  `json:"enforce_10k_watching"`
 	EnforceEmpty *Latencies  `json:"enforce_empty"`
 	Fanout       []FanoutRow `json:"fanout"`
@@ -202,9 +213,10 @@ func run() error {
 	if o.etcdProfile > 0 {
 		lo.EtcdArgs = []string{"--enable-pprof"}
 	}
+	lo.EtcdEnv = o.etcdEnv
 	l := lab.New(s, lo)
-	l.StartEtcd()
-	r := &runner{o: o, l: l, h: l.Hosts[0], self: self, rep: rep}
+	etcd := l.StartEtcd()
+	r := &runner{o: o, l: l, h: l.Hosts[0], self: self, rep: rep, etcds: map[string]*lab.Proc{"etcd-full": etcd}}
 	defer func() {
 		rep.Seconds = time.Since(rep.Started).Seconds()
 		if err := r.write(); err != nil {
@@ -223,6 +235,7 @@ type runner struct {
 	node      *lab.Proc
 	proxies   []string
 	proxyPIDs []int
+	etcds     map[string]*lab.Proc // by the name their profiles and logs take in -out
 }
 
 func (r *runner) ctl(args ...string) (string, error) { return r.ctlAt(r.l.EtcdURL, args...) }
@@ -662,11 +675,22 @@ func (r *runner) addInTurns() error {
 	defer stop()
 	if r.o.etcdProfile > 0 {
 		wait := r.profileEtcds(map[string]string{"etcd-full": r.l.EtcdURL, "etcd-empty": r.emptyURL()})
-		defer wait()
+		defer func() {
+			wait()
+			r.keepLogs()
+		}()
 	}
 	l, err := r.addTurns(r.o.turns, []side{r.tabbySide("tabby, full datastore"), empty, r.refSide()})
 	r.rep.TurnsFull, r.rep.TurnsEmpty, r.rep.TurnsRef = l[0], l[1], l[2]
-	return err
+	if err != nil {
+		return err
+	}
+	var d DialResult
+	if err := r.worker(spec{Task: "dial", Beside: r.emptyURL(), Rounds: r.o.turns}, &d, nil); err != nil {
+		return err
+	}
+	r.rep.Dial = &d
+	return nil
 }
 
 // startEmpty runs a second etcd and a tabby-node on lab host 2 with it:
@@ -676,8 +700,10 @@ func (r *runner) addInTurns() error {
 func (r *runner) startEmpty() (_ side, stop func(), err error) {
 	h := r.l.Hosts[1]
 	url := r.emptyURL()
-	etcd := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, "etcd-empty.log"), filepath.Join(r.o.bin, "etcd-lab"),
+	argv := append(append([]string{"env"}, r.o.etcdEnv...), filepath.Join(r.o.bin, "etcd-lab"),
 		"--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"), "--enable-pprof="+strconv.FormatBool(r.o.etcdProfile > 0))
+	etcd := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, "etcd-empty.log"), argv...)
+	r.etcds["etcd-empty"] = etcd
 	var node *lab.Proc
 	var nsName, nsPath string
 	conf := r.confOf(h, url, r.cniLog(h), profA)
@@ -723,6 +749,32 @@ func (r *runner) startEmpty() (_ side, stop func(), err error) {
 		return side{}, nil, fmt.Errorf("resident workload on the empty datastore: exit %d: %s", out.ExitCode, out.Stdout)
 	}
 	return side{name: "tabby, empty datastore", plugin: "tabby", h: h, conf: conf, log: r.cniLog(h), node: node}, stop, nil
+}
+
+// keepLogs copies what explains the profiles of the ADDs in turns into
+// -out: both etcds' logs (with GODEBUG=gctrace=1 in -etcd-env, their
+// collections, timed from the start each <name>.started holds) and the
+// plugin's debug logs of both hosts (each step of each ADD, timestamped).
+func (r *runner) keepLogs() {
+	keep := map[string]string{}
+	for name, p := range r.etcds {
+		keep[name+".log"] = p.Log
+		if err := os.WriteFile(filepath.Join(r.o.out, name+".started"), []byte(p.Started.UTC().Format(time.RFC3339Nano)+"\n"), 0o644); err != nil {
+			progress("keep %s start: %v", name, err)
+		}
+	}
+	for _, h := range r.l.Hosts {
+		keep["cni-"+h.Name+".log"] = r.cniLog(h)
+	}
+	for name, path := range keep {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(r.o.out, name), b, 0o644)
+		}
+		if err != nil {
+			progress("keep %s: %v", name, err)
+		}
+	}
 }
 
 // emptyURL is the client URL of the empty datastore's etcd.

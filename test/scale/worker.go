@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tabby-net/tabby/pkg/ipam"
+	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 	"github.com/tabby-net/tabby/test/lab"
@@ -49,6 +50,10 @@ type spec struct {
 	CheckPage int     `json:"check_page,omitempty"` // ipam check's page (0: ipam.DefaultCheckPage)
 	Conns     int     `json:"conns,omitempty"`
 	FullReads int     `json:"full_reads,omitempty"` // fanout: hosts that read shared prefixes whole at join
+	// Beside is a second etcd (dial: the empty datastore's), Rounds how
+	// many times each is dialed.
+	Beside string `json:"beside,omitempty"`
+	Rounds int    `json:"rounds,omitempty"`
 }
 
 func progress(format string, args ...any) {
@@ -73,6 +78,8 @@ func runWorker(raw string) error {
 		out, err = workFanout(ctx, sp, cl)
 	case "ipam":
 		out, err = workIPAM(ctx, sp, cl)
+	case "dial":
+		out, err = workDial(ctx, sp)
 	default:
 		err = fmt.Errorf("unknown task %q", sp.Task)
 	}
@@ -501,3 +508,52 @@ func proxiesCPU(pids []int) float64 {
 
 // selfCPU is this process's CPU seconds so far.
 func selfCPU() float64 { return lab.CPUTime(os.Getpid()).Seconds() }
+
+// DialResult is the round trips of a plugin's client to each etcd: its
+// first request (which opens the connection, as every CNI call does) and
+// a second on the open connection.
+type DialResult struct {
+	First, Warm map[string]*Latencies
+}
+
+// workDial dials etcd and the etcd beside it in turns, as the CNI plugin
+// does (a new client, its first request opening the connection): where
+// an ADD's round trip is slower on one datastore than on the other while
+// etcd's handler times agree, this says whether the time goes to the
+// connection or to the request.
+func workDial(ctx context.Context, sp spec) (*DialResult, error) {
+	targets := map[string]string{"full": sp.Etcd, "empty": sp.Beside}
+	first, warm := map[string][]time.Duration{}, map[string][]time.Duration{}
+	for i := 0; i < sp.Rounds; i++ {
+		order := []string{"full", "empty"}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, name := range order {
+			kv, err := etcdv3.New(store.Config{Endpoints: []string{targets[name]}})
+			if err != nil {
+				return nil, err
+			}
+			t0 := time.Now()
+			_, err = kv.Get(ctx, model.SchemaKey)
+			t1 := time.Now()
+			if err == nil {
+				_, err = kv.Get(ctx, model.SchemaKey)
+			}
+			t2 := time.Now()
+			kv.Close()
+			if err != nil {
+				return nil, fmt.Errorf("dial %s: %w", name, err)
+			}
+			first[name] = append(first[name], t1.Sub(t0))
+			warm[name] = append(warm[name], t2.Sub(t1))
+		}
+	}
+	r := &DialResult{First: map[string]*Latencies{}, Warm: map[string]*Latencies{}}
+	for name := range targets {
+		r.First[name], r.Warm[name] = latencies(first[name], 0), latencies(warm[name], 0)
+		progress("dial %s: first request p50 %.2f ms p99 %.2f ms, warm p50 %.2f ms p99 %.2f ms", name,
+			r.First[name].P50, r.First[name].P99, r.Warm[name].P50, r.Warm[name].P99)
+	}
+	return r, nil
+}
