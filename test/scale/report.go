@@ -86,6 +86,11 @@ func renderMD(rep *Report) string {
 		fmt.Fprintf(&w, "| tabby-node RSS independent of other hosts | %s full vs %s empty | %s |\n", mb(float64(cs.RSSBytes)), mb(float64(rep.ColdEmpty.RSSBytes)),
 			verdict(float64(cs.RSSBytes) <= 1.25*float64(rep.ColdEmpty.RSSBytes)))
 	}
+	if d := rep.Dial; d != nil && d.First["full"] != nil && d.First["empty"] != nil {
+		fmt.Fprintf(&w, "\nA plugin's etcd client dialing each datastore in turns (%d rounds, from etcd's namespace): first request, which opens the connection, p50 %.2f vs %.2f ms, p99 %.2f vs %.2f ms (full vs empty); a second request p50 %.2f vs %.2f ms, p99 %.2f vs %.2f ms.\n",
+			d.First["full"].N, d.First["full"].P50, d.First["empty"].P50, d.First["full"].P99, d.First["empty"].P99,
+			d.Warm["full"].P50, d.Warm["empty"].P50, d.Warm["full"].P99, d.Warm["empty"].P99)
+	}
 	if ip := rep.IPAM; ip != nil {
 		fmt.Fprintf(&w, "| ipam check on the full datastore within minutes, others' p99 <= 2x | %.1f s reading at %.0f keys/s; others' write p99 %.1f ms with the check reading vs %.1f ms held (%d reading windows between held ones; %.1fx, p50 %.1fx) | %s |\n",
 			ip.CheckSeconds, ip.CheckRate, ms(ip.DuringCheck.P99), ms(ip.CheckHeld.P99), ip.CheckWindows, ratio(ip.DuringCheck.P99, ip.CheckHeld.P99), ratio(ip.DuringCheck.P50, ip.CheckHeld.P50),
