@@ -38,7 +38,8 @@ type IPAM struct {
 	LockDir string
 	// Trace, when set, is told each phase an assignment has passed
 	// ("ipam_lock": the host lock taken and its cache read; "ipam_txn":
-	// its round trip committed), for the plugin's step log.
+	// the round trip decided from that cache returned; a conflict's reading
+	// retry follows it), for the plugin's step log.
 	Trace func(step string)
 }
 

@@ -68,6 +68,26 @@ func (l *Lab) StartEtcdIn(ns, clientURL string) *Proc {
 	return p
 }
 
+// EtcdCommand is the command line of an etcd-lab with args, as the lab
+// runs its own: with Options.EtcdEnv and Options.EtcdArgs. For a test that
+// runs a second etcd beside the lab's.
+func (l *Lab) EtcdCommand(args ...string) ([]string, error) {
+	bin, err := EtcdLabBinary()
+	if err != nil {
+		return nil, err
+	}
+	return l.etcdCommand(append([]string{bin}, args...)), nil
+}
+
+// etcdCommand adds the lab's etcd flags and environment to argv.
+func (l *Lab) etcdCommand(argv []string) []string {
+	argv = append(argv, l.opts.EtcdArgs...)
+	if len(l.opts.EtcdEnv) > 0 {
+		argv = append(append([]string{"env"}, l.opts.EtcdEnv...), argv...)
+	}
+	return argv
+}
+
 func (l *Lab) startEtcd(ns, url string) (*Proc, error) {
 	if ns == "" {
 		return nil, fmt.Errorf("start etcd: empty namespace")
@@ -98,10 +118,7 @@ func (l *Lab) startEtcd(ns, url string) (*Proc, error) {
 		}
 		args = append(args, "--cert-file", t.ServerCert, "--key-file", t.ServerKey, "--trusted-ca-file", ca, "--client-cert-auth")
 	}
-	args = append(args, l.opts.EtcdArgs...)
-	if len(l.opts.EtcdEnv) > 0 {
-		args = append(append([]string{"env"}, l.opts.EtcdEnv...), args...)
-	}
+	args = l.etcdCommand(args)
 	p, err := l.start(ns, logfile, w, args...)
 	w.Close() // the child has its own copy
 	if err != nil {

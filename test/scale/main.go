@@ -700,8 +700,10 @@ func (r *runner) addInTurns() error {
 func (r *runner) startEmpty() (_ side, stop func(), err error) {
 	h := r.l.Hosts[1]
 	url := r.emptyURL()
-	argv := append(append([]string{"env"}, r.o.etcdEnv...), filepath.Join(r.o.bin, "etcd-lab"),
-		"--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"), "--enable-pprof="+strconv.FormatBool(r.o.etcdProfile > 0))
+	argv, err := r.l.EtcdCommand("--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"))
+	if err != nil {
+		return side{}, nil, err
+	}
 	etcd := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, "etcd-empty.log"), argv...)
 	r.etcds["etcd-empty"] = etcd
 	var node *lab.Proc
