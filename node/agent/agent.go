@@ -72,8 +72,12 @@ type Agent struct {
 	// ip6tablesErr is why ipt6 is nil: IPv6 endpoints are then never ready.
 	ip6tablesErr error
 	sets         *iptables.Sets
-	inc          incremental       // what the last full policy pass programmed
-	gens         map[string]uint64 // base prefixes' change counts at the last full reconcile
+	inc          incremental // what the last full policy pass programmed
+	// policyDone: the packet filter in the kernel was rendered from a
+	// loaded cache and applied (patches keep it so); until then the node
+	// is not ready, whatever else it has loaded.
+	policyDone bool
+	gens       map[string]uint64 // base prefixes' change counts at the last full reconcile
 	// hosts is the host list as of its change count gen (hostList).
 	hosts struct {
 		gen   uint64
@@ -471,9 +475,11 @@ func (a *Agent) reconcile(ctx context.Context, p pass) {
 		a.detectIP6Tables() // ip6tables may have been installed since
 	}
 	if !patched {
-		if err := a.syncPolicy(v, p); err != nil {
+		complete, err := a.syncPolicy(v, p)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("policy: %w", err))
 		}
+		a.policyDone = complete
 	}
 	// Prefixes first, so a new session starts with the full set.
 	if err := a.speaker.Advertise(v.advertised()); err != nil {
@@ -532,7 +538,7 @@ func (a *Agent) reconcile(ctx context.Context, p pass) {
 	}
 	a.status.LastReconcile = time.Now()
 	a.status.ReconcileMillis = float64(d.Microseconds()) / 1000
-	a.status.Ready = a.cache.Synced()
+	a.status.Ready = a.cache.Synced() && a.policyDone
 	a.status.Settled = settled
 	a.status.IPIPSupported = a.ipipOK
 	a.status.Errors = nil

@@ -68,7 +68,7 @@ func (p *policyAgent) settle(what string, cond func() bool) {
 	deadline := time.After(30 * time.Second)
 	for {
 		if p.cache.Synced() {
-			if err := p.syncPolicy(p.snapshot(), p.pass(false)); err != nil {
+			if _, err := p.syncPolicy(p.snapshot(), p.pass(false)); err != nil {
 				p.t.Fatal(err)
 			}
 			if cond() {
@@ -238,7 +238,7 @@ func TestPolicyReadyWaitsForPeers(t *testing.T) {
 		p.cached(model.HostSubtree("h1"), epKey)
 		p.cached(model.PolicyPrefix, model.PolicyKey("prod", "db"))
 		e.Stop()
-		if err := a.syncPolicy(a.snapshot(), a.pass(false)); err != nil {
+		if _, err := a.syncPolicy(a.snapshot(), a.pass(false)); err != nil {
 			t.Fatal(err)
 		}
 		if !slices.Contains(a.cache.Prefixes(), model.MemberNamespacePrefix("third")) {
@@ -327,5 +327,56 @@ func TestFollowsOnlyItsProfiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		p.settle("Q dropped", func() bool { return !follows(model.ProfileKey("Q")) })
+	})
+}
+
+// A restarted daemon starts with a cache that follows only the base
+// prefixes: its endpoints' profiles and their tags load over its first
+// passes. No pass may apply a render that lacks them (the kernel's tag set
+// emptied for ~50 ms after a restart, dropping new connections between
+// running workloads), and the node is not ready until one that has them
+// is in force.
+func TestRestartKeepsRulesUntilLoaded(t *testing.T) {
+	withPolicyAgent(t, func(p *policyAgent, _ *etcdtest.Etcd) {
+		allow := []model.Rule{{Action: "allow"}}
+		p.put(model.ProfileKey("P"), model.Profile{Name: "P", Inbound: []model.Rule{{Action: "allow", SrcTag: "T"}}, Outbound: allow})
+		e1 := model.Endpoint{Host: "h1", Orchestrator: "k8s", Workload: "prod.one", Name: "eth0", ContainerID: "c-one",
+			HostInterface: "tbyone0000000", IPv4Nets: []string{"10.0.0.1/32"}, Profiles: []string{"P"}}
+		p.put(model.EndpointKey(e1.Host, e1.Orchestrator, e1.Workload, e1.Name), e1)
+		p.put(model.TagMemberKey("T", "h2", "k8s", "prod.peer", "eth0"), model.TagMember{Endpoint: "peer", Nets: []string{"10.9.0.1/32"}})
+		hasPeer := func() bool { return strings.Contains(setLines(t, "tabby-t4-"), " 10.9.0.1") }
+
+		first := p.Agent
+		first.cache = watch.New(p.cli, first.log)
+		first.cache.Start(p.ctx, first.basePrefixes()...)
+		p.settle("first daemon ready", func() bool { return first.ready.has(e1.HostInterface, e1.ContainerID) })
+		if !hasPeer() {
+			t.Fatalf("the tag's set lacks its member:\n%s", ipsetSave(t))
+		}
+
+		// The restart: a new daemon, same kernel.
+		ctx, stop := context.WithCancel(p.ctx)
+		defer stop()
+		second, _ := testAgent(t)
+		second.cfg.Name = "h1"
+		second.cache = watch.New(p.cli, second.log)
+		second.cache.Start(ctx, second.basePrefixes()...)
+		p.Agent = second
+		passes, incomplete := 0, 0
+		p.settle("second daemon ready", func() bool {
+			passes++
+			if !hasPeer() {
+				t.Fatalf("pass %d of the restarted daemon took the tag's member out of the kernel", passes)
+			}
+			done := second.ready.has(e1.HostInterface, e1.ContainerID)
+			if !done {
+				incomplete++
+			}
+			return done
+		})
+		if incomplete == 0 {
+			t.Fatal("the restarted daemon's first pass already had the profile and tag loaded: the test shows nothing")
+		}
+		t.Logf("ready after %d passes, %d of them before the profile and tag were loaded", passes, incomplete)
 	})
 }

@@ -261,7 +261,16 @@ func (r *readiness) wait(ctx context.Context, iface, container string) error {
 // syncPolicy renders and applies the packet filter for this host's
 // endpoints. It first makes the cache follow exactly the tags the rules
 // name; rules are marked ready only once those tags are loaded.
-func (a *Agent) syncPolicy(v *view, p pass) error {
+//
+// A render from a cache still loading what the rules name (the first pass
+// after a restart, a profile that starts naming a tag) is not applied:
+// it lacks members, and applying it would take working rules out of the
+// kernel (a restarted daemon emptied a tag's set for ~50 ms, dropping new
+// connections between running workloads). The kernel keeps what it has
+// (new interfaces stay dropped: no rules, no traffic) until the load
+// wakes the next pass. It reports whether the rules it applied are
+// complete.
+func (a *Agent) syncPolicy(v *view, p pass) (complete bool, err error) {
 	a.inc.valid = false
 	// Change counts first: a change after them makes the next incremental
 	// pass fall back to a full one, never miss it.
@@ -276,7 +285,9 @@ func (a *Agent) syncPolicy(v *view, p pass) error {
 	a.cache.SetPrefixes(Followed(a.cfg.Name, names, tags, memPrefixes)...)
 	// Loaded before they are read: otherwise the rules may lack members
 	// and must not be reported ready (the load wakes another pass).
-	loaded := a.cache.Synced()
+	if !a.cache.Synced() {
+		return false, nil
+	}
 	members := map[string][]model.Member{}
 	for _, pre := range memPrefixes {
 		gens[pre] = a.cache.Gen(pre)
@@ -306,13 +317,14 @@ func (a *Agent) syncPolicy(v *view, p pass) error {
 		Policies: prepared, Namespaces: nss, Members: members})
 	applied, refused, err := a.applyPolicy(out, v.endpoints, p)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if loaded && a.cache.Synced() {
-		a.ready.set(applied, refused)
-		a.inc.rebuild(v, tags, profRevs, tagRecs, prepared, gens)
+	if !a.cache.Synced() {
+		return false, nil // followed anew while rendering: the load wakes a pass
 	}
-	return nil
+	a.ready.set(applied, refused)
+	a.inc.rebuild(v, tags, profRevs, tagRecs, prepared, gens)
+	return true, nil
 }
 
 // applyPolicy programs rendered rules and says whose rules are in force.

@@ -190,7 +190,9 @@ func TestADDBurstWhileNodeIsKilled(t *testing.T) {
 	for i := range n {
 		if ok[i] {
 			if err := e.l.Ping(inside, fmt.Sprintf("10.0.8.%d", i+1)); err != nil {
-				t.Errorf("after the restart, %d: %v", i, err)
+				state, _ := e.l.Exec(h.NS, "sh", "-c", "date +%T.%N; ip route; ip neigh; ipset list -t; ipset list | grep 10.0.8; iptables-save -c | grep -v '^#'")
+				later := e.l.Ping(inside, fmt.Sprintf("10.0.8.%d", i+1))
+				t.Errorf("after the restart, %d: %v (a second later: %v)\n%s", i, err, later, state)
 			}
 		}
 	}
