@@ -100,8 +100,12 @@ type meta struct {
 	handle     *model.Handle
 	pools      []model.Pool
 	poolKVs    []store.KeyValue
-	affineKeys []string        // block keys of this host's blocks
-	schema     *store.KeyValue // the schema record as read (nil: absent)
+	affineKeys []string // block keys of this host's blocks
+	// full: blocks the host cache knows to have no free address (as of
+	// the revision the commit compares), which the decision skips
+	// without decoding them.
+	full   map[string]bool
+	schema *store.KeyValue // the schema record as read (nil: absent)
 }
 
 // readMeta reads, in one round trip, the handle, the pools, this host's
@@ -454,7 +458,7 @@ func (al *alloc) auto(m *meta, v6 bool, names []string) error {
 	// 1. This host's blocks, already fetched with the handle.
 	for _, key := range m.affineKeys {
 		p := inPool(key)
-		if p == nil {
+		if p == nil || m.full[key] {
 			continue
 		}
 		b, err := al.block(key)

@@ -16,7 +16,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/store"
 )
 
-func newKV(t *testing.T) store.KV {
+func newKV(t testing.TB) store.KV {
 	e := etcdtest.Start(t)
 	kv, err := store.NewHTTP(store.Config{Endpoints: e.Endpoints()})
 	if err != nil {
@@ -625,5 +625,70 @@ func TestGCReadsOnlyThisHost(t *testing.T) {
 	}
 	if rep.Allocations != 3 {
 		t.Fatalf("allocations after GC: %d, want 3 (keep, h2-live, h2-other)", rep.Allocations)
+	}
+}
+
+// The host cache is a header and the blocks' values; a file torn at any
+// byte (a crash in its write) is no cache, never a wrong one, and the
+// blocks a full host holds are marked full, so that ADDs skip them
+// without decoding them.
+func TestHostCacheTornAndFull(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16"})
+	dir := t.TempDir()
+	a := &IPAM{KV: kv, Host: "h1", LockDir: dir}
+	for i := range 65 {
+		if _, _, err := a.Assign(ctx, req(fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := a.loadCache()
+	if c == nil || len(c.Blocks) != 2 {
+		t.Fatalf("cache %+v, want two blocks", c)
+	}
+	full := 0
+	for _, b := range c.Blocks {
+		if b.Full {
+			full++
+		}
+		var blk model.Block
+		if err := store.DecodeRecord(b.Key, b.Value, &blk); err != nil || blk.Affinity != "h1" || b.Affinity != "h1" {
+			t.Fatalf("cached block %s: %v %+v", b.Key, err, blk)
+		}
+	}
+	if full != 1 {
+		t.Fatalf("%d blocks marked full, want 1 (64 addresses of a /26 taken)", full)
+	}
+	path := filepath.Join(dir, cacheFile)
+	whole, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; n < len(whole); n += 1 + len(whole)/200 {
+		if decodeCache(whole[:n], "h1") != nil {
+			t.Fatalf("a cache torn at byte %d of %d decoded", n, len(whole))
+		}
+	}
+	if decodeCache(append(whole, 'x'), "h1") != nil || decodeCache(whole, "h2") != nil {
+		t.Fatal("a cache with trailing bytes, or another host's, decoded")
+	}
+	// The previous release's file goes when this one has none.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	legacy := filepath.Join(dir, legacyCacheFile)
+	if err := os.WriteFile(legacy, []byte(`{"host":"h1","blocks":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a.loadCache() != nil {
+		t.Fatal("no cache file, yet a cache")
+	}
+	if _, err := os.Stat(legacy); !os.IsNotExist(err) {
+		t.Fatalf("the legacy cache file is still there: %v", err)
+	}
+	// Without a cache the reading path allocates and writes a new one.
+	if _, _, err := a.Assign(ctx, req("after")); err != nil || a.loadCache() == nil {
+		t.Fatalf("after a lost cache: %v", err)
 	}
 }

@@ -98,7 +98,7 @@ func (a *IPAM) noteSeed(hkey string, keys []string) store.Seed {
 	cached := map[string]*store.KeyValue{}
 	if c := a.loadCache(); c != nil {
 		for i := range c.Blocks {
-			cached[c.Blocks[i].Key] = &c.Blocks[i]
+			cached[c.Blocks[i].Key] = c.Blocks[i].kv()
 		}
 	}
 	for _, bk := range h.Blocks {
