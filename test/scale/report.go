@@ -86,9 +86,12 @@ func renderMD(rep *Report) string {
 		fmt.Fprintf(&w, "| tabby-node RSS independent of other hosts | %s full vs %s empty | %s |\n", mb(float64(cs.RSSBytes)), mb(float64(rep.ColdEmpty.RSSBytes)),
 			verdict(float64(cs.RSSBytes) <= 1.25*float64(rep.ColdEmpty.RSSBytes)))
 	}
-	if d := rep.Dial; d != nil && d.First["full"] != nil && d.First["empty"] != nil {
-		fmt.Fprintf(&w, "\nA plugin's etcd client dialing each datastore in turns (%d rounds, from etcd's namespace): first request, which opens the connection, p50 %.2f vs %.2f ms, p99 %.2f vs %.2f ms (full vs empty); a second request p50 %.2f vs %.2f ms, p99 %.2f vs %.2f ms.\n",
-			d.First["full"].N, d.First["full"].P50, d.First["empty"].P50, d.First["full"].P99, d.First["empty"].P99,
+	for _, d := range rep.Dial {
+		if d.First["full"] == nil || d.First["empty"] == nil {
+			continue
+		}
+		fmt.Fprintf(&w, "\nThe plugin's etcd client calling each datastore in turns from %s (%d rounds, a transaction like IPAM's): the first call, which opens the connection, p50 %.2f vs %.2f ms, p99 %.2f vs %.2f ms (full vs empty); a second p50 %.2f vs %.2f ms, p99 %.2f vs %.2f ms.\n",
+			d.From, d.First["full"].N, d.First["full"].P50, d.First["empty"].P50, d.First["full"].P99, d.First["empty"].P99,
 			d.Warm["full"].P50, d.Warm["empty"].P50, d.Warm["full"].P99, d.Warm["empty"].P99)
 	}
 	if ip := rep.IPAM; ip != nil {

@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -22,7 +23,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tabby-net/tabby/pkg/ipam"
-	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/store/etcdv3"
 	"github.com/tabby-net/tabby/test/lab"
@@ -54,6 +54,9 @@ type spec struct {
 	// many times each is dialed.
 	Beside string `json:"beside,omitempty"`
 	Rounds int    `json:"rounds,omitempty"`
+	// From is the network namespace the worker runs in ("": the underlay,
+	// etcd's own).
+	From string `json:"from,omitempty"`
 }
 
 func progress(format string, args ...any) {
@@ -509,36 +512,49 @@ func proxiesCPU(pids []int) float64 {
 // selfCPU is this process's CPU seconds so far.
 func selfCPU() float64 { return lab.CPUTime(os.Getpid()).Seconds() }
 
-// DialResult is the round trips of a plugin's client to each etcd: its
-// first request (which opens the connection, as every CNI call does) and
-// a second on the open connection.
+// DialResult is the round trips of the CNI plugin's etcd client to each
+// etcd: its first call, a transaction like IPAM's (a compare and a put),
+// which opens the connection as every CNI call does, and a second one on
+// the open connection.
 type DialResult struct {
+	From        string `json:"from"` // the lab host's namespace it ran in
 	First, Warm map[string]*Latencies
 }
 
-// workDial dials etcd and the etcd beside it in turns, as the CNI plugin
-// does (a new client, its first request opening the connection): where
-// an ADD's round trip is slower on one datastore than on the other while
-// etcd's handler times agree, this says whether the time goes to the
-// connection or to the request.
+// workDial calls etcd and the etcd beside it in turns with the plugin's
+// client, from one lab host: run from each host, it tells whether an
+// ADD's round trip that is slower on one datastore than on the other,
+// while etcd's handler times agree, follows the datastore or the host.
 func workDial(ctx context.Context, sp spec) (*DialResult, error) {
 	targets := map[string]string{"full": sp.Etcd, "empty": sp.Beside}
 	first, warm := map[string][]time.Duration{}, map[string][]time.Duration{}
+	key := "/scale/dial/" + sp.From
+	rev := map[string]int64{}
 	for i := 0; i < sp.Rounds; i++ {
 		order := []string{"full", "empty"}
 		if i%2 == 1 {
 			order[0], order[1] = order[1], order[0]
 		}
 		for _, name := range order {
-			kv, err := etcdv3.New(store.Config{Endpoints: []string{targets[name]}})
+			kv, err := store.NewGRPC(store.Config{Endpoints: []string{targets[name]}})
 			if err != nil {
 				return nil, err
 			}
+			txn := func() error {
+				res, err := kv.Txn(ctx, []store.Cmp{{Key: key, ModRev: rev[name]}}, []store.Op{store.Put(key, []byte(`{"dial":true}`))})
+				if err == nil && !res.Succeeded {
+					err = errors.New("the dial key changed under the dial")
+				}
+				if err == nil {
+					rev[name] = res.Revision
+				}
+				return err
+			}
 			t0 := time.Now()
-			_, err = kv.Get(ctx, model.SchemaKey)
+			err = txn()
 			t1 := time.Now()
 			if err == nil {
-				_, err = kv.Get(ctx, model.SchemaKey)
+				err = txn()
 			}
 			t2 := time.Now()
 			kv.Close()
@@ -549,11 +565,20 @@ func workDial(ctx context.Context, sp spec) (*DialResult, error) {
 			warm[name] = append(warm[name], t2.Sub(t1))
 		}
 	}
-	r := &DialResult{First: map[string]*Latencies{}, Warm: map[string]*Latencies{}}
+	r := &DialResult{From: sp.From, First: map[string]*Latencies{}, Warm: map[string]*Latencies{}}
 	for name := range targets {
 		r.First[name], r.Warm[name] = latencies(first[name], 0), latencies(warm[name], 0)
-		progress("dial %s: first request p50 %.2f ms p99 %.2f ms, warm p50 %.2f ms p99 %.2f ms", name,
+		progress("dial from %s to %s: first call p50 %.2f ms p99 %.2f ms, warm p50 %.2f ms p99 %.2f ms", sp.From, name,
 			r.First[name].P50, r.First[name].P99, r.Warm[name].P50, r.Warm[name].P99)
+	}
+	// Leave the datastores as they were.
+	for name, url := range targets {
+		if kv, err := store.NewGRPC(store.Config{Endpoints: []string{url}}); err == nil {
+			_, _ = kv.Txn(ctx, nil, []store.Op{store.Delete(key)})
+			kv.Close()
+		} else {
+			progress("dial %s: %v", name, err)
+		}
 	}
 	return r, nil
 }
