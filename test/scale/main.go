@@ -65,6 +65,7 @@ type options struct {
 	churn                  time.Duration
 	workers, changes, adds int
 	turns                  int
+	turnsProxy             bool
 	proxies, conns         int
 	rate                   float64
 	skipIPAM, skipFanout   bool
@@ -86,6 +87,7 @@ func parse() (*options, error) {
 	flag.IntVar(&o.workers, "workers", 32, "writers of the churn")
 	flag.IntVar(&o.changes, "changes", 20, "profile changes timed on the real node")
 	flag.IntVar(&o.adds, "adds", 200, "CNI ADDs timed on the empty and on the full datastore")
+	flag.BoolVar(&o.turnsProxy, "turns-proxy", true, "also take the full datastore's ADDs through a gRPC proxy in the turns")
 	flag.IntVar(&o.turns, "turns", 600, "rounds of ADDs in turns on the full and on a second, empty datastore (and ptp + host-local)")
 	flag.IntVar(&o.proxies, "proxies", 1, "gRPC proxies (the simulated hosts are spread over them)")
 	flag.IntVar(&o.conns, "conns", 8, "client connections per etcd or proxy endpoint")
@@ -164,6 +166,9 @@ type Report struct {
 	TurnsFull  *Latencies `json:"add_turns_full,omitempty"`
 	TurnsEmpty *Latencies `json:"add_turns_empty,omitempty"`
 	TurnsRef   *Latencies `json:"add_turns_ref,omitempty"`
+	// TurnsProxy: the full datastore's ADDs, in the same turns, with the
+	// plugin's etcd endpoint a gRPC proxy in front of etcd.
+	TurnsProxy *Latencies `json:"add_turns_proxy,omitempty"`
 	// Dial is the plugin's etcd client's round trips to each of the two
 	// datastores, taken in turns after the ADDs, from each of their hosts
 	// (the full datastore's first).
@@ -435,25 +440,38 @@ func (r *runner) besideEtcd(port int) string {
 // startProxies runs the gRPC proxies in the underlay namespace.
 func (r *runner) startProxies() error {
 	for i := 0; i < r.o.proxies; i++ {
-		addr := r.besideEtcd(23790 + i)
-		p := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, fmt.Sprintf("grpc-proxy-%d.log", i)), filepath.Join(r.o.bin, "etcd-lab"),
-			"grpc-proxy", "--endpoints", r.l.EtcdURL, "--listen", addr)
-		r.proxyPIDs = append(r.proxyPIDs, p.PID)
-		err := lab.Eventually(30*time.Second, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			c, err := r.l.DialContext(ctx, r.l.Underlay, "tcp", addr)
-			if err != nil {
-				return err
-			}
-			return c.Close()
-		})
-		if err != nil {
-			return fmt.Errorf("grpc-proxy %s: %w", addr, err)
+		p, url, err := r.startProxy(23790+i, fmt.Sprintf("grpc-proxy-%d.log", i))
+		if p != nil {
+			r.proxyPIDs = append(r.proxyPIDs, p.PID)
 		}
-		r.proxies = append(r.proxies, "http://"+addr)
+		if err != nil {
+			return err
+		}
+		r.proxies = append(r.proxies, url)
 	}
 	return nil
+}
+
+// startProxy runs one etcd gRPC proxy in front of the lab's etcd, beside
+// it at port, and waits until it listens. The process is returned (to be
+// stopped) even when it does not come up.
+func (r *runner) startProxy(port int, log string) (*lab.Proc, string, error) {
+	addr := r.besideEtcd(port)
+	p := r.l.Start(r.l.Underlay, filepath.Join(r.l.Dir, log), filepath.Join(r.o.bin, "etcd-lab"),
+		"grpc-proxy", "--endpoints", r.l.EtcdURL, "--listen", addr)
+	err := lab.Eventually(30*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		c, err := r.l.DialContext(ctx, r.l.Underlay, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	if err != nil {
+		return p, "", fmt.Errorf("grpc-proxy %s: %w", addr, err)
+	}
+	return p, "http://" + addr, nil
 }
 
 // ColdStart is one tabby-node start.
@@ -685,8 +703,33 @@ func (r *runner) addInTurns() error {
 			r.keepLogs()
 		}()
 	}
-	l, err := r.addTurns(r.o.turns, []side{r.tabbySide("tabby, full datastore"), empty, r.refSide()})
+	sides := []side{r.tabbySide("tabby, full datastore"), empty, r.refSide()}
+	// The plugins of a cluster this size reach etcd through gRPC proxies
+	// (the sizing guide's deployment past ~2,000 hosts): the same ADDs on
+	// the full datastore, with the plugin's connection opened to a proxy
+	// that holds its own to etcd.
+	if r.o.turnsProxy {
+		proxy, url, err := r.startProxy(23810, "grpc-proxy-turns.log")
+		if proxy != nil {
+			defer func() {
+				if err := proxy.Stop(10 * time.Second); err != nil {
+					progress("stop grpc-proxy: %v", err)
+				}
+			}()
+		}
+		if err != nil {
+			return err
+		}
+		via := r.tabbySide("tabby, full datastore through a gRPC proxy")
+		via.log = filepath.Join(r.l.Dir, "cni-"+r.h.Name+"-proxy.log") // its own steps
+		via.conf = r.confOf(r.h, url, via.log, profA)
+		sides = append(sides, via)
+	}
+	l, err := r.addTurns(r.o.turns, sides)
 	r.rep.TurnsFull, r.rep.TurnsEmpty, r.rep.TurnsRef = l[0], l[1], l[2]
+	if len(l) > 3 {
+		r.rep.TurnsProxy = l[3]
+	}
 	if err != nil {
 		return err
 	}
@@ -778,6 +821,7 @@ func (r *runner) keepLogs() {
 	for _, h := range r.l.Hosts {
 		keep["cni-"+h.Name+".log"] = r.cniLog(h)
 	}
+	keep["cni-"+r.h.Name+"-proxy.log"] = filepath.Join(r.l.Dir, "cni-"+r.h.Name+"-proxy.log")
 	for name, path := range keep {
 		b, err := os.ReadFile(path)
 		if err == nil {

@@ -69,6 +69,11 @@ func renderMD(rep *Report) string {
 			f.P50, a.P50, f.P50/a.P50, f.P99, a.P99, f.P99/a.P99, f.N, f.Failed, a.Failed, rep.TurnsRef.P50, rep.TurnsRef.P99,
 			verdict(f.Failed == 0 && a.Failed == 0 && f.P50/a.P50 <= goalAddRatio && f.P99/a.P99 <= goalAddRatio))
 	}
+	if a, f := rep.TurnsEmpty, rep.TurnsProxy; a != nil && f != nil && a.N > 0 && f.N > 0 {
+		fmt.Fprintf(&w, "| the same, the full datastore's plugin through a gRPC proxy (the sizing guide's deployment at this size), the empty one's direct | p50 %.1f vs %.1f ms (%.2fx), p99 %.1f vs %.1f ms (%.2fx); %d ADDs, %d failed | %s |\n",
+			f.P50, a.P50, f.P50/a.P50, f.P99, a.P99, f.P99/a.P99, f.N, f.Failed,
+			verdict(f.Failed == 0 && a.Failed == 0 && f.P50/a.P50 <= goalAddRatio && f.P99/a.P99 <= goalAddRatio))
+	}
 	if a, f := rep.AddEmpty, rep.AddFull; a != nil && f != nil && a.N > 0 && f.N > 0 {
 		fmt.Fprintf(&w, "| ADD on the full datastore <= 1.1x empty, the empty one timed before the load | p50 %.1f vs %.1f ms (%.2fx), p99 %.1f vs %.1f ms (%.2fx) | %s |\n",
 			f.P50, a.P50, f.P50/a.P50, f.P99, a.P99, f.P99/a.P99, verdict(f.P50/a.P50 <= goalAddRatio && f.P99/a.P99 <= goalAddRatio))
@@ -125,7 +130,7 @@ func renderMD(rep *Report) string {
 	}{{"CNI ADD, empty datastore", rep.AddEmpty}, {"CNI ADD, full datastore", rep.AddFull},
 		{"ptp + host-local ADD, beside the empty datastore", rep.RefEmpty}, {"ptp + host-local ADD, beside the full datastore", rep.RefFull},
 		{"CNI ADD in turns: full datastore", rep.TurnsFull}, {"CNI ADD in turns: empty datastore (its own etcd and tabby-node)", rep.TurnsEmpty},
-		{"CNI ADD in turns: ptp + host-local", rep.TurnsRef},
+		{"CNI ADD in turns: ptp + host-local", rep.TurnsRef}, {"CNI ADD in turns: full datastore through a gRPC proxy", rep.TurnsProxy},
 		{"profile change to enforcement, empty datastore", rep.EnforceEmpty}, {"profile change to enforcement, full datastore, hosts watching", rep.Enforce}} {
 		if l.v != nil {
 			if l.name == "CNI ADD, empty datastore" {
