@@ -35,7 +35,7 @@ type Status struct {
 	Name            string    `json:"name"`
 	IPv4            string    `json:"ipv4"`
 	Version         string    `json:"version"`
-	Ready           bool      `json:"ready"`   // etcd data loaded
+	Ready           bool      `json:"ready"`   // etcd data loaded and the packet filter rendered from it in force
 	Settled         bool      `json:"settled"` // BGP converged after start; stale routes may go
 	IPIPSupported   bool      `json:"ipipSupported"`
 	Peers           []Peer    `json:"peers"`

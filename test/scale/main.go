@@ -66,6 +66,7 @@ type options struct {
 	workers, changes, adds int
 	turns                  int
 	turnsProxy             bool
+	swapHosts              bool
 	proxies, conns         int
 	rate                   float64
 	skipIPAM, skipFanout   bool
@@ -87,6 +88,7 @@ func parse() (*options, error) {
 	flag.IntVar(&o.workers, "workers", 32, "writers of the churn")
 	flag.IntVar(&o.changes, "changes", 20, "profile changes timed on the real node")
 	flag.IntVar(&o.adds, "adds", 200, "CNI ADDs timed on the empty and on the full datastore")
+	flag.BoolVar(&o.swapHosts, "swap-hosts", false, "run the full datastore's tabby-node and ADDs on lab host 2 and the empty one's on host 1 (does a gap follow the host?)")
 	flag.BoolVar(&o.turnsProxy, "turns-proxy", true, "also take the full datastore's ADDs through a gRPC proxy in the turns")
 	flag.IntVar(&o.turns, "turns", 600, "rounds of ADDs in turns on the full and on a second, empty datastore (and ptp + host-local)")
 	flag.IntVar(&o.proxies, "proxies", 1, "gRPC proxies (the simulated hosts are spread over them)")
@@ -222,7 +224,11 @@ func run() error {
 	lo.EtcdEnv = o.etcdEnv
 	l := lab.New(s, lo)
 	etcd := l.StartEtcd()
-	r := &runner{o: o, l: l, h: l.Hosts[0], self: self, rep: rep, etcds: map[string]*lab.Proc{"etcd-full": etcd}}
+	full := 0
+	if o.swapHosts {
+		full = 1
+	}
+	r := &runner{o: o, l: l, h: l.Hosts[full], self: self, rep: rep, etcds: map[string]*lab.Proc{"etcd-full": etcd}}
 	defer func() {
 		rep.Seconds = time.Since(rep.Started).Seconds()
 		if err := r.write(); err != nil {
@@ -752,6 +758,9 @@ func (r *runner) addInTurns() error {
 // timed ADD claims or frees the host's block).
 func (r *runner) startEmpty() (_ side, stop func(), err error) {
 	h := r.l.Hosts[1]
+	if h == r.h {
+		h = r.l.Hosts[0]
+	}
 	url := r.emptyURL()
 	argv, err := r.l.EtcdCommand("--listen-client", url, "--data-dir", filepath.Join(r.l.Dir, "etcd-empty"))
 	if err != nil {
