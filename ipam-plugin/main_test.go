@@ -128,8 +128,11 @@ func TestConcurrentProcessesThreeHosts(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	if n, h := f.keys(model.BlockPrefix), f.keys(model.HandlePrefix); n != 0 || h != 0 {
-		t.Fatalf("after DEL: %d blocks, %d handles left", n, h)
+	if h := f.keys(model.HandlePrefix); h != 0 {
+		t.Fatalf("after DEL: %d handles left", h)
+	}
+	if k, err := ipam.Residue(context.Background(), f.kv); err != nil || len(k) != 0 {
+		t.Fatalf("after DEL, beyond each host's kept empty block: %v %v", k, err)
 	}
 }
 

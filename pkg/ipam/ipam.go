@@ -726,7 +726,8 @@ func touched(out []Assigned, key string) bool {
 }
 
 // Release frees every address of the handle. Releasing a missing handle is
-// fine: DEL must be idempotent. A block left empty goes back to the pool.
+// fine: DEL must be idempotent. A block left empty goes back to the pool,
+// unless it is this host's last block of its pool with room (keepBlock).
 func (a *IPAM) Release(ctx context.Context, network, containerID string) error {
 	return a.ReleaseWith(ctx, network, containerID, nil, nil)
 }
@@ -743,33 +744,62 @@ func (a *IPAM) ReleaseWith(ctx context.Context, network, containerID string, key
 	defer unlock()
 	hkey := model.HandleKey(network, containerID)
 	defer a.dropNote(hkey)
+	cache := a.loadCache()
+	keep := a.keepBlock(cache)
 	// The common case: this host's ADD left a note of what it wrote, and
 	// the host cache holds the blocks; decide from them, one round trip.
-	if seed := a.noteSeed(hkey, keys); seed != nil {
+	if seed := a.noteSeed(hkey, keys, cache); seed != nil {
 		var written map[string]*model.Block
-		res, ok, err := store.CommitFrom(ctx, a.KV, seed, releaseOps(hkey, nil, a.Host, also, &written), nil)
+		res, ok, err := store.CommitFrom(ctx, a.KV, seed, releaseOps(hkey, nil, a.Host, keep, also, &written), nil)
 		if err != nil && store.IsUnavailable(err) {
 			return err
 		}
 		if err == nil && ok {
-			a.afterRelease(written, res.Revision)
+			a.afterRelease(cache, written, res.Revision)
 			return nil
 		}
 	}
-	written, rev, err := release(ctx, a.KV, hkey, nil, a.Host, keys, also)
+	var written map[string]*model.Block
+	rev, err := store.ReadModifyWrite(ctx, a.KV, append([]string{hkey}, keys...), releaseOps(hkey, nil, a.Host, keep, also, &written))
 	if err == nil {
-		a.afterRelease(written, rev)
+		a.afterRelease(cache, written, rev)
 	}
 	return err
 }
 
-func (a *IPAM) afterRelease(written map[string]*model.Block, rev int64) {
-	if len(written) == 0 {
+// keepBlock says which block a release that empties it keeps: one of this
+// host's blocks when, as far as the host cache knows, the host has no other
+// block of that pool with room. A host whose blocks are full would
+// otherwise claim a block on every ADD and return it on every DEL, each
+// time probing the pool, writing the affinity, and announcing or
+// withdrawing a route on every other host. The host keeps at most one such
+// empty block per pool (Calico keeps every affine block); another host
+// borrows from it when the pool runs out of blocks, and removing the pool
+// takes it. Without a cache (no state dir) nothing is known and the block
+// goes, as it does in GC.
+func (a *IPAM) keepBlock(c *hostCache) func(key string, b *model.Block) bool {
+	if c == nil {
+		return nil
+	}
+	return func(key string, b *model.Block) bool {
+		if b.Affinity != a.Host {
+			return false
+		}
+		prefix := model.BlockPoolPrefix(b.Pool)
+		for _, cb := range c.Blocks {
+			if cb.Key != key && cb.Affinity == a.Host && !cb.Full && strings.HasPrefix(cb.Key, prefix) {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func (a *IPAM) afterRelease(c *hostCache, written map[string]*model.Block, rev int64) {
+	if len(written) == 0 || c == nil {
 		return
 	}
-	if c := a.loadCache(); c != nil {
-		a.updateCache(c, nil, nil, written, rev)
-	}
+	a.updateCache(c, nil, nil, written, rev)
 }
 
 // releaseHandle frees the handle's addresses; with only set, just those
@@ -784,13 +814,14 @@ func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) e
 // host holds is left alone (a DEL for a container ID that is another host's).
 func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host string, keys []string, also func(rs *store.ReadSet) ([]store.Op, error)) (map[string]*model.Block, int64, error) {
 	var written map[string]*model.Block
-	rev, err := store.ReadModifyWrite(ctx, kv, append([]string{hkey}, keys...), releaseOps(hkey, only, host, also, &written))
+	rev, err := store.ReadModifyWrite(ctx, kv, append([]string{hkey}, keys...), releaseOps(hkey, only, host, nil, also, &written))
 	return written, rev, err
 }
 
 // releaseOps is the modify function of a release; written gets the blocks
-// the commit writes (nil: deleted).
-func releaseOps(hkey string, only net.IP, host string, also func(rs *store.ReadSet) ([]store.Op, error), written *map[string]*model.Block) func(rs *store.ReadSet) ([]store.Op, error) {
+// the commit writes (nil: deleted). A block the release empties is deleted
+// with its affinity unless keep (nil: none) keeps it.
+func releaseOps(hkey string, only net.IP, host string, keep func(key string, b *model.Block) bool, also func(rs *store.ReadSet) ([]store.Op, error), written *map[string]*model.Block) func(rs *store.ReadSet) ([]store.Op, error) {
 	return func(rs *store.ReadSet) ([]store.Op, error) {
 		*written = nil
 		var extra []store.Op
@@ -844,7 +875,7 @@ func releaseOps(hkey string, only net.IP, host string, also func(rs *store.ReadS
 		w := map[string]*model.Block{}
 		*written = w
 		for key, b := range blocks {
-			if empty(b) {
+			if empty(b) && (keep == nil || !keep(key, b)) {
 				ops = append(ops, store.Delete(key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR)))
 				w[key] = nil
 			} else {

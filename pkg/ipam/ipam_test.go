@@ -2,10 +2,12 @@ package ipam
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -72,16 +74,113 @@ func TestAssignFromAffineBlockAndIdempotent(t *testing.T) {
 	if n := count(t, kv, model.AffinityHostPrefix("h1")); n != 1 {
 		t.Fatalf("%d affinities, want 1", n)
 	}
-	// Release both: the empty block and its affinity go back to the pool.
+	// Release both: the handles go; the host's only block stays affine,
+	// empty, for its next ADD (TestReleaseKeepsTheHostsLastBlock).
 	for _, c := range []string{"c1", "c2", "c2"} {
 		if err := a.Release(ctx, "net", c); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, p := range []string{model.BlockPrefix, model.AffinityPrefix, model.HandlePrefix} {
-		if n := count(t, kv, p); n != 0 {
-			t.Fatalf("%d keys left under %s", n, p)
+	for p, want := range map[string]int{model.BlockPrefix: 1, model.AffinityPrefix: 1, model.HandlePrefix: 0} {
+		if n := count(t, kv, p); n != want {
+			t.Fatalf("%d keys left under %s, want %d", n, p, want)
 		}
+	}
+}
+
+// TestReleaseKeepsTheHostsLastBlock: a host whose blocks are full, its
+// workloads coming and going at the boundary, claims one block and keeps
+// it (an ADD that claimed a block on every ADD and released it on every
+// DEL probed the pool and wrote an affinity each time, and moved a route on
+// every host); a block emptied while another of the host's blocks has
+// room goes back to the pool; without a host cache, as in GC, an empty
+// block goes.
+func TestReleaseKeepsTheHostsLastBlock(t *testing.T) {
+	kv := newKV(t)
+	ctx := context.Background()
+	addPool(t, kv, model.Pool{CIDR: "10.0.0.0/16", BlockSize: 30})
+	a := &IPAM{KV: kv, Host: "h1", LockDir: t.TempDir()}
+	blocks := func() []string {
+		t.Helper()
+		kvs, _, err := kv.List(ctx, model.BlockPrefix, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, kv := range kvs {
+			out = append(out, kv.Key)
+		}
+		return out
+	}
+	assign := func(cid string) string {
+		t.Helper()
+		_, out, err := a.Assign(ctx, req(cid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0].Block.String()
+	}
+	// Fill the host's first block.
+	first := assign("f0")
+	for i := 1; ; i++ {
+		if b := assign(fmt.Sprintf("f%d", i)); b != first {
+			if err := a.Release(ctx, "net", fmt.Sprintf("f%d", i)); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	kept := blocks()
+	if len(kept) != 2 || count(t, kv, model.AffinityHostPrefix("h1")) != 2 {
+		t.Fatalf("after the boundary workload's DEL: blocks %v, want the full one and the emptied one kept", kept)
+	}
+	for i := range 5 {
+		assign(fmt.Sprintf("b%d", i))
+		if err := a.Release(ctx, "net", fmt.Sprintf("b%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if got := blocks(); !slices.Equal(got, kept) {
+			t.Fatalf("round %d at the boundary: blocks %v, want %v (no claim, no release)", i, got, kept)
+		}
+	}
+	if k, err := Residue(ctx, kv); err != nil || len(k) != 2 {
+		t.Fatalf("residue with the first block full: %v %v, want only that block and its affinity", k, err)
+	}
+	// The second block's workload goes after one of the first block's: the
+	// emptied block has a neighbour with room, and goes back to the pool.
+	if b := assign("x"); b == first {
+		t.Fatalf("x got the full block %s", b)
+	}
+	for _, cid := range []string{"f0", "x"} {
+		if err := a.Release(ctx, "net", cid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := blocks(); len(got) != 1 || count(t, kv, model.AffinityHostPrefix("h1")) != 1 {
+		t.Fatalf("emptied beside a block with room: blocks %v, want only the first", got)
+	}
+	// No state dir, no cache: the emptied block goes.
+	b := &IPAM{KV: kv, Host: "h2"}
+	if _, _, err := b.Assign(ctx, req("h2a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Release(ctx, "net", "h2a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, kv, model.AffinityHostPrefix("h2")); n != 0 {
+		t.Fatalf("h2 without a cache kept %d blocks", n)
+	}
+	for i := 1; ; i++ {
+		cid := fmt.Sprintf("f%d", i)
+		if _, err := kv.Get(ctx, model.HandleKey("net", cid)); errors.Is(err, store.ErrNotFound) {
+			break
+		}
+		if err := a.Release(ctx, "net", cid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if k, err := Residue(ctx, kv); err != nil || len(k) != 0 || count(t, kv, model.AffinityHostPrefix("h1")) != 1 {
+		t.Fatalf("every workload gone: residue %v %v, want none and h1's one kept block", k, err)
 	}
 }
 

@@ -65,7 +65,7 @@ func (a *IPAM) saveNote(hkey string, ops []store.Op, rev int64) {
 // noteSeed returns the seed of a release of hkey that also reads keys,
 // from the attachment's note and the host cache, or nil when they do not
 // hold everything the release reads.
-func (a *IPAM) noteSeed(hkey string, keys []string) store.Seed {
+func (a *IPAM) noteSeed(hkey string, keys []string, c *hostCache) store.Seed {
 	if a.LockDir == "" {
 		return nil
 	}
@@ -96,7 +96,7 @@ func (a *IPAM) noteSeed(hkey string, keys []string) store.Seed {
 		return nil
 	}
 	cached := map[string]*store.KeyValue{}
-	if c := a.loadCache(); c != nil {
+	if c != nil {
 		for i := range c.Blocks {
 			cached[c.Blocks[i].Key] = c.Blocks[i].kv()
 		}

@@ -906,10 +906,13 @@ func TestKillTabbyDocker(t *testing.T) {
 	t.Logf("tabby-docker SIGKILLed %d times (lifecycle p50 %v, %d at once): %d lifecycles cut (%v), %d finished first; %v",
 		rounds, pLife.Round(time.Microsecond), lives, tally.killed, cutAt, tally.finished, time.Since(begin).Round(time.Millisecond))
 	// Addresses, endpoints and interfaces: nothing, ever.
-	for _, p := range []string{model.HandlePrefix, model.BlockPrefix, model.AffinityPrefix, model.HostWorkloadPrefix(h.Name), model.TagPrefix} {
+	for _, p := range []string{model.HandlePrefix, model.HostWorkloadPrefix(h.Name), model.TagPrefix} {
 		if k := e.keys(p); len(k) != 0 {
 			t.Errorf("left under %s: %v", p, k)
 		}
+	}
+	if k, err := ipam.Residue(context.Background(), e.KV); err != nil || len(k) != 0 {
+		t.Errorf("IPAM blocks or affinities left: %v %v", k, err)
 	}
 	if out := e.l.MustExec(h.NS, "ip", "-o", "link"); strings.Contains(out, "tby") || strings.Contains(out, "tbc") {
 		t.Errorf("veths left on the host:\n%s", out)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
 	"github.com/tabby-net/tabby/pkg/store"
@@ -212,10 +213,11 @@ func (e *Env) StartNodes(extra ...string) map[*Host]*Proc {
 
 // Leftovers says what tabby left behind on hosts or in etcd: a tby veth or
 // a workload route (proto 80, scope link) on a host; an endpoint of one of
-// the hosts, a tag member, an IPAM handle, block or affinity in etcd. nil
+// the hosts, a tag member, an IPAM handle, a block with an allocation, or a
+// block or affinity beyond the one empty block per pool a host keeps. nil
 // means clean.
 func (e *Env) Leftovers(hosts ...*Host) error {
-	prefixes := []string{model.TagPrefix, model.MemberPrefix, model.HandlePrefix, model.BlockPrefix, model.AffinityPrefix}
+	prefixes := []string{model.TagPrefix, model.MemberPrefix, model.HandlePrefix}
 	for _, h := range hosts {
 		links, err := e.Lab.Exec(h.NS, "ip", "-o", "link", "show")
 		if err != nil {
@@ -245,6 +247,10 @@ func (e *Env) Leftovers(hosts ...*Host) error {
 			}
 			return fmt.Errorf("keys left under %s: %v", p, keys)
 		}
+	}
+	// A host keeps one empty block per pool for its next workload.
+	if keys, err := ipam.Residue(context.Background(), e.KV); err != nil || len(keys) != 0 {
+		return fmt.Errorf("IPAM blocks or affinities left beyond each host's kept empty block: %v %v", keys, err)
 	}
 	return nil
 }
