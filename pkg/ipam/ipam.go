@@ -37,9 +37,10 @@ type IPAM struct {
 	// queue instead of racing on the same block.
 	LockDir string
 	// Trace, when set, is told each phase an assignment has passed
-	// ("ipam_lock": the host lock taken and its cache read; "ipam_txn":
-	// the round trip decided from that cache returned; a conflict's reading
-	// retry follows it), for the plugin's step log.
+	// ("ipam_lock": the host lock taken and its cache read; "ipam_decide":
+	// the allocation decided from that cache; "ipam_txn": its round trip
+	// returned; a conflict's reading retry follows it), for the plugin's
+	// step log.
 	Trace func(step string)
 }
 
@@ -288,7 +289,12 @@ func (a *IPAM) AssignWith(ctx context.Context, req Request, extra []store.Op) (*
 				}
 			}
 			d := &decision{}
-			res, ok, err := store.CommitFrom(ctx, a.KV, seed, a.decide(ctx, req, hkey, m, d), extra)
+			decide := a.decide(ctx, req, hkey, m, d)
+			res, ok, err := store.CommitFrom(ctx, a.KV, seed, func(rs *store.ReadSet) ([]store.Op, error) {
+				ops, err := decide(rs)
+				a.trace("ipam_decide")
+				return ops, err
+			}, extra)
 			a.trace("ipam_txn")
 			if err == nil && ok {
 				a.updateCache(cache, nil, nil, d.written, res.Revision)

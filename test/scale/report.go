@@ -141,7 +141,7 @@ func renderMD(rep *Report) string {
 	}
 	if a, f, _ := rep.adds(); a != nil && f != nil && len(a.Steps) > 0 && len(f.Steps) > 0 {
 		w.WriteString("\nThe ADD's steps (ms each, from the plugin's debug log; the rest of an ADD is the plugin's process start under `ip netns exec`, its netconf and its etcd connection):\n\n| step | empty p50 | full p50 | empty p99 | full p99 |\n|---|---|---|---|---|\n")
-		for _, st := range []string{"identity", "ipam_lock", "ipam_txn", "ipam", "mtu", "veth", "endpoint", "policy"} {
+		for _, st := range []string{"identity", "ipam_lock", "ipam_decide", "ipam_txn", "ipam", "mtu", "veth", "endpoint", "policy"} {
 			fmt.Fprintf(&w, "| %s | %.2f | %.2f | %.2f | %.2f |\n", st, a.Steps[st], f.Steps[st], a.Steps99[st], f.Steps99[st])
 		}
 	}
