@@ -96,6 +96,9 @@ func TestPoolsProfilesPeers(t *testing.T) {
 	if out := ok("bgp", "config", "set", "--mesh", "off", "--as", "65000"); !strings.Contains(out, "AS 65000, full mesh false") {
 		t.Fatal(out)
 	}
+	fail(1, "is not a CIDR", "ipam", "release", "--block", "nonsense")
+	fail(1, "whose blocks are /26", "ipam", "release", "--block", "10.0.3.0/24")
+	fail(2, "not both", "ipam", "release", "--block", "10.0.3.0/26", "--ip", "10.0.3.1")
 	ok("ipam", "check")
 	ok("pool", "remove", "10.0.0.0/16")
 	if out := ok("ipam", "show", "--ip", "fd00:1::5"); !strings.Contains(out, "free") {

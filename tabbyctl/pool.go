@@ -96,11 +96,21 @@ func ipamCommands() []*command {
 			flags: append([]flagSpec{{name: "rate", value: true, help: fmt.Sprintf("keys read per second, so that the check does not slow others' requests (default %d; 0: as fast as etcd answers)", ipam.DefaultCheckRate)}}, hostFlags...),
 			run:   withKV(ipamCheck)},
 		ipamRepairCommand(),
-		{path: []string{"ipam", "release"}, usage: "ipam release --ip IP", help: "free one address whatever holds it",
-			flags: []flagSpec{{name: "ip", value: true}}, run: withKV(func(cx context.Context, kv store.KV, c *ctx) error {
+		{path: []string{"ipam", "release"}, usage: "ipam release --ip IP | --block CIDR", help: "free one address whatever holds it, or return an empty block (a gone host's kept one) to its pool",
+			flags: []flagSpec{{name: "ip", value: true}, {name: "block", value: true}}, run: withKV(func(cx context.Context, kv store.KV, c *ctx) error {
+				if blk := c.flag("block", ""); blk != "" {
+					if c.flag("ip", "") != "" {
+						return usagef("give --ip or --block, not both")
+					}
+					if err := ipam.ReleaseBlock(cx, kv, blk); err != nil {
+						return codeErr(err)
+					}
+					fmt.Fprintf(c.out, "released block %s\n", blk)
+					return nil
+				}
 				ip := net.ParseIP(c.flag("ip", ""))
 				if ip == nil {
-					return usagef("--ip needs an IP address")
+					return usagef("--ip needs an IP address (or --block a block's CIDR)")
 				}
 				if err := ipam.ReleaseIP(cx, kv, ip); err != nil {
 					return codeErr(err)

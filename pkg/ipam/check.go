@@ -560,7 +560,7 @@ func (c *checker) confirmBatch(ctx context.Context, pools []model.Pool, batch []
 				continue // claimed again since: a live host's
 			}
 			found[i] = &Problem{Kind: BlockUnknownHost, Block: b.cidr, Host: b.affinity,
-				Detail: "block is affine to a host that is not registered; if the host is gone, release its workloads' addresses"}
+				Detail: "block is affine to a host that is not registered; if the host is gone, release its workloads' addresses ('tabbyctl ipam release --ip'), then the empty block ('tabbyctl ipam release --block')"}
 		case LeakNoHandle, LeakNoEndpoint:
 			b := c.blocks[s.block]
 			_, bn, err := net.ParseCIDR(b.cidr)

@@ -381,7 +381,7 @@ func checkWhole(ctx context.Context, kv store.KV) (*Report, error) {
 		_, n, _ := net.ParseCIDR(b.CIDR)
 		if len(hosts) > 0 && !hosts[b.Affinity] {
 			rep.Problems = append(rep.Problems, Problem{Kind: BlockUnknownHost, Block: b.CIDR, Host: b.Affinity,
-				Detail: "block is affine to a host that is not registered; if the host is gone, release its workloads' addresses"})
+				Detail: "block is affine to a host that is not registered; if the host is gone, release its workloads' addresses ('tabbyctl ipam release --ip'), then the empty block ('tabbyctl ipam release --block')"})
 		}
 		for i, a := range b.Allocations {
 			if a == nil {

@@ -929,6 +929,54 @@ func Lookup(ctx context.Context, kv store.KV, ip net.IP) (*model.Allocation, *mo
 	return b.Allocations[ordinalOf(bn, ip)], &b, nil
 }
 
+// ReleaseBlock returns an empty block, and its host's affinity, to the pool
+// (tabbyctl ipam release --block): the block a DEL keeps for its host's
+// next workload, when that host is gone for good. A block that still holds
+// an address is refused.
+func ReleaseBlock(ctx context.Context, kv store.KV, cidr string) error {
+	ip, n, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return cnierr.New(cnierr.BadArgs, "block %q is not a CIDR (e.g. 10.0.3.64/26)", cidr)
+	}
+	pools, err := Pools(ctx, kv)
+	if err != nil {
+		return err
+	}
+	p := poolFor(pools, ip)
+	if p == nil {
+		return cnierr.New(cnierr.NoPool, "block %s is outside every pool", n)
+	}
+	if ones, _ := n.Mask.Size(); ones != p.BlockSize || !n.IP.Equal(ip) {
+		return cnierr.New(cnierr.BadArgs, "%s is not a block of pool %s, whose blocks are /%d (%s holds %s)", cidr, p.CIDR, p.BlockSize, blockOf(ip, p.BlockSize), ip)
+	}
+	key := model.BlockKey(p.CIDR, n.String())
+	r, err := kv.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("block %s: %w", n, err)
+	}
+	var b model.Block
+	if err := store.DecodeRecord(r.Key, r.Value, &b); err != nil {
+		return err
+	}
+	held := 0
+	for _, a := range b.Allocations {
+		if a != nil {
+			held++
+		}
+	}
+	if held > 0 {
+		return fmt.Errorf("block %s still holds %d addresses; release them first ('tabbyctl ipam show' lists them)", n, held)
+	}
+	res, err := kv.Txn(ctx, []store.Cmp{{Key: key, ModRev: r.ModRev}}, []store.Op{store.Delete(key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR))})
+	if err != nil {
+		return err
+	}
+	if !res.Succeeded {
+		return fmt.Errorf("block %s changed while releasing it; try again", n)
+	}
+	return nil
+}
+
 // ReleaseIP frees one address whatever holds it (tabbyctl ipam release).
 func ReleaseIP(ctx context.Context, kv store.KV, ip net.IP) error {
 	al, _, err := Lookup(ctx, kv, ip)

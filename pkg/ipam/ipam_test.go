@@ -182,6 +182,28 @@ func TestReleaseKeepsTheHostsLastBlock(t *testing.T) {
 	if k, err := Residue(ctx, kv); err != nil || len(k) != 0 || count(t, kv, model.AffinityHostPrefix("h1")) != 1 {
 		t.Fatalf("every workload gone: residue %v %v, want none and h1's one kept block", k, err)
 	}
+	// h1 gone for good: its kept block goes back by hand; a block that
+	// holds an address does not.
+	if _, out, err := b.Assign(ctx, req("h2b")); err != nil {
+		t.Fatal(err)
+	} else if err := ReleaseBlock(ctx, kv, out[0].Block.String()); err == nil || !strings.Contains(err.Error(), "still holds 1 addresses") {
+		t.Fatalf("release of a block in use: %v", err)
+	}
+	kept = blocks()
+	for _, k := range kept {
+		var blk model.Block
+		if _, err := store.GetJSON(ctx, kv, k, &blk); err != nil {
+			t.Fatal(err)
+		}
+		if blk.Affinity == "h1" {
+			if err := ReleaseBlock(ctx, kv, blk.CIDR); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n := count(t, kv, model.AffinityHostPrefix("h1")); n != 0 || len(blocks()) != 1 {
+		t.Fatalf("after ReleaseBlock: h1 has %d affinities, blocks %v", n, blocks())
+	}
 }
 
 func TestStaticAddresses(t *testing.T) {
