@@ -166,7 +166,7 @@ func ReleasePool(ctx context.Context, kv store.KV, cidr string, match func(strin
 				}
 			}
 			keys = append(keys, r.Key)
-			ops = append(ops, store.Delete(r.Key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR)))
+			ops = append(ops, ipam.DropBlock(r.Key, &b)...)
 		}
 		// The blocks join the compare: none may gain an allocation meanwhile.
 		if err := rs.Fetch(keys...); err != nil {

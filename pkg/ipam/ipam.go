@@ -765,8 +765,7 @@ func (a *IPAM) ReleaseWith(ctx context.Context, network, containerID string, key
 			return nil
 		}
 	}
-	var written map[string]*model.Block
-	rev, err := store.ReadModifyWrite(ctx, a.KV, append([]string{hkey}, keys...), releaseOps(hkey, nil, a.Host, keep, also, &written))
+	written, rev, err := release(ctx, a.KV, hkey, nil, a.Host, keep, keys, also)
 	if err == nil {
 		a.afterRelease(cache, written, rev)
 	}
@@ -811,16 +810,17 @@ func (a *IPAM) afterRelease(c *hostCache, written map[string]*model.Block, rev i
 // releaseHandle frees the handle's addresses; with only set, just those
 // addresses (and the handle survives while it holds others).
 func releaseHandle(ctx context.Context, kv store.KV, hkey string, only net.IP) error {
-	_, _, err := release(ctx, kv, hkey, only, "", nil, nil)
+	_, _, err := release(ctx, kv, hkey, only, "", nil, nil, nil)
 	return err
 }
 
 // release frees the handle's addresses and returns the blocks it wrote (nil:
 // deleted) and the revision of the commit. With host set, a handle another
 // host holds is left alone (a DEL for a container ID that is another host's).
-func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host string, keys []string, also func(rs *store.ReadSet) ([]store.Op, error)) (map[string]*model.Block, int64, error) {
+// keep is releaseOps'.
+func release(ctx context.Context, kv store.KV, hkey string, only net.IP, host string, keep func(key string, b *model.Block) bool, keys []string, also func(rs *store.ReadSet) ([]store.Op, error)) (map[string]*model.Block, int64, error) {
 	var written map[string]*model.Block
-	rev, err := store.ReadModifyWrite(ctx, kv, append([]string{hkey}, keys...), releaseOps(hkey, only, host, nil, also, &written))
+	rev, err := store.ReadModifyWrite(ctx, kv, append([]string{hkey}, keys...), releaseOps(hkey, only, host, keep, also, &written))
 	return written, rev, err
 }
 
@@ -882,7 +882,7 @@ func releaseOps(hkey string, only net.IP, host string, keep func(key string, b *
 		*written = w
 		for key, b := range blocks {
 			if empty(b) && (keep == nil || !keep(key, b)) {
-				ops = append(ops, store.Delete(key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR)))
+				ops = append(ops, DropBlock(key, b)...)
 				w[key] = nil
 			} else {
 				ops = append(ops, store.Put(key, store.MustJSON(b)))
@@ -899,13 +899,23 @@ func releaseOps(hkey string, only net.IP, host string, keep func(key string, b *
 	}
 }
 
-func empty(b *model.Block) bool {
+func empty(b *model.Block) bool { return allocated(b) == 0 }
+
+// allocated counts the block's addresses in use.
+func allocated(b *model.Block) int {
+	n := 0
 	for _, s := range b.Allocations {
 		if s != nil {
-			return false
+			n++
 		}
 	}
-	return true
+	return n
+}
+
+// DropBlock is the writes that return a block to its pool: the block goes
+// with its host's affinity, never one without the other.
+func DropBlock(key string, b *model.Block) []store.Op {
+	return []store.Op{store.Delete(key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR))}
 }
 
 // Lookup returns the allocation that holds ip, with its block, or nil.
@@ -958,16 +968,10 @@ func ReleaseBlock(ctx context.Context, kv store.KV, cidr string) error {
 	if err := store.DecodeRecord(r.Key, r.Value, &b); err != nil {
 		return err
 	}
-	held := 0
-	for _, a := range b.Allocations {
-		if a != nil {
-			held++
-		}
-	}
-	if held > 0 {
+	if held := allocated(&b); held > 0 {
 		return fmt.Errorf("block %s still holds %d addresses; release them first ('tabbyctl ipam show' lists them)", n, held)
 	}
-	res, err := kv.Txn(ctx, []store.Cmp{{Key: key, ModRev: r.ModRev}}, []store.Op{store.Delete(key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR))})
+	res, err := kv.Txn(ctx, []store.Cmp{{Key: key, ModRev: r.ModRev}}, DropBlock(key, &b))
 	if err != nil {
 		return err
 	}
@@ -1018,7 +1022,7 @@ func (a *IPAM) GC(ctx context.Context, network string, valid []Attachment) ([]st
 			continue
 		}
 		hkey := model.HandleKey(network, cid)
-		written, _, err := release(ctx, a.KV, hkey, nil, a.Host, nil, nil)
+		written, _, err := release(ctx, a.KV, hkey, nil, a.Host, nil, nil, nil)
 		if err != nil {
 			return released, fmt.Errorf("release %s: %w", model.HandleID(network, cid), err)
 		}

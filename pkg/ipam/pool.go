@@ -82,7 +82,7 @@ func RemovePool(ctx context.Context, kv store.KV, cidr string) error {
 			}
 		}
 		cmps = append(cmps, store.Cmp{Key: r.Key, ModRev: r.ModRev})
-		ops = append(ops, store.Delete(r.Key), store.Delete(model.AffinityKey(b.Affinity, b.CIDR)))
+		ops = append(ops, DropBlock(r.Key, &b)...)
 	}
 	if total > 0 {
 		var where []string
