@@ -17,6 +17,7 @@
 package main
 
 import (
+	"bytes"
 	"bufio"
 	"context"
 	"encoding/json"
@@ -41,6 +42,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/tabby-net/tabby/test/lab"
 	"github.com/tabby-net/tabby/test/scale/load"
+	"github.com/tabby-net/tabby/test/scale/sim"
 )
 
 func main() {
@@ -175,6 +177,10 @@ type Report struct {
 	// datastores, taken in turns after the ADDs, from each of their hosts
 	// (the full datastore's first).
 	Dial         []*DialResult `json:"dial,omitempty"`
+	// TurnsDisk is each etcd's disk over the ADDs in turns ("full",
+	// "empty"): its backend's commits hold the lock that every request to
+	// that etcd waits on while they last.
+	TurnsDisk map[string]*EtcdDisk `json:"turns_etcd_disk,omitempty"`
 	Enforce      *Latencies    `json:"enforce_10k_watching"`
 	EnforceEmpty *Latencies    `json:"enforce_empty"`
 	Fanout       []FanoutRow   `json:"fanout"`
@@ -731,7 +737,10 @@ func (r *runner) addInTurns() error {
 		via.conf = r.confOf(r.h, url, via.log, profA)
 		sides = append(sides, via)
 	}
+	urls := map[string]string{"full": r.l.EtcdURL, "empty": r.emptyURL()}
+	before := r.etcdMetrics(urls)
 	l, err := r.addTurns(r.o.turns, sides)
+	r.rep.TurnsDisk = diskBetween(before, r.etcdMetrics(urls))
 	r.rep.TurnsFull, r.rep.TurnsEmpty, r.rep.TurnsRef = l[0], l[1], l[2]
 	if len(l) > 3 {
 		r.rep.TurnsProxy = l[3]
@@ -842,6 +851,42 @@ func (r *runner) keepLogs() {
 	}
 }
 
+// EtcdDisk is what one etcd's disk did over a series.
+type EtcdDisk struct {
+	Commit   sim.Dist `json:"backend_commit"`
+	WALFsync sim.Dist `json:"wal_fsync"`
+}
+
+// etcdMetrics scrapes each etcd (name -> client URL) from the underlay
+// namespace, where the lab's etcds listen; nil for one that fails (it
+// explains a run, it is not one of its figures).
+func (r *runner) etcdMetrics(urls map[string]string) map[string]sim.Metrics {
+	out := map[string]sim.Metrics{}
+	for name, url := range urls {
+		b, err := r.l.Command(r.l.Underlay, "curl", "-sSf", "--max-time", "10", url+"/metrics").Output()
+		if err == nil {
+			out[name], err = sim.Parse(bytes.NewReader(b))
+		}
+		if err != nil {
+			progress("metrics of etcd %s: %v", name, err)
+		}
+	}
+	return out
+}
+
+func diskBetween(before, after map[string]sim.Metrics) map[string]*EtcdDisk {
+	out := map[string]*EtcdDisk{}
+	for name, a := range after {
+		if b, ok := before[name]; ok && a != nil && b != nil {
+			out[name] = &EtcdDisk{
+				Commit:   sim.Between(b, a, "etcd_disk_backend_commit_duration_seconds"),
+				WALFsync: sim.Between(b, a, "etcd_disk_wal_fsync_duration_seconds"),
+			}
+		}
+	}
+	return out
+}
+
 // emptyURL is the client URL of the empty datastore's etcd.
 func (r *runner) emptyURL() string { return "http://" + r.besideEtcd(23800) }
 
@@ -914,6 +959,14 @@ func (r *runner) addTurns(n int, sides []side) ([]*Latencies, error) {
 	if busy1, total1 := machineCPU(); total1 > total0 {
 		busy = float64(busy1-busy0) / float64(total1-total0) * float64(runtime.NumCPU())
 	}
+	// Sides may share a node (the full datastore's, direct and through
+	// the proxy): its CPU is per ADD+DEL of all of them.
+	adds := map[*lab.Proc]int{}
+	for _, sd := range sides {
+		if sd.node != nil {
+			adds[sd.node] += n
+		}
+	}
 	out := make([]*Latencies, len(sides))
 	for k, sd := range sides {
 		l := latencies(d[k], failed[k])
@@ -922,7 +975,7 @@ func (r *runner) addTurns(n int, sides []side) ([]*Latencies, error) {
 		}
 		l.BusyCores = busy
 		if sd.node != nil && n > 0 {
-			l.NodeCPUms = ms(lab.CPUTime(sd.node.PID)-cpu0[k]) / float64(n)
+			l.NodeCPUms = ms(lab.CPUTime(sd.node.PID)-cpu0[k]) / float64(adds[sd.node])
 		}
 		out[k] = l
 		progress("%s: ADD p50 %.1f ms p99 %.1f ms (%d failed), steps p50 %v p99 %v; tabby-node %.2f ms CPU per ADD+DEL",
