@@ -3,7 +3,9 @@
 // the CNI plugin gives the namespace's pods, and its labels (namespace
 // selectors); every pod's labels, named ports and profiles, which the CNI
 // plugin reads at ADD, and its endpoints' labels after that; every
-// NetworkPolicy as a policy. It runs as a one-replica
+// NetworkPolicy as a policy; and it removes from etcd the tabby host of a
+// Node that is deleted (its endpoints, addresses, blocks and record). It
+// runs as a one-replica
 // Deployment (conf/k8s/tabby.yaml); one at a time is enough because every
 // write is idempotent and compared before it is made, and a second replica
 // briefly running during a rollout writes the same values.
@@ -27,6 +29,7 @@ import (
 	"github.com/tabby-net/tabby/kube-controllers/internal/ctrl"
 	"github.com/tabby-net/tabby/kube-controllers/internal/namespace"
 	"github.com/tabby-net/tabby/kube-controllers/internal/netpol"
+	"github.com/tabby-net/tabby/kube-controllers/internal/node"
 	"github.com/tabby-net/tabby/kube-controllers/internal/pod"
 	"github.com/tabby-net/tabby/pkg/cliflags"
 )
@@ -67,7 +70,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	f := informers.NewSharedInformerFactory(cs, *resync)
-	ctrls := []*ctrl.Controller{namespace.New(f, kv, log), pod.New(f, kv, log), netpol.New(f, kv, log)}
+	ctrls := []*ctrl.Controller{namespace.New(f, kv, log), pod.New(f, kv, log), netpol.New(f, kv, log), node.New(f, kv, log)}
 	for _, c := range ctrls {
 		c.Resync = *resync
 	}

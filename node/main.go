@@ -88,6 +88,7 @@ func main() {
 	bgpPort := fs.Int("bgp-port", 179, "BGP port to listen on")
 	holdTime := fs.Duration("bgp-hold-time", 0, "BGP hold time: a peer silent this long is down (default 90s, at least 3s)")
 	restartTime := fs.Duration("bgp-restart-time", 0, "BGP graceful restart time: how long peers keep this host's routes after its session drops (default 120s)")
+	k8sNode := fs.String("k8s-node-ref", env("TABBY_K8S_NODE_REF", ""), "the Kubernetes Node this host is (the DaemonSet sets it from spec.nodeName): tabby-kube-controllers removes the host from etcd when that Node is deleted; empty outside Kubernetes (env TABBY_K8S_NODE_REF)")
 	rr := fs.String("route-reflector", env("TABBY_ROUTE_REFLECTOR", ""), "make this host a BGP route reflector with this cluster ID (an IPv4 address), or off; default: as tabbyctl node set left it (env TABBY_ROUTE_REFLECTOR)")
 	hostPorts := fs.String("workload-host-ports", env("TABBY_WORKLOAD_HOST_PORTS", ""), "host ports local workloads may reach, e.g. udp:53,tcp:53 (default none)")
 	log := prog.Parse(os.Args[1:]).With("node", *name)
@@ -101,7 +102,7 @@ func main() {
 	}
 	a, err := agent.New(agent.Config{Name: *name, IPv4: *ip, IPv6: *ip6, ASN: uint32(*as), StateDir: *stateDir,
 		MetricsAddr: *metrics, BGPPort: *bgpPort, BGPHoldTime: *holdTime, BGPRestartTime: *restartTime, Version: Version, Log: log, HostPorts: hp,
-		RouteReflector: *rr, Etcd: prog.Etcd.Config()})
+		RouteReflector: *rr, K8sNode: *k8sNode, Etcd: prog.Etcd.Config()})
 	if err != nil {
 		prog.Exit(2, err)
 	}

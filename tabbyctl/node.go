@@ -13,6 +13,7 @@ import (
 
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/nodestatus"
+	"github.com/tabby-net/tabby/pkg/retire"
 	"github.com/tabby-net/tabby/pkg/store"
 )
 
@@ -23,6 +24,9 @@ func nodeCommands() []*command {
 		{path: []string{"node", "set"}, usage: "node set NAME --route-reflector CLUSTER_ID|off",
 			help:  "make host NAME a BGP route reflector with CLUSTER_ID (an IPv4 address), or an ordinary host again; reflectors serve when the mesh is off",
 			flags: []flagSpec{{name: "route-reflector", value: true}}, run: withKV(nodeSet)},
+		{path: []string{"node", "remove"}, usage: "node remove NAME",
+			help: "remove a host that is gone for good: its endpoints, the addresses it holds, its blocks and affinities, its BGP peers and its record (stop its tabby-node first, or it registers again)",
+			run: withKV(nodeRemove)},
 		{path: []string{"node", "status"}, usage: "node status [--state-dir DIR]", help: "this host's daemon: state and BGP peers (from its status socket)",
 			flags: []flagSpec{{name: "state-dir", value: true, help: "the daemon's state dir (default /var/run/tabby)"}}, run: nodeStatus},
 		{path: []string{"bgp", "peer", "add"}, usage: "bgp peer add IP --as N [--host H]", help: "add a BGP peer for every host, or for host H",
@@ -95,6 +99,35 @@ func nodeSet(cx context.Context, kv store.KV, c *ctx) error {
 		fmt.Fprintf(c.out, "host %s: not a route reflector\n", name)
 	} else {
 		fmt.Fprintf(c.out, "host %s: route reflector, cluster ID %s\n", name, id)
+	}
+	return nil
+}
+
+// nodeRemove retires a host (package retire). Run again after a failure,
+// it finishes the job: the record goes last.
+func nodeRemove(cx context.Context, kv store.KV, c *ctx) error {
+	if err := needArgs(c, 1, "one host name"); err != nil {
+		return err
+	}
+	name := c.args[0]
+	if err := model.ValidName(name); err != nil {
+		return usagef("host: %v", err)
+	}
+	rep, err := retire.Host(cx, kv, name)
+	if err != nil {
+		return fmt.Errorf("remove host %s (run it again to finish): %w", name, err)
+	}
+	if rep.Empty() {
+		return fmt.Errorf("no host %s registered, and nothing in etcd is its (tabbyctl node show lists hosts)", name)
+	}
+	if c.format != "table" {
+		return c.emit(rep, nil, nil)
+	}
+	d := rep.IPAM
+	fmt.Fprintf(c.out, "host %s removed: %d endpoints, %d more handles released, %d addresses without a handle freed, %d of its %d blocks returned to their pools, %d other keys\n",
+		name, len(rep.Endpoints), len(d.Released), d.Cleared, rep.Blocks-len(d.Unaffined), rep.Blocks, rep.Keys)
+	if len(d.Unaffined) > 0 {
+		fmt.Fprintf(c.out, "blocks other hosts still borrow addresses from, now without an affinity (each goes with its last address): %s\n", strings.Join(d.Unaffined, ", "))
 	}
 	return nil
 }

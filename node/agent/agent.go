@@ -55,8 +55,11 @@ type Config struct {
 	// its host record: "" keeps what the record says (tabbyctl node set),
 	// "off" makes it an ordinary host.
 	RouteReflector string
-	Version        string
-	Log            *slog.Logger
+	// K8sNode is the Kubernetes Node this host is ("" outside Kubernetes),
+	// written to its host record.
+	K8sNode string
+	Version string
+	Log     *slog.Logger
 }
 
 // Agent is one running node daemon.
@@ -677,6 +680,7 @@ func (a *Agent) hostRecord() model.Host {
 	if a.cfg.RouteReflector != "off" {
 		h.RouteReflectorClusterID = a.cfg.RouteReflector
 	}
+	h.K8sNode = a.cfg.K8sNode
 	return h
 }
 

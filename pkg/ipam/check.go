@@ -253,7 +253,9 @@ func (c *checker) block(r store.KeyValue) error {
 	c.rep.Blocks++
 	i := int32(len(c.blocks))
 	rec := blockRec{key: r.Key, cidr: b.CIDR, affinity: b.Affinity, first: int32(len(c.allocs))}
-	rec.unknownHost = len(c.hosts) > 0 && !c.hosts[b.Affinity]
+	// A block without an affinity is one whose host was retired while
+	// others still held addresses it lent them: nobody's, not unknown.
+	rec.unknownHost = len(c.hosts) > 0 && b.Affinity != "" && !c.hosts[b.Affinity]
 	for ord, a := range b.Allocations {
 		if a == nil {
 			continue
@@ -560,7 +562,7 @@ func (c *checker) confirmBatch(ctx context.Context, pools []model.Pool, batch []
 				continue // claimed again since: a live host's
 			}
 			found[i] = &Problem{Kind: BlockUnknownHost, Block: b.cidr, Host: b.affinity,
-				Detail: "block is affine to a host that is not registered; if the host is gone, release its workloads' addresses ('tabbyctl ipam release --ip'), then the empty block ('tabbyctl ipam release --block')"}
+				Detail: "block is affine to a host that is not registered; if the host is gone for good, 'tabbyctl node remove " + b.affinity + "' releases its addresses and returns its blocks"}
 		case LeakNoHandle, LeakNoEndpoint:
 			b := c.blocks[s.block]
 			_, bn, err := net.ParseCIDR(b.cidr)

@@ -379,9 +379,9 @@ func checkWhole(ctx context.Context, kv store.KV) (*Report, error) {
 	byHandle := map[string]bool{}
 	for _, b := range blocks {
 		_, n, _ := net.ParseCIDR(b.CIDR)
-		if len(hosts) > 0 && !hosts[b.Affinity] {
+		if len(hosts) > 0 && b.Affinity != "" && !hosts[b.Affinity] {
 			rep.Problems = append(rep.Problems, Problem{Kind: BlockUnknownHost, Block: b.CIDR, Host: b.Affinity,
-				Detail: "block is affine to a host that is not registered; if the host is gone, release its workloads' addresses ('tabbyctl ipam release --ip'), then the empty block ('tabbyctl ipam release --block')"})
+				Detail: "block is affine to a host that is not registered; if the host is gone for good, 'tabbyctl node remove " + b.Affinity + "' releases its addresses and returns its blocks"})
 		}
 		for i, a := range b.Allocations {
 			if a == nil {

@@ -170,6 +170,11 @@ type Host struct {
 	// this cluster ID (an IPv4 dotted quad); "" is an ordinary host.
 	// Records written before reflectors existed lack it and read as "".
 	RouteReflectorClusterID string `json:"routeReflectorClusterID,omitempty"`
+	// K8sNode is the Kubernetes Node this host is, when its tabby-node
+	// runs as the DaemonSet (--k8s-node-ref): tabby-kube-controllers
+	// retires the host when that Node is deleted, and never a host
+	// without it.
+	K8sNode string `json:"k8sNode,omitempty"`
 }
 
 // IsReflector reports whether the host is a BGP route reflector.

@@ -19,8 +19,10 @@ import (
 	"github.com/tabby-net/tabby/kube-controllers/internal/ctrltest"
 	"github.com/tabby-net/tabby/kube-controllers/internal/namespace"
 	"github.com/tabby-net/tabby/kube-controllers/internal/netpol"
+	"github.com/tabby-net/tabby/kube-controllers/internal/node"
 	"github.com/tabby-net/tabby/kube-controllers/internal/pod"
 	"github.com/tabby-net/tabby/pkg/etcdtest"
+	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/store/etcdauth"
@@ -64,6 +66,16 @@ func TestControllersUnderEtcdAuth(t *testing.T) {
 	if err := workload.Put(ctx, root, ep); err != nil {
 		t.Fatal(err)
 	}
+	// Host n2, whose Node is gone, with the tunnel address its daemon took.
+	if err := store.PutJSON(ctx, root, model.NodeKey("n2"), model.Host{Name: "n2", IPv4: "198.19.0.2/24", K8sNode: "n2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ipam.AddPool(ctx, root, model.Pool{CIDR: "10.1.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := (&ipam.IPAM{KV: root, Host: "n2"}).Assign(ctx, ipam.Request{Network: "tabby-tunnel", ContainerID: "vxlan-n2", IPv4: true}); err != nil {
+		t.Fatal(err)
+	}
 
 	kv := open("kc", etcdauth.KubeControllers)
 	cs := fake.NewClientset(
@@ -76,6 +88,7 @@ func TestControllersUnderEtcdAuth(t *testing.T) {
 	ctrltest.Run(t, ctx, cs, kv, namespace.New)
 	ctrltest.Run(t, ctx, cs, kv, pod.New)
 	ctrltest.Run(t, ctx, cs, kv, netpol.New)
+	ctrltest.Run(t, ctx, cs, kv, node.New)
 
 	ctrltest.Eventually(t, "every record written as tabby-kube-controllers", func() error {
 		for _, key := range []string{model.ProfileKey(model.K8sNamespaceProfile("x")), model.NamespaceKey("x"),
@@ -91,10 +104,15 @@ func TestControllersUnderEtcdAuth(t *testing.T) {
 		if got.Labels["app"] != "web" {
 			return fmt.Errorf("endpoint labels %v", got.Labels)
 		}
+		for _, p := range []string{model.NodeKey("n2"), model.AffinityHostPrefix("n2"), model.BlockPrefix, model.HandlePrefix} {
+			if kvs, _, err := root.List(ctx, p, true); err != nil || len(kvs) != 0 {
+				return fmt.Errorf("deleted Node n2's host: %d keys left under %s (%v)", len(kvs), p, err)
+			}
+		}
 		return nil
 	})
 	// And no more: pools, other profiles, BGP settings are not its to write.
-	for _, key := range []string{model.PoolKey("10.0.0.0/16"), model.ProfileKey("ops"), model.BGPConfigKey, model.NodeKey("n1")} {
+	for _, key := range []string{model.PoolKey("10.0.0.0/16"), model.ProfileKey("ops"), model.BGPConfigKey, model.BGPPeerPrefix + "198.19.0.99"} {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 		err := store.PutJSON(cctx, kv, key, map[string]string{})
 		ccancel()

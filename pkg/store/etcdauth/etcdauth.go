@@ -141,7 +141,8 @@ func Admin() Role {
 
 // KubeControllersRole is tabby-kube-controllers': namespace profiles (only
 // the k8s_ns. ones), namespace and pod records, policies, and endpoint
-// labels with their member and tag entries on every host.
+// labels with their member and tag entries on every host; and, to remove
+// the host of a deleted Node, host records and IPAM.
 func KubeControllersRole() Role {
 	return Role{Name: KubeControllers, User: KubeControllers, Why: "tabby-kube-controllers",
 		Perms: []Perm{
@@ -153,6 +154,10 @@ func KubeControllersRole() Role {
 			Prefix(model.HostPrefix, true),
 			Prefix(model.MemberPrefix, true),
 			Prefix(model.TagPrefix, true),
+			Prefix(model.NodePrefix, true),
+			Prefix(model.BlockPrefix, true),
+			Prefix(model.AffinityPrefix, true),
+			Prefix(model.HandlePrefix, true),
 		}}
 }
 
