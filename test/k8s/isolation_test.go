@@ -1,9 +1,14 @@
 package k8s
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/tabby-net/tabby/pkg/ipam"
+	"github.com/tabby-net/tabby/pkg/model"
+	"github.com/tabby-net/tabby/pkg/store"
 )
 
 // nsServer is a namespace with one agnhost netexec pod.
@@ -97,6 +102,42 @@ spec:
 	expect("quarantined pod", srvB, q, false)
 	expect("quarantined pod's neighbour", srvB, srvC, true)
 	expect("quarantined pod sends", q, srvB, true)
+
+	e.deletedNodeRetired()
+}
+
+// deletedNodeRetired: every tabby-node of the DaemonSet records the Node
+// it is, and tabby-kube-controllers (its RBAC, informer and etcd role as
+// deployed) removes the tabby host of a Node that is deleted: a Node
+// object with no machine behind it, whose host holds a tunnel address.
+func (e *env) deletedNodeRetired() {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, n := range e.Nodes {
+		var h model.Host
+		if _, err := store.GetJSON(ctx, e.KV, model.NodeKey(n.Name), &h); err != nil || h.K8sNode != n.Name {
+			e.t.Fatalf("host record of Node %s: k8sNode %q (%v), want the Node's name", n.Name, h.K8sNode, err)
+		}
+	}
+	e.Apply([]byte("apiVersion: v1\nkind: Node\nmetadata: {name: ghost}\n"))
+	if err := store.PutJSON(ctx, e.KV, model.NodeKey("ghost"), model.Host{Name: "ghost", IPv4: "198.19.0.200/24", K8sNode: "ghost"}); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, _, err := (&ipam.IPAM{KV: e.KV, Host: "ghost"}).Assign(ctx, ipam.Request{Network: "tabby-tunnel", ContainerID: "vxlan-ghost", IPv4: true}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.MustKubectl("delete", "node", "ghost", "--wait=false")
+	start := time.Now()
+	e.Eventually(30*time.Second, func() error {
+		for _, p := range []string{model.NodeKey("ghost"), model.AffinityHostPrefix("ghost"), model.HandleKey("tabby-tunnel", "vxlan-ghost")} {
+			if kvs, _, err := e.KV.List(ctx, p, true); err != nil || len(kvs) != 0 {
+				return fmt.Errorf("deleted Node ghost: %d keys under %s (%v)", len(kvs), p, err)
+			}
+		}
+		return nil
+	})
+	e.t.Logf("deleted Node's host removed from etcd %v after kubectl delete node", time.Since(start).Round(time.Millisecond))
 }
 
 // expectReach waits until from reaches to's port 8080 (TCP) or not, as
