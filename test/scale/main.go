@@ -66,6 +66,7 @@ type options struct {
 	steps                  []int
 	churn                  time.Duration
 	workers, changes, adds int
+	stages, stageAdds      int
 	turns                  int
 	turnsProxy             bool
 	swapHosts              bool
@@ -90,6 +91,8 @@ func parse() (*options, error) {
 	flag.IntVar(&o.workers, "workers", 32, "writers of the churn")
 	flag.IntVar(&o.changes, "changes", 20, "profile changes timed on the real node")
 	flag.IntVar(&o.adds, "adds", 200, "CNI ADDs timed on the empty and on the full datastore")
+	flag.IntVar(&o.stages, "stages", 4, "load the datastore in this many stages, timing -stage-adds CNI ADDs (and ptp + host-local's) after each but the last: the ADD latency against records curve")
+	flag.IntVar(&o.stageAdds, "stage-adds", 100, "CNI ADDs timed between load stages")
 	flag.BoolVar(&o.swapHosts, "swap-hosts", false, "run the full datastore's tabby-node and ADDs on lab host 2 and the empty one's on host 1 (does a gap follow the host?)")
 	flag.BoolVar(&o.turnsProxy, "turns-proxy", true, "also take the full datastore's ADDs through a gRPC proxy in the turns")
 	flag.IntVar(&o.turns, "turns", 600, "rounds of ADDs in turns on the full and on a second, empty datastore (and ptp + host-local)")
@@ -181,6 +184,9 @@ type Report struct {
 	// "empty"): its backend's commits hold the lock that every request to
 	// that etcd waits on while they last.
 	TurnsDisk map[string]*EtcdDisk `json:"turns_etcd_disk,omitempty"`
+	// AddCurve is the ADD's latency as the datastore fills: the empty
+	// datastore, each load stage, the full one.
+	AddCurve []CurvePoint `json:"add_curve,omitempty"`
 	Enforce      *Latencies    `json:"enforce_10k_watching"`
 	EnforceEmpty *Latencies    `json:"enforce_empty"`
 	Fanout       []FanoutRow   `json:"fanout"`
@@ -319,12 +325,12 @@ func (r *runner) all() error {
 
 	r.note("load")
 	progress("loading %d hosts, %d workloads, %d profiles", cl.Hosts, cl.Endpoints, cl.Profiles)
-	var lr LoadResult
-	if err := r.worker(spec{Task: "load", Cluster: cl}, &lr, nil); err != nil {
+	lr, err := r.loadInStages(cl)
+	if err != nil {
 		r.rep.LoadError = err.Error()
 		return fmt.Errorf("load: %w", err)
 	}
-	r.rep.Load = &lr
+	r.rep.Load = lr
 	progress("loaded in %.1f s: %d keys, etcd db %.0f MB", lr.Stats.Duration.Seconds(), lr.Stats.Keys, lr.Metrics["etcd_mvcc_db_total_size_in_bytes"]/1e6)
 	if out, err := r.ctl("ipam", "show"); err == nil {
 		progress("tabbyctl ipam show: %d lines", strings.Count(out, "\n"))
@@ -338,6 +344,10 @@ func (r *runner) all() error {
 	progress("CNI ADD on the full datastore: %d", r.o.adds)
 	if r.rep.AddFull, r.rep.RefFull, err = r.addLatency(r.o.adds); err != nil {
 		r.fail("ADD on the full datastore", err)
+	}
+	if len(r.rep.AddCurve) > 0 {
+		r.rep.AddCurve = append(append([]CurvePoint{{Workloads: 0, Tabby: r.rep.AddEmpty, Ref: r.rep.RefEmpty}}, r.rep.AddCurve...),
+			CurvePoint{Workloads: cl.Endpoints, Tabby: r.rep.AddFull, Ref: r.rep.RefFull})
 	}
 	if r.o.turns > 0 {
 		r.note("ADDs in turns")
@@ -885,6 +895,54 @@ func diskBetween(before, after map[string]sim.Metrics) map[string]*EtcdDisk {
 		}
 	}
 	return out
+}
+
+// CurvePoint is the ADD's latency with some of the workloads loaded.
+type CurvePoint struct {
+	Workloads int        `json:"workloads"`
+	Tabby     *Latencies `json:"tabby"`
+	Ref       *Latencies `json:"ref"` // ptp + host-local, in turns with tabby's
+}
+
+// loadInStages fills the datastore in r.o.stages parts, timing ADDs
+// between them (r.rep.AddCurve, without its two ends: the empty and the
+// full datastore's own series).
+func (r *runner) loadInStages(cl load.Config) (*LoadResult, error) {
+	c, err := load.New(cl)
+	if err != nil {
+		return nil, err
+	}
+	stages := max(1, r.o.stages)
+	out := &LoadResult{}
+	workloads := 0
+	for i := range stages {
+		from, to := c.Hosts*i/stages, c.Hosts*(i+1)/stages
+		var part LoadResult
+		if err := r.worker(spec{Task: "load", Cluster: cl, Range: []int{from, to}}, &part, nil); err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			out.Before = part.Before
+		}
+		out.Metrics = part.Metrics
+		out.Stats.Keys += part.Stats.Keys
+		out.Stats.Txns += part.Stats.Txns
+		out.Stats.Bytes += part.Stats.Bytes
+		out.Stats.Duration += part.Stats.Duration
+		for h := from; h < to; h++ {
+			workloads += c.EndpointsOf(h)
+		}
+		if i == stages-1 || r.o.stageAdds <= 0 {
+			continue
+		}
+		progress("CNI ADD with %d of %d workloads loaded: %d", workloads, c.Endpoints, r.o.stageAdds)
+		t, ref, err := r.addLatency(r.o.stageAdds)
+		if err != nil {
+			r.fail(fmt.Sprintf("ADD with %d workloads", workloads), err)
+		}
+		r.rep.AddCurve = append(r.rep.AddCurve, CurvePoint{Workloads: workloads, Tabby: t, Ref: ref})
+	}
+	return out, nil
 }
 
 // emptyURL is the client URL of the empty datastore's etcd.

@@ -150,6 +150,15 @@ func renderMD(rep *Report) string {
 			fmt.Fprintf(&w, "| %s | %.2f | %.2f | %.2f | %.2f |\n", st, a.Steps[st], f.Steps[st], a.Steps99[st], f.Steps99[st])
 		}
 	}
+	if len(rep.AddCurve) > 0 {
+		w.WriteString("\n## ADD as the datastore fills\n\nEach point: CNI ADDs with that many workloads in etcd, ptp + host-local's in turns with them (the two ends are the empty and the full datastore's series above; `-stages`, `-stage-adds`; add-vs-workloads.png).\n\n| workloads in etcd | n | tabby p50 ms | tabby p99 ms | ptp + host-local p50 ms | p99 ms | tabby / ptp p50 |\n|---|---|---|---|---|---|---|\n")
+		for _, pt := range rep.AddCurve {
+			if pt.Tabby == nil || pt.Ref == nil {
+				continue
+			}
+			fmt.Fprintf(&w, "| %d | %d | %.1f | %.1f | %.1f | %.1f | %.2f |\n", pt.Workloads, pt.Tabby.N, pt.Tabby.P50, pt.Tabby.P99, pt.Ref.P50, pt.Ref.P99, pt.Tabby.P50/pt.Ref.P50)
+		}
+	}
 	if ip := rep.IPAM; ip != nil {
 		fmt.Fprintf(&w, "\n## ipam check and GC\n\ncheck at %.0f keys/s: %.1f s reading (%.1f s with the held windows), heap peak %s, %+v %s; GC: %.1f s, %d released %s. Others' writes at %.0f/s: alone before p50 %.1f / p99 %.1f ms; check reading %.1f / %.1f ms (%d writes), check held %.1f / %.1f ms (%d writes), in alternating windows of %v and %v; during GC %.1f / %.1f ms.\n",
 			ip.CheckRate, ip.CheckSeconds, ip.CheckWallSeconds, mb(float64(ip.CheckHeapPeak)), ip.CheckReport, ip.CheckError, ip.GCSeconds, ip.GCReleased, ip.GCError, ip.Baseline.Rate,
@@ -230,6 +239,21 @@ func charts(rep *Report, dir string) error {
 	}
 	if len(add) > 0 {
 		if err := plot.CDF(filepath.Join(dir, "add-latency-cdf.png"), "CNI ADD (tabby-node enforcing)", "ms", add); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(rep.AddCurve) > 1 {
+		series := []plot.Series{{Name: "tabby p50"}, {Name: "tabby p99"}, {Name: "ptp + host-local p50"}, {Name: "ptp + host-local p99"}}
+		for _, pt := range rep.AddCurve {
+			if pt.Tabby == nil || pt.Ref == nil || pt.Tabby.N == 0 || pt.Ref.N == 0 {
+				continue
+			}
+			x := float64(pt.Workloads)
+			for i, y := range []float64{pt.Tabby.P50, pt.Tabby.P99, pt.Ref.P50, pt.Ref.P99} {
+				series[i].X, series[i].Y = append(series[i].X, x), append(series[i].Y, y)
+			}
+		}
+		if err := plot.Lines(filepath.Join(dir, "add-vs-workloads.png"), "CNI ADD as the datastore fills", "workloads in etcd", "ms", series); err != nil {
 			errs = append(errs, err.Error())
 		}
 	}

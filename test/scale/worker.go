@@ -40,6 +40,8 @@ type spec struct {
 	ProxyPIDs []int         `json:"proxy_pids,omitempty"`
 	Cluster   load.Config   `json:"cluster"`
 	Steps     []int         `json:"steps,omitempty"`
+	// Range is load's hosts [from, to) (empty: all of them).
+	Range []int `json:"range,omitempty"`
 	Churn     time.Duration `json:"churn_ns,omitempty"`
 	Workers   int           `json:"workers,omitempty"`
 	Hold      bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
@@ -115,10 +117,14 @@ func workLoad(ctx context.Context, sp spec, cl *load.Cluster) (*LoadResult, erro
 	defer cli.Close()
 	res := &LoadResult{Before: metricsOf(ctx, sp.Etcd)}
 	last := time.Now()
-	res.Stats, err = cl.Load(ctx, cli, func(done int, st load.Stats) {
+	from, to := 0, cl.Hosts
+	if len(sp.Range) == 2 {
+		from, to = sp.Range[0], sp.Range[1]
+	}
+	res.Stats, err = cl.LoadRange(ctx, cli, from, to, func(done int, st load.Stats) {
 		if time.Since(last) >= 10*time.Second {
 			last = time.Now()
-			progress("load: %d of %d hosts, %d keys, %.0f keys/s", done, cl.Hosts, st.Keys, float64(st.Keys)/st.Duration.Seconds())
+			progress("load: %d of %d hosts, %d keys, %.0f keys/s", from+done, cl.Hosts, st.Keys, float64(st.Keys)/st.Duration.Seconds())
 		}
 	})
 	if err != nil {

@@ -264,6 +264,17 @@ type Stats struct {
 // Load writes the whole cluster. progress, when set, is called about every
 // second with the hosts done so far.
 func (cl *Cluster) Load(ctx context.Context, cli *clientv3.Client, progress func(hostsDone int, st Stats)) (Stats, error) {
+	return cl.LoadRange(ctx, cli, 0, cl.Hosts, progress)
+}
+
+// LoadRange writes hosts [from, to) and their workloads, and the shared
+// records (pool, profiles, namespaces) when from is 0: the load in stages,
+// with the datastore measured between them. progress counts hosts from
+// from.
+func (cl *Cluster) LoadRange(ctx context.Context, cli *clientv3.Client, from, to int, progress func(hostsDone int, st Stats)) (Stats, error) {
+	if from < 0 || to > cl.Hosts || from > to {
+		return Stats{}, fmt.Errorf("load: hosts %d to %d of %d", from, to, cl.Hosts)
+	}
 	start := time.Now()
 	var st Stats
 	var keys, txns, bytes atomic.Int64
@@ -298,8 +309,10 @@ func (cl *Cluster) Load(ctx context.Context, cli *clientv3.Client, progress func
 		bytes.Add(b)
 		return nil
 	}
-	if err := chunks(cl.globalOps(), cl.MaxOps, commit); err != nil {
-		return st, err
+	if from == 0 {
+		if err := chunks(cl.globalOps(), cl.MaxOps, commit); err != nil {
+			return st, err
+		}
 	}
 	var done atomic.Int64
 	hosts := make(chan int)
@@ -333,7 +346,7 @@ func (cl *Cluster) Load(ctx context.Context, cli *clientv3.Client, progress func
 		}
 	}
 feed:
-	for h := 0; h < cl.Hosts; h++ {
+	for h := from; h < to; h++ {
 		for {
 			select {
 			case hosts <- h:
