@@ -22,6 +22,7 @@ import (
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
 	"github.com/tabby-net/tabby/pkg/store/etcdv3"
+	"github.com/tabby-net/tabby/pkg/testutil"
 )
 
 // These tests speak the plugin protocol over HTTP to the real handler, with
@@ -92,18 +93,7 @@ func (h *host) must(path string, req, resp any) {
 	}
 }
 
-func keys(t *testing.T, kv store.KV, prefix string) []string {
-	t.Helper()
-	kvs, _, err := kv.List(context.Background(), prefix, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, r := range kvs {
-		out = append(out, r.Key)
-	}
-	return out
-}
+func keys(t *testing.T, kv store.KV, prefix string) []string { return testutil.Keys(t, kv, prefix) }
 
 func TestActivateNamesBothDrivers(t *testing.T) {
 	h := newHost(t, newKV(t), "h1", nil)

@@ -26,7 +26,7 @@ func nodeCommands() []*command {
 			flags: []flagSpec{{name: "route-reflector", value: true}}, run: withKV(nodeSet)},
 		{path: []string{"node", "remove"}, usage: "node remove NAME",
 			help: "remove a host that is gone for good: its endpoints, the addresses it holds, its blocks and affinities, its BGP peers and its record (stop its tabby-node first, or it registers again)",
-			run: withKV(nodeRemove)},
+			run:  withKV(nodeRemove)},
 		{path: []string{"node", "status"}, usage: "node status [--state-dir DIR]", help: "this host's daemon: state and BGP peers (from its status socket)",
 			flags: []flagSpec{{name: "state-dir", value: true, help: "the daemon's state dir (default /var/run/tabby)"}}, run: nodeStatus},
 		{path: []string{"bgp", "peer", "add"}, usage: "bgp peer add IP --as N [--host H]", help: "add a BGP peer for every host, or for host H",

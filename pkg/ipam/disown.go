@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/tabby-net/tabby/pkg/model"
@@ -84,12 +85,7 @@ func heldBy(b *model.Block, host string) []string {
 			seen[al.Handle] = true
 		}
 	}
-	out := make([]string, 0, len(seen))
-	for h := range seen {
-		out = append(out, h)
-	}
-	sort.Strings(out)
-	return out
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // letGo ends a.Host's affinity to the block at key (aff is the affinity

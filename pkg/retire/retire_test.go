@@ -10,21 +10,11 @@ import (
 	"github.com/tabby-net/tabby/pkg/ipam"
 	"github.com/tabby-net/tabby/pkg/model"
 	"github.com/tabby-net/tabby/pkg/store"
+	"github.com/tabby-net/tabby/pkg/testutil"
 	"github.com/tabby-net/tabby/pkg/workload"
 )
 
-func keys(t *testing.T, kv store.KV, prefix string) []string {
-	t.Helper()
-	kvs, _, err := kv.List(context.Background(), prefix, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, r := range kvs {
-		out = append(out, r.Key)
-	}
-	return out
-}
+func keys(t *testing.T, kv store.KV, prefix string) []string { return testutil.Keys(t, kv, prefix) }
 
 // A host that left without its DELs: two workloads (one on an address
 // borrowed from another host's block), a tunnel-like handle with no

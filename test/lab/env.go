@@ -114,15 +114,7 @@ func (e *Env) MustCtl(h *Host, args ...string) string {
 // Keys lists the etcd keys under prefix.
 func (e *Env) Keys(prefix string) []string {
 	e.T.Helper()
-	kvs, _, err := e.KV.List(context.Background(), prefix, true)
-	if err != nil {
-		e.T.Fatal(err)
-	}
-	var out []string
-	for _, kv := range kvs {
-		out = append(out, kv.Key)
-	}
-	return out
+	return testutil.Keys(e.T, e.KV, prefix)
 }
 
 // Eventually is the package's Eventually that fails the test when f has not

@@ -17,8 +17,8 @@
 package main
 
 import (
-	"bytes"
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -179,23 +179,23 @@ type Report struct {
 	// Dial is the plugin's etcd client's round trips to each of the two
 	// datastores, taken in turns after the ADDs, from each of their hosts
 	// (the full datastore's first).
-	Dial         []*DialResult `json:"dial,omitempty"`
+	Dial []*DialResult `json:"dial,omitempty"`
 	// TurnsDisk is each etcd's disk over the ADDs in turns ("full",
 	// "empty"): its backend's commits hold the lock that every request to
 	// that etcd waits on while they last.
 	TurnsDisk map[string]*EtcdDisk `json:"turns_etcd_disk,omitempty"`
 	// AddCurve is the ADD's latency as the datastore fills: the empty
 	// datastore, each load stage, the full one.
-	AddCurve []CurvePoint `json:"add_curve,omitempty"`
-	Enforce      *Latencies    `json:"enforce_10k_watching"`
-	EnforceEmpty *Latencies    `json:"enforce_empty"`
-	Fanout       []FanoutRow   `json:"fanout"`
-	IPAM         *IPAMResult   `json:"ipam"`
-	Errors       []string      `json:"errors,omitempty"`
-	Notes        []string      `json:"notes"`
-	Writers      int           `json:"writers"`
-	FullReads    int           `json:"full_reads"`
-	Seconds      float64       `json:"seconds"`
+	AddCurve     []CurvePoint `json:"add_curve,omitempty"`
+	Enforce      *Latencies   `json:"enforce_10k_watching"`
+	EnforceEmpty *Latencies   `json:"enforce_empty"`
+	Fanout       []FanoutRow  `json:"fanout"`
+	IPAM         *IPAMResult  `json:"ipam"`
+	Errors       []string     `json:"errors,omitempty"`
+	Notes        []string     `json:"notes"`
+	Writers      int          `json:"writers"`
+	FullReads    int          `json:"full_reads"`
+	Seconds      float64      `json:"seconds"`
 }
 
 func run() error {

@@ -37,15 +37,15 @@ type spec struct {
 	Proxies []string `json:"proxies,omitempty"`
 	// ProxyPIDs are the proxies' processes, whose CPU the fan-out rows
 	// report.
-	ProxyPIDs []int         `json:"proxy_pids,omitempty"`
-	Cluster   load.Config   `json:"cluster"`
-	Steps     []int         `json:"steps,omitempty"`
+	ProxyPIDs []int       `json:"proxy_pids,omitempty"`
+	Cluster   load.Config `json:"cluster"`
+	Steps     []int       `json:"steps,omitempty"`
 	// Range is load's hosts [from, to) (empty: all of them).
-	Range []int `json:"range,omitempty"`
-	Churn     time.Duration `json:"churn_ns,omitempty"`
-	Workers   int           `json:"workers,omitempty"`
-	Hold      bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
-	Rate      float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
+	Range   []int         `json:"range,omitempty"`
+	Churn   time.Duration `json:"churn_ns,omitempty"`
+	Workers int           `json:"workers,omitempty"`
+	Hold    bool          `json:"hold,omitempty"` // fanout: HOLD after the last direct step
+	Rate    float64       `json:"rate,omitempty"` // ipam: the others' write rate during check and GC
 	// CheckRate is ipam check's pace in keys/s: 0 is tabbyctl's default
 	// (ipam.DefaultCheckRate), below 0 unpaced.
 	CheckRate float64 `json:"check_rate,omitempty"`
