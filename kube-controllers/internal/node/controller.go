@@ -43,6 +43,13 @@ func (r *Reconciler) Diff(ctx context.Context) ([]string, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	if len(nodes) == 0 {
+		// A cluster with no Node at all is more likely the wrong API
+		// server, or an empty restore, than one whose every machine is
+		// gone: retiring every host would cut every workload off.
+		r.Log.Warn("no Nodes in the API: removing no host")
+		return nil, 0, nil
+	}
 	seen := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
 		seen[n.Name] = true
@@ -84,6 +91,9 @@ func (r *Reconciler) hosts(ctx context.Context) (map[string][]string, error) {
 func (r *Reconciler) Sync(ctx context.Context, name string) error {
 	if _, err := r.Lister.Get(name); err == nil || !apierrors.IsNotFound(err) {
 		return err
+	}
+	if nodes, err := r.Lister.List(labels.Everything()); err != nil || len(nodes) == 0 {
+		return err // as in Diff: no Node at all is no reason to retire
 	}
 	hosts, err := r.hosts(ctx)
 	if err != nil {

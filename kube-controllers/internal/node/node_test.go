@@ -3,10 +3,12 @@ package node
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/tabby-net/tabby/kube-controllers/internal/ctrltest"
@@ -16,6 +18,29 @@ import (
 )
 
 func node(name string) *corev1.Node { return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}} }
+
+// An API server with no Node at all (the wrong cluster, an empty restore)
+// retires nothing.
+func TestNodeControllerNoNodesRetiresNothing(t *testing.T) {
+	ctx, kv := ctrltest.Store(t)
+	if err := store.PutJSON(ctx, kv, model.NodeKey("w1"), model.Host{Name: "w1", IPv4: "198.19.0.9/24", K8sNode: "w1"}); err != nil {
+		t.Fatal(err)
+	}
+	f := informers.NewSharedInformerFactory(fake.NewSimpleClientset(), 0)
+	r := &Reconciler{}
+	r.KV, r.Lister, r.Log = kv, f.Core().V1().Nodes().Lister(), slog.New(slog.DiscardHandler)
+	f.Start(ctx.Done())
+	f.WaitForCacheSync(ctx.Done())
+	if keys, _, err := r.Diff(ctx); err != nil || len(keys) != 0 {
+		t.Fatalf("diff: %v %v, want no key", keys, err)
+	}
+	if err := r.Sync(ctx, "w1"); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := ctrltest.Get[model.Host](ctx, kv, model.NodeKey("w1")); err != nil || h == nil {
+		t.Fatalf("host w1 removed with no Node in the API: %v %v", h, err)
+	}
+}
 
 // TestNodeController runs the controller against a fake API server and a
 // real etcd: a host whose Node is deleted is removed from etcd with its
