@@ -79,6 +79,7 @@ func TestControllersUnderEtcdAuth(t *testing.T) {
 
 	kv := open("kc", etcdauth.KubeControllers)
 	cs := fake.NewClientset(
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, // n2's Node is gone
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "x", Labels: map[string]string{"team": "a"}}},
 		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a", UID: types.UID("uid-a"), Labels: map[string]string{"app": "web"}},
 			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c"}}}},
