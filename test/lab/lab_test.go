@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -414,6 +415,20 @@ func TestCleanupStale(t *testing.T) {
 		t.Fatal(err)
 	}
 	go sleeper.Wait() // reap it once killed
+	// Inside the namespace before anything cleans up: New below removes
+	// stale labs too, and a sleeper still on its way in when the name goes
+	// would live on in a namespace nobody can name.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, _ := runCmd("ip", "netns", "pids", ns)
+		if slices.Contains(strings.Fields(out), strconv.Itoa(sleeper.Process.Pid)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sleeper %d not in namespace %s after 10 s", sleeper.Process.Pid, ns)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	// A live lab with the same family of names is left alone.
 	l := New(t, Options{Hosts: 1, Prefix: "tlst" + randomID(4)})
