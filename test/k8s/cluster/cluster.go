@@ -537,6 +537,10 @@ func (c *Cluster) Dump() {
 	for _, p := range c.control {
 		c.t.Logf("%s:\n%s", filepath.Base(p.Log), lab.Tail(p.Log, 15))
 	}
+	// The network's own pods (tabby-node, tabby-kube-controllers): when
+	// traffic was lost, their BGP and policy lines say where.
+	logs, _ := c.Kubectl("logs", "-n", "kube-system", "-l", "app.kubernetes.io/name=tabby", "--all-containers", "--prefix", "--tail=60", "--max-log-requests=10")
+	c.t.Logf("tabby pods' logs:\n%s", logs)
 	for _, n := range c.Nodes {
 		for _, p := range []*lab.Proc{n.Containerd, n.Kubelet, n.Proxy} {
 			if p != nil {
