@@ -70,7 +70,7 @@ func Disown(ctx context.Context, kv store.KV, host string) (*Disowned, error) {
 				}
 			}
 		}
-		if err := a.letGo(ctx, r, key, out); err != nil {
+		if err := a.letGo(ctx, r.Key, af.Block, key, out); err != nil {
 			return out, fmt.Errorf("block %s: %w", af.Block, err)
 		}
 	}
@@ -88,14 +88,14 @@ func heldBy(b *model.Block, host string) []string {
 	return slices.Sorted(maps.Keys(seen))
 }
 
-// letGo ends a.Host's affinity to the block at key (aff is the affinity
+// letGo ends a.Host's affinity to the block at key (affKey is its affinity
 // record): what is left of the host's own addresses there (no handle
 // named them) is cleared, and the block goes back to the pool if nobody
 // else holds an address in it, or else stays without an affinity.
-func (a *IPAM) letGo(ctx context.Context, aff store.KeyValue, key string, out *Disowned) error {
+func (a *IPAM) letGo(ctx context.Context, affKey, cidr, key string, out *Disowned) error {
 	var dropped, unaffined bool
 	var cleared int
-	_, err := store.ReadModifyWrite(ctx, a.KV, []string{key, aff.Key}, func(rs *store.ReadSet) ([]store.Op, error) {
+	_, err := store.ReadModifyWrite(ctx, a.KV, []string{key, affKey}, func(rs *store.ReadSet) ([]store.Op, error) {
 		dropped, unaffined, cleared = false, false, 0
 		var b model.Block
 		found, err := rs.Decode(key, &b)
@@ -105,10 +105,10 @@ func (a *IPAM) letGo(ctx context.Context, aff store.KeyValue, key string, out *D
 		if !found || b.Affinity != a.Host {
 			// The block went already (released by the handles) or is
 			// another host's now: only a stale affinity may be left.
-			if rs.ModRev(aff.Key) == 0 {
+			if rs.ModRev(affKey) == 0 {
 				return nil, store.ErrAbort
 			}
-			return []store.Op{store.Delete(aff.Key)}, nil
+			return []store.Op{store.Delete(affKey)}, nil
 		}
 		for i, al := range b.Allocations {
 			if al != nil && al.Host == a.Host {
@@ -122,13 +122,12 @@ func (a *IPAM) letGo(ctx context.Context, aff store.KeyValue, key string, out *D
 		}
 		unaffined = true
 		b.Affinity = ""
-		return []store.Op{store.Put(key, store.MustJSON(&b)), store.Delete(aff.Key)}, nil
+		return []store.Op{store.Put(key, store.MustJSON(&b)), store.Delete(affKey)}, nil
 	})
 	if err != nil {
 		return err
 	}
 	out.Cleared += cleared
-	cidr := model.UnescapeCIDR(aff.Key[strings.LastIndex(aff.Key, "/")+1:])
 	switch {
 	case dropped:
 		out.Dropped = append(out.Dropped, cidr)

@@ -124,13 +124,7 @@ func forgetEndpoint(ctx context.Context, kv store.KV, host, key string, e *model
 	}
 	if e.Network == "" || e.ContainerID == "" {
 		// No handle to name (a record written by hand): the record only.
-		_, err := store.ReadModifyWrite(ctx, kv, []string{key}, func(rs *store.ReadSet) ([]store.Op, error) {
-			ops, err := forget(rs)
-			if err == nil && len(ops) == 0 {
-				return nil, store.ErrAbort
-			}
-			return ops, err
-		})
+		_, err := workload.Delete(ctx, kv, key, "")
 		return err
 	}
 	a := &ipam.IPAM{KV: kv, Host: host}
